@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command of the README (CI runs this same file).
+# pytest-xvfb starts a virtual X server for the napari viewer tests; a missing
+# Xvfb is an error, not a silent skip. Exit 5 (no test collected) is a failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+unset QT_QPA_PLATFORM   # with Xvfb, offscreen gives blank screenshots
+python -m pytest -p xvfb --xvfb-backend=xvfb -ra "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi
+exit "$rc"
