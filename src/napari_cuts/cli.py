@@ -1,0 +1,217 @@
+"""The ``napari-cuts`` command: segment, evaluate, bench.
+
+Errors the user can act on (:class:`~napari_cuts.errors.CutsError`) print one line
+and exit with status 2; ``--debug`` shows the traceback. Long work shows a progress
+bar on stderr (tqdm) driven by the same callbacks the napari widget uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import Cancelled, CutsError
+
+
+class _Bar:
+    """A tqdm progress bar fed by ``progress(done, total, message)`` callbacks."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and sys.stderr.isatty() or os.environ.get("NAPARI_CUTS_PROGRESS") == "1"
+        self.bar = None
+        self.stage = None
+        self.last_print = 0.0
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        stage = message.split(":", 1)[0]
+        if self.enabled:
+            from tqdm import tqdm
+
+            if self.bar is None or stage != self.stage or self.bar.total != total:
+                self.close()
+                self.bar = tqdm(total=total, desc=stage, unit="", leave=False,
+                                dynamic_ncols=True, file=sys.stderr)
+                self.stage = stage
+            self.bar.n = min(done, total)
+            self.bar.set_postfix_str(message[len(stage) + 1:].strip()[:60], refresh=False)
+            self.bar.refresh()
+        else:
+            # Not a terminal (CI, logs): a line now and then, no carriage returns.
+            now = time.monotonic()
+            if stage != self.stage or now - self.last_print > 10 or done >= total:
+                print(f"[{done}/{total}] {message}", file=sys.stderr, flush=True)
+                self.stage, self.last_print = stage, now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="napari-cuts",
+        description="Unsupervised multi-granular segmentation (CUTS) of medical images.",
+    )
+    p.add_argument("--version", action="version", version=f"napari-cuts {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="{segment,evaluate,bench}")
+
+    s = sub.add_parser("segment", help="train (or load) the encoder on an image and write its "
+                       "coarse-to-fine hierarchy")
+    s.add_argument("image", help="PNG/JPEG/TIFF, NIfTI (.nii, .nii.gz), DICOM file or series folder")
+    s.add_argument("--out", required=True, help="output folder")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--weights", help="encoder weights to load instead of training")
+    g.add_argument("--epochs", type=int, help="training epochs")
+    g.add_argument("--seconds", type=float, help="training budget in seconds (default 60)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    s.add_argument("--slices", type=int, nargs="+", help="for a volume: the slices to segment "
+                   "(default all)")
+    s.add_argument("--max-points", type=int, default=None,
+                   help="condense larger images on a pooled grid of at most this many points "
+                        "(default 262144 = 512 x 512)")
+
+    e = sub.add_parser("evaluate", help="score CUTS and the baselines on a labelled folder")
+    e.add_argument("--data", required=True, help="folder like shared/data/retina, or NIfTI "
+                   "images with *_seg.nii.gz masks")
+    e.add_argument("--out", required=True, help="output folder (results.json, results.md, figures)")
+    e.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    e.add_argument("--seconds", type=float, default=None, help="training budget per seed")
+    e.add_argument("--epochs", type=int, default=None)
+    e.add_argument("--methods", nargs="+", default=None, help="a subset of the methods")
+    e.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+
+    b = sub.add_parser("bench", help="run the benchmark suite in benchmarks/")
+    b.add_argument("which", nargs="?", default="all", help="a benchmark name (e.g. encoder, "
+                   "condense) or 'all'")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--quick", action="store_true", help="a small, fast version of each benchmark")
+    b.add_argument("--benchmarks-dir", default=None, help="where the bench_*.py files are")
+    return p
+
+
+def _benchmarks_dir(given: str | None) -> Path:
+    candidates = [Path(given)] if given else [
+        Path.cwd() / "benchmarks",
+        Path(__file__).resolve().parents[2] / "benchmarks",  # a source checkout
+    ]
+    for c in candidates:
+        if c.is_dir() and any(c.glob("bench_*.py")):
+            return c
+    raise CutsError("benchmarks/ not found: run from a clone of the napari-cuts repository or "
+                    "pass --benchmarks-dir.")
+
+
+def _load_bench(path: Path):
+    spec = importlib.util.spec_from_file_location(f"napari_cuts_bench_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(path.parent))
+    return mod
+
+
+def cmd_bench(args) -> int:
+    bdir = _benchmarks_dir(args.benchmarks_dir)
+    available = {p.stem[len("bench_"):]: p for p in sorted(bdir.glob("bench_*.py"))}
+    if args.which == "all":
+        names = list(available)
+    elif args.which in available:
+        names = [args.which]
+    else:
+        raise CutsError(f"no benchmark named {args.which!r}; available: {', '.join(available)} or all.")
+    results = {}
+    for name in names:
+        if not args.json:
+            print(f"== {name}", flush=True)
+        t0 = time.perf_counter()
+        results[name] = _load_bench(available[name]).run(quick=args.quick)
+        if not args.json:
+            print(json.dumps(results[name], indent=2), flush=True)
+            print(f"   ({time.perf_counter() - t0:.1f} s)", flush=True)
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+def cmd_segment(args) -> int:
+    from .pipeline import MAX_POINTS, run_segment
+
+    bar = _Bar()
+    try:
+        summary = run_segment(args.image, args.out, weights=args.weights, epochs=args.epochs,
+                              seconds=args.seconds, seed=args.seed, device=args.device,
+                              max_points=args.max_points or MAX_POINTS, slices=args.slices,
+                              progress=bar, log=lambda m: print(m, file=sys.stderr))
+    finally:
+        bar.close()
+    out = Path(args.out)
+    levels = summary.get("n_clusters")
+    print(f"wrote {out / 'hierarchy.npz' if levels is not None else out / 'slices'} "
+          f"and {out / 'levels.png'} in {summary['seconds_total']:.1f} s"
+          + (f" ({len(levels)} levels, {levels[0]} to {levels[-1]} clusters)" if levels else ""))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import run_evaluation
+
+    bar = _Bar()
+    try:
+        res = run_evaluation(args.data, args.out, seeds=tuple(args.seeds), seconds=args.seconds,
+                             epochs=args.epochs, methods=args.methods, limit=args.limit,
+                             device=args.device, progress=bar)
+    finally:
+        bar.close()
+    out = Path(args.out)
+    print((out / "results.md").read_text() if (out / "results.md").exists() else json.dumps(res))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    handler = {"segment": cmd_segment, "evaluate": cmd_evaluate, "bench": cmd_bench}[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("napari-cuts: interrupted; no partial outputs were left behind.", file=sys.stderr)
+        return 130
+    except Cancelled as exc:
+        print(f"napari-cuts: {exc}", file=sys.stderr)
+        return 130
+    except CutsError as exc:
+        if args.debug:
+            raise
+        print(f"napari-cuts: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        if args.debug:
+            raise
+        print("napari-cuts: error: out of memory; use a smaller --max-points or crop the image.",
+              file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: say so in one line, keep the traceback for --debug
+        if args.debug:
+            raise
+        print(f"napari-cuts: internal error ({type(exc).__name__}: {exc}); rerun with --debug "
+              "and report it with the traceback.", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""The one path from images to hierarchies, shared by the CLI and the napari widget.
+
+Everything long here reports through ``progress(done, total, message)`` and stops
+when ``cancel()`` returns True (raising :class:`~napari_cuts.errors.Cancelled`), so
+the widget's thread worker, the CLI's progress bar and the tests drive the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError
+from .images import Cancel, Progress, as_image_list, check_cancel, check_image, report
+
+#: Condensation runs on at most this many points; larger images are condensed on a
+#: grid of block means of their embeddings and the labels mapped back (nearest).
+MAX_POINTS = 512 * 512
+#: Default training budget (seconds of wall time) when neither epochs nor seconds is given.
+DEFAULT_SECONDS = 60.0
+
+
+@dataclass
+class Plan:
+    """What a segmentation of an image of this size will do, before doing it."""
+
+    shape: tuple[int, int]
+    pool: int
+    grid_shape: tuple[int, int]
+    estimated_mb: float
+    estimated_seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def plan(shape, max_points: int = MAX_POINTS) -> Plan:
+    """Estimate memory and time for segmenting one 2D image of ``shape`` (H, W[, C]).
+
+    The estimates come from the benchmarks on a 2-core CPU: embedding costs about
+    0.5 us per pixel, condensation close to linear in the number of grid points.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    pool = max(1, math.ceil(math.sqrt(h * w / max_points)))
+    gh, gw = math.ceil(h / pool), math.ceil(w / pool)
+    points = gh * gw
+    # Embedding tiles are bounded; what stays is the grid embedding (float32, 128-d)
+    # plus condensation's working set (kNN graph and a few copies of the points).
+    est_mb = points * 128 * 4 * 6 / 2**20 + h * w * 4 * 3 / 2**20 + 300
+    est_s = h * w * 1.0e-6 + points * 4.0e-5
+    notes = []
+    if pool > 1:
+        notes.append(
+            f"The image has {h * w / 1e6:.1f} million pixels: condensing on a {gh} x {gw} "
+            f"grid of {pool} x {pool} block means of the embeddings, labels mapped back "
+            "to full resolution."
+        )
+    return Plan((h, w), pool, (gh, gw), est_mb, est_s, notes)
+
+
+@dataclass
+class SegmentResult:
+    """The outcome of segmenting one 2D image.
+
+    ``hierarchy.labels(level)`` is at the image's full resolution, ``(H, W)``.
+    ``embeddings`` is the (possibly pooled) grid the condensation saw, ``(h, w, D)``.
+    """
+
+    hierarchy: object
+    embeddings: np.ndarray
+    pool: int
+    notes: list[str]
+    seconds: dict
+
+
+def get_encoder(images, *, weights=None, epochs=None, seconds=None, seed: int = 0,
+                device: str = "auto", progress: Progress = None, cancel: Cancel = None):
+    """Load weights (``weights`` is a path or an Encoder) or train an encoder on ``images``.
+
+    Returns ``(encoder, trained)``.
+    """
+    from .encoder import Encoder, load_encoder, train_encoder
+
+    if weights is not None:
+        enc = weights if isinstance(weights, Encoder) else load_encoder(weights, device=device)
+        return enc, False
+    if epochs is None and seconds is None:
+        seconds = DEFAULT_SECONDS
+    enc = train_encoder(images, epochs=epochs, seconds=seconds, seed=seed, device=device,
+                        progress=progress, cancel=cancel)
+    return enc, True
+
+
+def segment_image(encoder, image, *, seed: int = 0, max_points: int = MAX_POINTS,
+                  progress: Progress = None, cancel: Cancel = None, **condense_params) -> SegmentResult:
+    """Embed one 2D image ``(H, W[, C])`` and condense it into a coarse-to-fine hierarchy."""
+    from .condensation import condense
+    from .encoder import embed
+
+    img = check_image(image)
+    p = plan(img.shape, max_points)
+    times = {}
+    t0 = time.perf_counter()
+    report(progress, 0, 2, "embedding")
+    emb = embed(encoder, img, pool=p.pool, cancel=cancel)
+    times["embed"] = time.perf_counter() - t0
+    check_cancel(cancel)
+
+    def cond_progress(done, total, message):
+        report(progress, 1, 2, f"condensing: {message}")
+
+    t0 = time.perf_counter()
+    hier = condense(emb, seed=seed, progress=cond_progress, cancel=cancel, **condense_params)
+    times["condense"] = time.perf_counter() - t0
+    if p.pool > 1:
+        hier = hier.upsampled(img.shape[:2], p.pool)
+    hier.metadata.update({"napari_cuts_version": __version__, "seed": int(seed), "pool": p.pool,
+                          "encoder": {k: encoder.metadata.get(k) for k in
+                                      ("in_channels", "seed", "version") if k in encoder.metadata}})
+    report(progress, 2, 2, "done")
+    return SegmentResult(hier, emb, p.pool, list(p.notes), times)
+
+
+def volume_slices(volume, name: str = "volume") -> list[np.ndarray]:
+    """Split a 3D array into 2D slices along its first axis.
+
+    ``(Z, Y, X)`` grey volumes and ``(N, H, W, C)`` stacks of colour images give
+    ``Z`` (or ``N``) images.
+    """
+    arr = np.asarray(volume)
+    if arr.ndim == 3 or arr.ndim == 4:
+        return [arr[i] for i in range(arr.shape[0])]
+    raise InputError(f"{name} has shape {arr.shape}; expected (Z, Y, X) or (N, H, W, C).")
+
+
+def training_subset(images: list, max_images: int = 64) -> list:
+    """Evenly spaced images of a long stack, for training on a volume without every slice."""
+    if len(images) <= max_images:
+        return list(images)
+    idx = np.linspace(0, len(images) - 1, max_images).round().astype(int)
+    return [images[i] for i in idx]
+
+
+def informative(img: np.ndarray) -> bool:
+    """True if a 2D image has something to segment (not constant, finite)."""
+    a = np.asarray(img)
+    return bool(np.isfinite(a).all() and a.size and a.max() > a.min())
+
+
+# --------------------------------------------------------------------------- CLI job
+
+def _figure_levels(image: np.ndarray, hier, path: Path, max_panels: int = 7) -> None:
+    """Write the coarse-to-fine figure: the image, then levels from coarse to fine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.color import label2rgb
+
+    from .fileutil import atomic_path
+
+    n = hier.n_levels
+    # Levels with distinct cluster counts, spread from coarsest (>= 2 clusters) to finest.
+    counts = np.asarray(hier.n_clusters)
+    candidates = [lv for lv in range(n) if counts[lv] >= 2] or [0]
+    picks = sorted({candidates[int(round(i))] for i in
+                    np.linspace(0, len(candidates) - 1, min(max_panels - 2, len(candidates)))},
+                   reverse=True)
+    disp = image.astype(np.float32)
+    if disp.ndim == 3 and disp.shape[-1] == 1:
+        disp = disp[..., 0]
+    lo, hi = np.percentile(disp, [0.5, 99.5])
+    disp = np.clip((disp - lo) / max(hi - lo, 1e-6), 0, 1)
+    panels = [("image", disp)]
+    for lv in picks:
+        lab = hier.labels(lv)
+        panels.append((f"level {lv}: {int(counts[lv])} clusters",
+                       label2rgb(lab, image=disp, alpha=0.45, bg_label=-1)))
+    panels.append(("persistent structures", label2rgb(hier.persistent(), image=disp, alpha=0.45,
+                                                      bg_label=-1)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), dpi=110)
+    for ax, (title, im) in zip(np.atleast_1d(axes), panels):
+        ax.imshow(im, cmap="gray" if im.ndim == 2 else None, interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.suptitle("CUTS: coarse (left) to fine (right)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def run_segment(image_path, out_dir, *, weights=None, epochs=None, seconds=None, seed: int = 0,
+                device: str = "auto", max_points: int = MAX_POINTS, slices=None,
+                progress: Progress = None, cancel: Cancel = None, log=print) -> dict:
+    """The ``napari-cuts segment`` job: read, train or load, condense, write the outputs.
+
+    2D input writes ``hierarchy.npz``, ``persistent.png``/``.npy``, ``levels.png`` (and
+    ``persistent.nii.gz`` with the source geometry for NIfTI/DICOM input). A volume is
+    segmented slice by slice (``slices`` picks some, default all), giving
+    ``slices/zNNN/hierarchy.npz`` per slice and ``persistent.nii.gz`` for the volume.
+    Returns a summary dict (also written as ``run.json``).
+    """
+    from .fileutil import write_json
+    from .io import read_image, write_labels
+
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from .errors import WriteError
+        raise WriteError(f"cannot create the output folder {out}: {exc.strerror or exc}; "
+                         "choose a writable folder with --out.") from None
+    src = read_image(image_path)
+    for note in src.notes:
+        log(note)
+    data = np.asarray(src.data)
+    is_volume = (data.ndim == 3 and not src.rgb) or data.ndim == 4
+    summary = {"napari_cuts_version": __version__, "input": str(image_path), "seed": int(seed),
+               "shape": list(data.shape), "device": device, "notes": list(src.notes)}
+
+    if is_volume:
+        all_slices = volume_slices(data)
+        idx = list(range(len(all_slices))) if slices is None else [int(s) for s in slices]
+        bad = [i for i in idx if not 0 <= i < len(all_slices)]
+        if bad:
+            raise InputError(f"slice indices {bad} are outside the volume's {len(all_slices)} slices.")
+        work = [i for i in idx if informative(all_slices[i])]
+        if not work:
+            raise InputError(f"{image_path}: every selected slice is constant; nothing to segment.")
+        train_imgs = training_subset([all_slices[i] for i in work])
+    else:
+        train_imgs = [data]
+
+    enc, trained = get_encoder(train_imgs, weights=weights, epochs=epochs, seconds=seconds,
+                               seed=seed, device=device,
+                               progress=_stage(progress, "training"), cancel=cancel)
+    summary["trained"] = trained
+    if trained:
+        enc.save(out / "encoder.pt")
+        summary["encoder"] = str(out / "encoder.pt")
+    t_train = time.perf_counter() - t_start
+    summary["seconds_training"] = round(t_train, 2)
+
+    provenance = {"napari_cuts_version": __version__, "seed": int(seed), "input": str(image_path),
+                  "weights": None if weights is None else str(weights),
+                  "epochs": epochs, "seconds": seconds}
+    if not is_volume:
+        res = segment_image(enc, data, seed=seed, max_points=max_points,
+                            progress=_stage(progress, "segmenting"), cancel=cancel)
+        for note in res.notes:
+            log(note)
+        hier = res.hierarchy
+        hier.metadata.update({"input": str(image_path)})
+        hier.save(out / "hierarchy.npz")
+        pers = hier.persistent()
+        from .fileutil import atomic_path
+        with atomic_path(out / "persistent.npy") as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, pers)
+        write_labels(out / "persistent.png", pers, provenance=None)
+        if src.format in ("nifti", "dicom"):
+            write_labels(out / "persistent.nii.gz", pers, like=src, provenance=provenance)
+        _figure_levels(np.asarray(check_image(data)), hier, out / "levels.png")
+        summary.update({"n_levels": int(hier.n_levels),
+                        "n_clusters": [int(c) for c in hier.n_clusters],
+                        "pool": res.pool, "notes": summary["notes"] + res.notes,
+                        "seconds_embed": round(res.seconds["embed"], 2),
+                        "seconds_condense": round(res.seconds["condense"], 2)})
+    else:
+        pers_vol = np.zeros(data.shape[:3], dtype=np.uint32)
+        n_levels = []
+        for j, i in enumerate(work):
+            check_cancel(cancel)
+            report(progress, j, len(work), f"segmenting slice {i}")
+            res = segment_image(enc, all_slices[i], seed=seed, max_points=max_points, cancel=cancel)
+            d = out / "slices" / f"z{i:04d}"
+            d.mkdir(parents=True, exist_ok=True)
+            res.hierarchy.save(d / "hierarchy.npz")
+            pers_vol[i] = res.hierarchy.persistent()
+            n_levels.append(int(res.hierarchy.n_levels))
+        report(progress, len(work), len(work), "segmenting done")
+        write_labels(out / "persistent.nii.gz", pers_vol, like=src, provenance=provenance)
+        mid = work[len(work) // 2]
+        hier_mid = type(res.hierarchy).load(out / "slices" / f"z{mid:04d}" / "hierarchy.npz")
+        _figure_levels(np.asarray(check_image(all_slices[mid])), hier_mid, out / "levels.png")
+        summary.update({"slices": work, "n_levels": n_levels})
+    summary["seconds_total"] = round(time.perf_counter() - t_start, 2)
+    write_json(out / "run.json", summary)
+    return summary
+
+
+def _stage(progress: Progress, name: str) -> Progress:
+    """A progress callback that prefixes messages with the stage name."""
+    if progress is None:
+        return None
+
+    def cb(done, total, message):
+        progress(done, total, f"{name}: {message}")
+
+    return cb
+
+
+def as_dict(obj) -> dict:
+    """Dataclass to a JSON-friendly dict."""
+    return json.loads(json.dumps(asdict(obj), default=str))
+
+
+__all__ = ["MAX_POINTS", "Plan", "plan", "SegmentResult", "get_encoder", "segment_image",
+           "volume_slices", "training_subset", "run_segment", "as_image_list"]
