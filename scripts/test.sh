@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 unset QT_QPA_PLATFORM   # with Xvfb, offscreen gives blank screenshots
-python -m pytest -p xvfb --xvfb-backend=xvfb -ra "$@"
+"${PYTHON:-python3}" -m pytest -p xvfb --xvfb-backend=xvfb -ra "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi
 exit "$rc"
