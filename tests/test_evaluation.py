@@ -1,0 +1,240 @@
+"""run_evaluation on tiny synthetic sets in both layouts, and its pieces."""
+
+import csv
+import importlib
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from napari_cuts import evaluation as E
+from napari_cuts.errors import Cancelled, CutsError, InputError, ReadError
+
+METRICS = ("dice", "hausdorff", "hd95", "ssim", "ergas", "rmse")
+
+
+def _blob_image(rng, size=48, channels=3):
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx = rng.uniform(0.35, 0.65, 2) * size
+    r = rng.uniform(0.15, 0.25) * size
+    fg = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+    base = 0.25 + 0.1 * np.sin(xx / 5.0) * np.cos(yy / 7.0)
+    img = np.where(fg, 0.8, base)[..., None] * np.ones(channels)
+    img = np.clip(img + rng.normal(0, 0.03, img.shape), 0, 1)
+    return img, fg
+
+
+@pytest.fixture
+def retina_dir(tmp_path):
+    from skimage.io import imsave
+
+    root = tmp_path / "retina_like"
+    (root / "image_with_GA").mkdir(parents=True)
+    (root / "label_with_GA").mkdir()
+    rng = np.random.default_rng(0)
+    for n in (3, 11, 7):
+        img, fg = _blob_image(rng)
+        imsave(root / "image_with_GA" / f"image{n}.png", (img * 255).astype(np.uint8),
+               check_contrast=False)
+        np.save(root / "label_with_GA" / f"label{n}.npy", fg.astype(np.uint8))
+    return root
+
+
+@pytest.fixture
+def nifti_dir(tmp_path):
+    import nibabel as nib
+
+    root = tmp_path / "nifti_like"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    # a 3D case: 9 slices of 40 x 40, blob on slices 2..6 (largest on 4)
+    vol = np.zeros((9, 40, 40), dtype=np.float32)
+    seg = np.zeros((9, 40, 40), dtype=np.uint8)
+    yy, xx = np.mgrid[:40, :40]
+    for z in range(9):
+        vol[z] = 100 + 20 * rng.random((40, 40))
+        if 2 <= z <= 6:
+            r = 9 - 2 * abs(z - 4)
+            fg = (yy - 20) ** 2 + (xx - 18) ** 2 < r**2
+            vol[z][fg] += 300
+            seg[z][fg] = 2 if z == 4 else 1  # multi-label mask: foreground = > 0
+    # stored as (X, Y, Z) like a scanner would write it
+    nib.save(nib.Nifti1Image(np.transpose(vol, (2, 1, 0)), np.eye(4)), root / "case.nii.gz")
+    nib.save(nib.Nifti1Image(np.transpose(seg, (2, 1, 0)), np.eye(4)), root / "case_seg.nii.gz")
+    # a 2D case
+    img, fg = _blob_image(rng, size=36, channels=1)
+    nib.save(nib.Nifti1Image((img[..., 0] * 1000).T.astype(np.float32), np.eye(4)),
+             root / "flat.nii.gz")
+    nib.save(nib.Nifti1Image(fg.T.astype(np.uint8), np.eye(4)), root / "flat_seg.nii.gz")
+    return root
+
+
+def _have(mod):
+    try:
+        importlib.import_module(mod)
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.fixture
+def cuts_backend(monkeypatch):
+    """The real condensation/clustering when they exist, else simple k-means stand-ins."""
+    from sklearn.cluster import KMeans
+
+    def _km(emb, k, seed):
+        h, w, d = emb.shape
+        x = emb.reshape(-1, d)
+        k = min(k, len(np.unique(x.round(4), axis=0)))
+        return KMeans(k, n_init=2, random_state=seed).fit_predict(x).reshape(h, w)
+
+    if not _have("napari_cuts.clustering"):
+        fake = types.ModuleType("napari_cuts.clustering")
+        fake.spectral_kmeans = lambda emb, k=10, *, seed=0, progress=None, cancel=None: _km(emb, k, seed)
+        monkeypatch.setitem(sys.modules, "napari_cuts.clustering", fake)
+    if not _have("napari_cuts.condensation"):
+        class FakeHierarchy:
+            def __init__(self, levels):
+                self._levels = levels
+                self.n_levels = len(levels)
+                self.n_clusters = np.array([len(np.unique(lv)) for lv in levels])
+                self.metadata = {}
+
+            def labels(self, level):
+                return self._levels[level].astype(np.uint32)
+
+            def persistent(self):
+                return self._levels[len(self._levels) // 2].astype(np.uint32)
+
+        def condense(emb, *, seed=0, progress=None, cancel=None, **kw):
+            return FakeHierarchy([_km(emb, k, seed) for k in (12, 6, 3, 2)] +
+                                 [np.zeros(emb.shape[:2], int)])
+
+        fake = types.ModuleType("napari_cuts.condensation")
+        fake.condense = condense
+        monkeypatch.setitem(sys.modules, "napari_cuts.condensation", fake)
+    return True
+
+
+# --------------------------------------------------------------------------- datasets
+
+def test_load_retina_layout(retina_dir):
+    ds = E.load_dataset(retina_dir)
+    assert ds.layout == "retina"
+    assert [s.name for s in ds.samples] == ["image3", "image7", "image11"]  # numeric order
+    for s in ds.samples:
+        assert s.image.shape == (48, 48, 3) and s.image.dtype == np.float32
+        assert 0.0 <= s.image.min() and s.image.max() <= 1.0
+        assert s.mask.dtype == bool and s.mask.shape == (48, 48) and s.mask.any()
+    assert len(E.load_dataset(retina_dir, limit=2).samples) == 2
+
+
+def test_load_nifti_layout_picks_mask_slices(nifti_dir):
+    ds = E.load_dataset(nifti_dir)
+    assert ds.layout == "nifti"
+    names = [s.name for s in ds.samples]
+    # largest-mask slice 4 and two neighbours each side, all holding mask; the 2D case once
+    assert names == ["case_z002", "case_z003", "case_z004", "case_z005", "case_z006", "flat"]
+    for s in ds.samples:
+        assert s.mask.any() and s.mask.dtype == bool
+        assert s.image.shape[:2] == s.mask.shape and s.image.shape[-1] == 1
+        # the mask sits on the bright blob: intensities agree with the labels
+        assert s.image[..., 0][s.mask].mean() > s.image[..., 0][~s.mask].mean() + 0.3
+
+
+def test_bad_folders(tmp_path):
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "notes.txt").write_text("hello")
+    with pytest.raises(InputError, match="neither evaluation layout"):
+        E.load_dataset(tmp_path / "stuff")
+    with pytest.raises(ReadError):
+        E.load_dataset(tmp_path / "missing")
+    with pytest.raises(CutsError):
+        E.run_evaluation(tmp_path / "stuff", tmp_path / "out", methods=["slic"])
+
+
+def test_bad_arguments(retina_dir, tmp_path):
+    with pytest.raises(InputError, match="unknown method"):
+        E.run_evaluation(retina_dir, tmp_path / "o", methods=["kmeans"])
+    with pytest.raises(InputError):
+        E.run_evaluation(retina_dir, tmp_path / "o", seeds=(1, 1), methods=["slic"])
+
+
+def test_summarise_means_over_images_then_seeds():
+    rec = lambda d: {**{k: d for k in METRICS}, "empty_pred": d == 0}  # noqa: E731
+    per = {1: [rec(0.2), rec(0.4)], 2: [rec(0.6), rec(0.0)]}
+    s = E.summarise(per)
+    assert s["dice"] == pytest.approx(np.mean([0.3, 0.3]))
+    sem1 = np.std([0.2, 0.4], ddof=1) / np.sqrt(2)
+    sem2 = np.std([0.6, 0.0], ddof=1) / np.sqrt(2)
+    assert s["dice_sem"] == pytest.approx((sem1 + sem2) / 2)
+    assert s["dice_seed_sd"] == pytest.approx(0.0)
+    assert s["n_empty"] == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- full runs
+
+def test_baselines_only_run(retina_dir, tmp_path):
+    out = tmp_path / "out"
+    res = E.run_evaluation(retina_dir, out, seeds=(1, 2),
+                           methods=["random", "watershed", "felzenszwalb", "slic"])
+    assert set(res["methods"]) == {"random", "watershed", "felzenszwalb", "slic"}
+    # deterministic baselines are the same for every seed; random is not
+    assert res["methods"]["slic"]["dice_seed_sd"] == 0.0
+    assert res["methods"]["random"]["dice_seed_sd"] > 0.0
+    assert res["methods"]["slic"]["dice"] > res["methods"]["random"]["dice"] + 0.3
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    assert len(rows) == 4 * 2 * 3
+
+
+def test_full_run_on_retina_layout(retina_dir, tmp_path, cuts_backend):
+    out = tmp_path / "out"
+    calls = []
+    res = E.run_evaluation(retina_dir, out, seeds=(1, 2), seconds=2,
+                           progress=lambda d, t, m: calls.append((d, t, m)))
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(res))
+    assert set(on_disk["methods"]) == set(E.METHODS)
+    for name, r in on_disk["methods"].items():
+        for k in METRICS:
+            assert k in r and f"{k}_sem" in r, (name, k)
+        assert 0.0 <= r["dice"] <= 1.0
+    assert on_disk["n_images"] == 3 and on_disk["seeds"] == [1, 2]
+    assert on_disk["seconds"] > 0
+    m = on_disk["methods"]
+    # the oracle level is at least as good as any single-map label hint
+    assert m["cuts_best"]["dice"] >= m["cuts_persistent"]["dice"] - 1e-9
+    md = (out / "results.md").read_text()
+    for name in E.METHODS:
+        assert E.DISPLAY[name] in md
+    assert "0.735" in md  # the paper's figure beside ours
+    for fig in ("dice.png", "examples.png"):
+        assert (out / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # progress: never decreasing, ends complete
+    done = [c[0] for c in calls]
+    assert done == sorted(done) and calls[-1][0] == calls[-1][1]
+
+
+def test_run_on_nifti_layout(nifti_dir, tmp_path, cuts_backend):
+    out = tmp_path / "out"
+    res = E.run_evaluation(nifti_dir, out, seeds=(3,), seconds=2,
+                           methods=["slic", "cuts_click", "cuts_persistent"], limit=4)
+    assert res["n_images"] == 4 and res["layout"] == "nifti"
+    assert set(res["methods"]) == {"slic", "cuts_click", "cuts_persistent"}
+    assert (out / "results.md").exists() and (out / "examples.png").exists()
+    assert "paper Dice" in (out / "results.md").read_text()
+
+
+def test_cancel_stops_and_writes_nothing(retina_dir, tmp_path):
+    out = tmp_path / "out"
+    calls = {"n": 0}
+
+    def cancel():
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    with pytest.raises(Cancelled):
+        E.run_evaluation(retina_dir, out, seeds=(1,), methods=["slic", "random"], cancel=cancel)
+    assert not (out / "results.json").exists()
