@@ -28,6 +28,10 @@ package it calls, re-implemented here with scipy/skimage):
   mean of the ground truth divided by ``ws**2`` once more (sewar's formula, kept so
   that the numbers compare with the paper's); windows whose ground-truth mean is 0
   contribute 0. Lower is better; its scale is large (thousands) for binary masks.
+  This is the ERGAS of sewar <= 0.4.5, the release current when the paper's numbers
+  were made (its code installs sewar unpinned, 2022); verified equal to sewar 0.4.5
+  on retina masks. sewar 0.4.6 and later compute a global ERGAS instead
+  (``100 / 4 * rmse / mean``), which gives different numbers.
 - **RMSE** ``sqrt(mean((T - P)**2))`` on the 0/1 masks.
 """
 
