@@ -506,8 +506,8 @@ def _read_tiff(p: Path) -> ImageData:
     # palette TIFF -> RGB
     if photometric is not None and int(photometric) == 3 and colormap is not None:
         cmap = np.asarray(colormap)
-        if cmap.max() > 255:
-            cmap = np.round(cmap / 257.0)
+        if cmap.max() > 255:  # 16-bit TIFF colour map: the high byte
+            cmap = cmap.astype(np.uint16) >> 8
         cmap = cmap.astype(np.uint8)
         idx = np.clip(arr.astype(np.int64), 0, cmap.shape[1] - 1)
         arr = np.moveaxis(cmap[:, idx], 0, -1)
