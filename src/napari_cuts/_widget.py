@@ -1,0 +1,896 @@
+"""The CUTS dock widget: train or load an encoder, segment, slide, click, export.
+
+A thin front end over :mod:`napari_cuts.pipeline`. It gathers the settings
+(:class:`Settings`), runs the core in a napari ``thread_worker`` through
+:class:`~napari_cuts._widget_jobs.JobRunner` (progress and cancel cross the thread
+boundary as the core's ``progress``/``cancel`` callbacks) and shows the results:
+
+- ``"CUTS levels"``: a Labels layer with the image's scale, translate, affine and
+  metadata. Displayed values are cluster id + 1 (0 is napari's transparent
+  background). The granularity slider runs from coarse (left) to fine (right) and
+  only swaps precomputed levels (``Hierarchy.labels(level)``).
+- For a stack or a volume (``(Z, Y, X)`` grey or ``(N, H, W, C)`` colour) every slice
+  gets its own hierarchy: the slice under ``viewer.dims`` first, the rest in the
+  background, each slice of the 3D Labels layer filled as it arrives. The slider
+  chooses a level index counted from the finest level (0); a slice with fewer levels
+  shows its coarsest level instead (the index is clipped per slice). The cluster
+  count shown is the current slice's.
+- ``"CUTS mask"``: click a pixel to make the cluster under it the mask; shift-click
+  adds a cluster, alt-click (or ctrl-click: many Linux desktops take alt-click)
+  removes one. The mask stays put when the slider moves, unless "mask follows
+  slider" is on: then the stored clicks are replayed at the new level.
+- Export writes the mask or the shown labels through the plugin's npe2 writer
+  (``napari_cuts._writer.write_labels``): NIfTI keeps the source geometry, PNG is
+  0/255 for a mask.
+
+For tests: ``widget.run_sync = True`` runs jobs on the calling thread; the methods
+:meth:`CutsWidget.train`, :meth:`~CutsWidget.segment`, :meth:`~CutsWidget.load_weights`,
+:meth:`~CutsWidget.save_weights`, :meth:`~CutsWidget.set_level`,
+:meth:`~CutsWidget.click`, :meth:`~CutsWidget.export` and
+:meth:`~CutsWidget.compute_phate` do what the buttons do, without dialogs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
+                            QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSlider,
+                            QSpinBox, QVBoxLayout, QWidget)
+
+from . import pipeline
+from ._widget_jobs import JobRunner
+from .errors import Cancelled, CutsError, InputError, WeightsError
+from .images import check_cancel, check_image
+
+log = logging.getLogger(__name__)
+
+LEVELS_NAME = "CUTS levels"
+MASK_NAME = "CUTS mask"
+UNITS = ("epochs", "seconds", "minutes")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+NO_IMAGE_HINT = ("Open an image to start (File > Open, or File > Open Sample > "
+                 "CUTS segmentation).")
+
+
+@dataclass
+class Settings:
+    """What the user chose in the widget."""
+
+    budget: float = 60.0          #: training budget, in ``unit``
+    unit: str = "seconds"         #: "epochs", "seconds" or "minutes"
+    seed: int = 0
+    device: str = "auto"          #: "auto", "cpu", "cuda" or "mps"
+    phate_samples: int = 2000     #: pixels in the PHATE view
+    phate_knn: int = 5
+
+    def budget_kwargs(self) -> dict:
+        """``epochs=`` / ``seconds=`` for :func:`pipeline.get_encoder`."""
+        if self.unit == "epochs":
+            return {"epochs": max(1, int(round(self.budget))), "seconds": None}
+        seconds = self.budget * (60.0 if self.unit == "minutes" else 1.0)
+        return {"epochs": None, "seconds": float(seconds)}
+
+
+@dataclass
+class Source:
+    """The image layer being segmented, as 2D slices ``(H, W)`` or ``(H, W, C)``."""
+
+    layer: object
+    slices: list
+    volume: bool
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.slices[0].shape[:2])
+
+    @property
+    def channels(self) -> int:
+        s = self.slices[0]
+        return 1 if s.ndim == 2 else int(s.shape[-1])
+
+
+def source_from_layer(layer) -> Source:
+    """Split an Image layer into 2D slices; raises InputError for shapes CUTS cannot take."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    rgb = bool(getattr(layer, "rgb", False))
+    ndim = data.ndim - (1 if rgb else 0)
+    if ndim == 2:
+        return Source(layer, [np.asarray(data)], False)
+    if ndim == 3:
+        return Source(layer, pipeline.volume_slices(np.asarray(data), layer.name), True)
+    raise InputError(f"layer '{layer.name}' has shape {tuple(data.shape)}: CUTS segments 2D "
+                     "images (grey or RGB) and 3D stacks or volumes ((Z, Y, X) or (N, H, W, 3)); "
+                     "take a 3D subset of it first.")
+
+
+def _modifier_names(modifiers) -> set[str]:
+    return {str(getattr(m, "name", m)) for m in (modifiers or ())}
+
+
+def click_mode(modifiers) -> str:
+    """'add' for shift, 'remove' for alt (or control), else 'replace'."""
+    names = _modifier_names(modifiers)
+    if "Shift" in names:
+        return "add"
+    if names & {"Alt", "Control", "Meta"}:
+        return "remove"
+    return "replace"
+
+
+class CutsWidget(QWidget):
+    """The dock widget (the manifest's ``napari-cuts.make_widget``)."""
+
+    def __init__(self, napari_viewer, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.encoder = None
+        self.source: Optional[Source] = None
+        self.results: dict = {}          # slice index -> pipeline.SegmentResult
+        self._persistent: dict = {}      # slice index -> persistent map (cached)
+        self.levels_layer = None
+        self.mask_layer = None
+        self.mask: Optional[np.ndarray] = None   # bool (H, W) or (Z, H, W)
+        self.clicks: list = []                    # (mode, z, (row, col))
+        self.level = 0                            # hierarchy level, 0 = finest
+        self.shown_clusters: Optional[int] = None
+        self.last_message: Optional[tuple[str, str]] = None
+        self._hooked: list = []                   # layers carrying our mouse callback
+        self._phate = None                        # (Y, pixels, slice index)
+        self.runner = JobRunner(self._on_progress)
+        self._build()
+        self.destroyed.connect(self.runner.state.stop)
+        try:
+            ev = self.viewer.layers.events
+            ev.inserted.connect(self._refresh_layers)
+            ev.removed.connect(self._refresh_layers)
+            self.viewer.dims.events.current_step.connect(self._on_step)
+        except Exception:  # noqa: BLE001 - a constructor never raises
+            log.exception("napari-cuts: could not follow the layer list")
+        self._refresh_layers()
+
+    # ------------------------------------------------------------------ UI
+    def _build(self) -> None:
+        from superqt import QCollapsible
+
+        from ._widget_phate import PhatePanel
+
+        root = QVBoxLayout(self)
+        form = QFormLayout()
+        self.image_combo = QComboBox()
+        self.image_combo.currentIndexChanged.connect(lambda *_: self._update_buttons())
+        form.addRow("Image", self.image_combo)
+        root.addLayout(form)
+        self.hint = QLabel(NO_IMAGE_HINT)
+        self.hint.setWordWrap(True)
+        root.addWidget(self.hint)
+
+        enc = QGroupBox("Encoder")
+        ef = QFormLayout(enc)
+        budget_row = QHBoxLayout()
+        self.budget_spin = QDoubleSpinBox()
+        self.budget_spin.setRange(0.1, 100000)
+        self.budget_spin.setDecimals(1)
+        self.unit_combo = QComboBox()
+        self.unit_combo.addItems(UNITS)
+        budget_row.addWidget(self.budget_spin)
+        budget_row.addWidget(self.unit_combo)
+        ef.addRow("Budget", budget_row)
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICES)
+        seed_row = QHBoxLayout()
+        seed_row.addWidget(self.seed_spin)
+        seed_row.addWidget(QLabel("Device"))
+        seed_row.addWidget(self.device_combo)
+        ef.addRow("Seed", seed_row)
+        self.train_btn = QPushButton("Train")
+        self.train_btn.setToolTip("Train an encoder on the chosen image (no labels needed).")
+        self.load_btn = QPushButton("Load weights...")
+        self.save_btn = QPushButton("Save weights...")
+        row = QHBoxLayout()
+        for b in (self.train_btn, self.load_btn, self.save_btn):
+            row.addWidget(b)
+        ef.addRow(row)
+        self.encoder_label = QLabel("No encoder yet: Train, or Load weights.")
+        self.encoder_label.setWordWrap(True)
+        ef.addRow(self.encoder_label)
+        root.addWidget(enc)
+
+        seg = QGroupBox("Segment")
+        sl = QVBoxLayout(seg)
+        row = QHBoxLayout()
+        self.segment_btn = QPushButton("Segment")
+        self.segment_btn.setToolTip("Embed the image and build the coarse-to-fine hierarchy "
+                                    "(trains an encoder first if there is none).")
+        self.cancel_btn = QPushButton("Cancel")
+        row.addWidget(self.segment_btn)
+        row.addWidget(self.cancel_btn)
+        sl.addLayout(row)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.progress_label = QLabel("")
+        self.progress_label.setWordWrap(True)
+        sl.addWidget(self.progress_bar)
+        sl.addWidget(self.progress_label)
+        root.addWidget(seg)
+
+        res = QGroupBox("Granularity and mask")
+        rl = QVBoxLayout(res)
+        srow = QHBoxLayout()
+        srow.addWidget(QLabel("coarse"))
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(0, 0)
+        self.slider.valueChanged.connect(self._on_slider)
+        srow.addWidget(self.slider)
+        srow.addWidget(QLabel("fine"))
+        rl.addLayout(srow)
+        self.level_label = QLabel("No segmentation yet.")
+        rl.addWidget(self.level_label)
+        self.persistent_check = QCheckBox("Persistent structures (one map, no slider)")
+        self.persistent_check.toggled.connect(lambda *_: self._apply_level())
+        self.follow_check = QCheckBox("Mask follows slider")
+        self.follow_check.toggled.connect(self._on_follow)
+        rl.addWidget(self.persistent_check)
+        rl.addWidget(self.follow_check)
+        help_ = QLabel("Click: cluster -> mask; shift-click: add; alt/ctrl-click: remove.")
+        help_.setWordWrap(True)
+        rl.addWidget(help_)
+        self.area_label = QLabel("Mask: empty")
+        rl.addWidget(self.area_label)
+        row = QHBoxLayout()
+        self.export_mask_btn = QPushButton("Export mask...")
+        self.export_labels_btn = QPushButton("Export labels...")
+        row.addWidget(self.export_mask_btn)
+        row.addWidget(self.export_labels_btn)
+        rl.addLayout(row)
+        root.addWidget(res)
+
+        self.phate_section = QCollapsible("PHATE view of the embeddings")
+        inner = QWidget()
+        il = QVBoxLayout(inner)
+        il.setContentsMargins(0, 0, 0, 0)
+        self.phate_btn = QPushButton("Compute PHATE view")
+        self.phate_panel = PhatePanel()
+        self.phate_panel.picked.connect(self.pick_phate)
+        il.addWidget(self.phate_btn)
+        il.addWidget(self.phate_panel)
+        self.phate_section.addWidget(inner)
+        root.addWidget(self.phate_section)
+        root.addStretch(1)
+
+        self.train_btn.clicked.connect(lambda: self.train())
+        self.load_btn.clicked.connect(self._load_dialog)
+        self.save_btn.clicked.connect(self._save_dialog)
+        self.segment_btn.clicked.connect(lambda: self.segment())
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.export_mask_btn.clicked.connect(lambda: self._export_dialog("mask"))
+        self.export_labels_btn.clicked.connect(lambda: self._export_dialog("labels"))
+        self.phate_btn.clicked.connect(lambda: self.compute_phate())
+        self.settings = Settings()
+
+    # ------------------------------------------------------------- settings
+    @property
+    def settings(self) -> Settings:
+        """The settings shown in the controls."""
+        return Settings(budget=self.budget_spin.value(), unit=self.unit_combo.currentText(),
+                        seed=self.seed_spin.value(), device=self.device_combo.currentText(),
+                        phate_samples=self._phate_samples, phate_knn=self._phate_knn)
+
+    @settings.setter
+    def settings(self, s: Settings) -> None:
+        if s.unit not in UNITS or s.device not in DEVICES:
+            raise InputError(f"unit must be one of {UNITS} and device one of {DEVICES}.")
+        self.budget_spin.setValue(s.budget)
+        self.unit_combo.setCurrentText(s.unit)
+        self.seed_spin.setValue(int(s.seed))
+        self.device_combo.setCurrentText(s.device)
+        self._phate_samples, self._phate_knn = int(s.phate_samples), int(s.phate_knn)
+
+    @property
+    def run_sync(self) -> bool:
+        """Run jobs on the calling thread (tests); default False (thread_worker)."""
+        return self.runner.run_sync
+
+    @run_sync.setter
+    def run_sync(self, value: bool) -> None:
+        self.runner.run_sync = bool(value)
+
+    @property
+    def busy(self) -> bool:
+        return self.runner.busy
+
+    # ---------------------------------------------------------------- layers
+    def _image_layers(self) -> list:
+        from napari.layers import Image
+
+        return [lay for lay in self.viewer.layers if isinstance(lay, Image)]
+
+    def _refresh_layers(self, *_args) -> None:
+        try:
+            names = [lay.name for lay in self._image_layers()]
+            current = self.image_combo.currentText()
+            self.image_combo.blockSignals(True)
+            self.image_combo.clear()
+            self.image_combo.addItems(names)
+            if current in names:
+                self.image_combo.setCurrentText(current)
+            self.image_combo.blockSignals(False)
+            self._update_buttons()
+        except RuntimeError:  # the widget is gone; napari still held the callback
+            pass
+
+    @property
+    def image_layer(self):
+        """The chosen Image layer, or None."""
+        name = self.image_combo.currentText()
+        for lay in self._image_layers():
+            if lay.name == name:
+                return lay
+        return None
+
+    def _update_buttons(self) -> None:
+        busy = self.busy
+        has_image = self.image_layer is not None
+        has_result = bool(self.results)
+        self.hint.setVisible(not has_image)
+        self.image_combo.setEnabled(not busy)
+        self.train_btn.setEnabled(has_image and not busy)
+        self.segment_btn.setEnabled(has_image and not busy)
+        self.load_btn.setEnabled(not busy)
+        self.save_btn.setEnabled(self.encoder is not None and not busy)
+        self.cancel_btn.setEnabled(busy)
+        self.slider.setEnabled(has_result and not self.persistent_check.isChecked())
+        self.persistent_check.setEnabled(has_result)
+        self.export_labels_btn.setEnabled(has_result and not busy)
+        self.export_mask_btn.setEnabled(self.mask is not None and not busy)
+        self.phate_btn.setEnabled(has_result and not busy)
+
+    # ---------------------------------------------------------- notifications
+    def _notify(self, level: str, message: str) -> None:
+        from napari.utils import notifications
+
+        self.last_message = (level, message)
+        {"error": notifications.show_error, "warning": notifications.show_warning,
+         "info": notifications.show_info}[level](message)
+
+    def _source(self) -> Optional[Source]:
+        """The chosen layer as slices, or None after telling the user what is wrong."""
+        layer = self.image_layer
+        if layer is None:
+            self._notify("error", "No image layer: " + NO_IMAGE_HINT)
+            return None
+        try:
+            src = source_from_layer(layer)
+            if not src.volume:
+                check_image(src.slices[0], f"layer '{layer.name}'")
+        except CutsError as exc:
+            self._notify("error", str(exc))
+            return None
+        return src
+
+    # ------------------------------------------------------------------ jobs
+    def _start(self, name: str, job, on_yield=None, on_return=None) -> bool:
+        if self.busy:
+            self._notify("warning", f"napari-cuts is busy ({self.runner.name}); wait or Cancel.")
+            return False
+        self.progress_bar.setRange(0, 0)
+        self.progress_label.setText(f"{name}...")
+        self.runner.start(name, job, on_yield=on_yield or (lambda item: None),
+                          on_return=on_return or (lambda result: None),
+                          on_error=self._on_error, on_finish=self._on_finish)
+        self._update_buttons()
+        return True
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        if total > 0:
+            self.progress_bar.setRange(0, total)
+            self.progress_bar.setValue(min(done, total))
+        self.progress_label.setText(message)
+
+    def _on_error(self, exc: BaseException) -> None:
+        if isinstance(exc, Cancelled):
+            self._notify("info", f"napari-cuts: {exc}")
+        elif isinstance(exc, CutsError):
+            self._notify("error", str(exc))
+        else:
+            log.error("napari-cuts job failed", exc_info=(type(exc), exc, exc.__traceback__))
+            self._notify("error", f"napari-cuts failed: {type(exc).__name__}: {exc}")
+
+    def _on_finish(self) -> None:
+        try:
+            self.progress_bar.setRange(0, 1)
+            self.progress_bar.setValue(0)
+            if self.last_message is None or self.last_message[0] == "info":
+                self.progress_label.setText("")
+            self._update_buttons()
+        except RuntimeError:  # the widget was deleted during the run
+            pass
+
+    def cancel(self) -> None:
+        """Stop the running job at its next check; the widget stays usable."""
+        if self.busy:
+            self.runner.cancel()
+            self.progress_label.setText("cancelling...")
+
+    # --------------------------------------------------------------- encoder
+    def _train_images(self, src: Source) -> list:
+        if not src.volume:
+            return src.slices
+        keep = [s for s in src.slices if pipeline.informative(s)]
+        if not keep:
+            raise InputError(f"every slice of '{src.layer.name}' is constant; nothing to learn.")
+        return pipeline.training_subset(keep)
+
+    def train(self) -> bool:
+        """Train a new encoder on the chosen image with the widget's settings."""
+        src = self._source()
+        if src is None:
+            return False
+        s = self.settings
+        try:
+            images = self._train_images(src)
+        except CutsError as exc:
+            self._notify("error", str(exc))
+            return False
+
+        def job(progress, cancel):
+            enc, _ = pipeline.get_encoder(images, seed=s.seed, device=s.device,
+                                          progress=progress, cancel=cancel, **s.budget_kwargs())
+            return enc
+            yield  # noqa: unreachable - a generator job
+
+        return self._start("training", job, on_return=self.set_encoder)
+
+    def set_encoder(self, encoder, origin: str = "trained") -> None:
+        self.encoder = encoder
+        md = getattr(encoder, "metadata", {}) or {}
+        extra = ", ".join(([f"{md['steps']} steps"] if "steps" in md else [])
+                          + ([f"{float(md['seconds']):.1f} s"] if "seconds" in md else []))
+        self.encoder_label.setText(f"Encoder {origin}: {encoder.in_channels} channel(s)"
+                                   + (f"; {extra}" if extra else "") + ".")
+        self._update_buttons()
+
+    def load_weights(self, path) -> bool:
+        """Load encoder weights from ``path``; False (and a notification) on failure."""
+        from .encoder import load_encoder
+
+        try:
+            enc = load_encoder(path, device=self.settings.device)
+        except CutsError as exc:
+            self._notify("error", str(exc))
+            return False
+        self.set_encoder(enc, origin=f"loaded from {Path(path).name}")
+        return True
+
+    def save_weights(self, path) -> bool:
+        """Save the current encoder to ``path``."""
+        if self.encoder is None:
+            self._notify("error", "No encoder to save: Train one first.")
+            return False
+        try:
+            self.encoder.save(path)
+        except CutsError as exc:
+            self._notify("error", str(exc))
+            return False
+        self._notify("info", f"Encoder saved to {path}")
+        return True
+
+    def _load_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load encoder weights", "",
+                                              "Encoder weights (*.pt *.pth);;All files (*)")
+        if path:
+            self.load_weights(path)
+
+    def _save_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save encoder weights", "encoder.pt",
+                                              "Encoder weights (*.pt)")
+        if path:
+            self.save_weights(path)
+
+    # ---------------------------------------------------------------- segment
+    def _current_slice(self, src: Source) -> int:
+        if not src.volume:
+            return 0
+        try:
+            z = src.layer.world_to_data(self.viewer.dims.point)[0]
+        except Exception:  # noqa: BLE001 - any odd transform: start at the middle
+            z = len(src.slices) // 2
+        return int(np.clip(round(float(z)), 0, len(src.slices) - 1))
+
+    def segment(self) -> bool:
+        """Segment the chosen image (every slice of a volume, the current one first).
+
+        Trains an encoder first (with the widget's budget) when there is none.
+        """
+        src = self._source()
+        if src is None:
+            return False
+        s = self.settings
+        enc = self.encoder
+        if enc is not None and enc.in_channels != src.channels:
+            self._notify("error", str(WeightsError(
+                f"the encoder expects {enc.in_channels}-channel images but layer "
+                f"'{src.layer.name}' has {src.channels} channel(s); Train a new encoder or "
+                "load weights trained on this kind of image.")))
+            return False
+        try:
+            train_images = self._train_images(src) if enc is None else None
+        except CutsError as exc:
+            self._notify("error", str(exc))
+            return False
+        first = self._current_slice(src)
+        order = [first] + [i for i in range(len(src.slices)) if i != first]
+        self._reset_results(src)
+
+        def job(progress, cancel):
+            encoder = enc
+            if encoder is None:
+                def tprog(d, t, m):
+                    progress(d, t, f"training: {m}")
+                encoder, _ = pipeline.get_encoder(train_images, seed=s.seed, device=s.device,
+                                                  progress=tprog, cancel=cancel,
+                                                  **s.budget_kwargs())
+                yield ("encoder", encoder)
+            n = len(order)
+            for j, i in enumerate(order):
+                check_cancel(cancel)
+                img = src.slices[i]
+                if src.volume and not pipeline.informative(img):
+                    yield ("empty", i)
+                    continue
+
+                def sprog(d, t, m, j=j, i=i):
+                    if src.volume:
+                        progress(j * max(t, 1) + d, n * max(t, 1), f"slice {i} ({j + 1}/{n}): {m}")
+                    else:
+                        progress(d, t, m)
+
+                res = pipeline.segment_image(encoder, img, seed=s.seed, progress=sprog,
+                                             cancel=cancel)
+                yield ("slice", i, res)
+            return n
+
+        return self._start("segmenting", job, on_yield=self._on_segment_item,
+                           on_return=self._on_segment_done)
+
+    def _reset_results(self, src: Source) -> None:
+        self.source = src
+        self.results = {}
+        self._persistent = {}
+        self.clicks = []
+        self.mask = None
+        self._phate = None
+        self.phate_panel.clear()
+        for lay in (self.levels_layer, self.mask_layer):
+            if lay is not None and lay in self.viewer.layers:
+                self.viewer.layers.remove(lay)
+        self.levels_layer = self.mask_layer = None
+        self._unhook()
+        self.level_label.setText("Segmenting...")
+        self.area_label.setText("Mask: empty")
+
+    def _on_segment_item(self, item) -> None:
+        kind = item[0]
+        if kind == "encoder":
+            self.set_encoder(item[1])
+            return
+        if kind == "empty":
+            return
+        _, i, res = item
+        first = not self.results
+        self.results[i] = res
+        if first:
+            self._make_levels_layer()
+            counts = np.asarray(res.hierarchy.n_clusters)
+            self.level = _default_level(counts)
+        self._sync_slider()
+        self._fill_slice(i)
+        self.levels_layer.refresh()
+        self._show_level_info()
+        self._update_buttons()
+
+    def _on_segment_done(self, n) -> None:
+        notes = sorted({note for r in self.results.values() for note in r.notes})
+        for note in notes:
+            self._notify("info", note)
+        done = len(self.results)
+        self.progress_label.setText(f"Segmented {done} slice(s)." if self.source.volume
+                                    else "Segmented.")
+
+    # ---------------------------------------------------------------- layers
+    def _geometry(self) -> dict:
+        """scale/translate/affine/metadata of the source image, for result layers."""
+        lay = self.source.layer
+        return {"scale": tuple(lay.scale), "translate": tuple(lay.translate),
+                "affine": lay.affine.affine_matrix, "metadata": dict(lay.metadata)}
+
+    def _make_levels_layer(self) -> None:
+        src = self.source
+        shape = ((len(src.slices),) if src.volume else ()) + src.shape
+        self.levels_layer = self.viewer.add_labels(np.zeros(shape, np.uint32), name=LEVELS_NAME,
+                                                   opacity=0.5, **self._geometry())
+        self._hook(src.layer)
+        self._hook(self.levels_layer)
+        self.viewer.layers.selection.active = self.levels_layer
+
+    def _hook(self, layer) -> None:
+        if layer is not None and self._on_mouse not in layer.mouse_drag_callbacks:
+            layer.mouse_drag_callbacks.append(self._on_mouse)
+            self._hooked.append(layer)
+
+    def _unhook(self) -> None:
+        for lay in self._hooked:
+            if self._on_mouse in lay.mouse_drag_callbacks:
+                lay.mouse_drag_callbacks.remove(self._on_mouse)
+        self._hooked = []
+
+    def _sync_slider(self) -> None:
+        n_max = max(r.hierarchy.n_levels for r in self.results.values())
+        self.slider.blockSignals(True)
+        self.slider.setRange(0, n_max - 1)
+        self.level = min(self.level, n_max - 1)
+        self.slider.setValue(n_max - 1 - self.level)
+        self.slider.blockSignals(False)
+
+    def cluster_labels(self, i: int) -> np.ndarray:
+        """The cluster map (H, W) shown for slice ``i``: the current level (clipped to the
+        slice's levels) or the persistent structures."""
+        hier = self.results[i].hierarchy
+        if self.persistent_check.isChecked():
+            if i not in self._persistent:
+                self._persistent[i] = np.asarray(hier.persistent())
+            return self._persistent[i]
+        return np.asarray(hier.labels(min(self.level, hier.n_levels - 1)))
+
+    def _fill_slice(self, i: int) -> None:
+        lab = self.cluster_labels(i).astype(np.uint32) + 1
+        if self.source.volume:
+            self.levels_layer.data[i] = lab
+        else:
+            self.levels_layer.data = lab
+
+    def _on_slider(self, value: int) -> None:
+        if not self.results:
+            return
+        self.level = self.slider.maximum() - int(value)
+        self._apply_level()
+
+    def set_level(self, level: int) -> None:
+        """Show hierarchy level ``level`` (0 = finest), as moving the slider does."""
+        self.slider.setValue(self.slider.maximum() - int(level))
+        if self.slider.maximum() - self.slider.value() != level:
+            raise InputError(f"level {level} is outside 0..{self.slider.maximum()}.")
+
+    def _apply_level(self) -> None:
+        if not self.results or self.levels_layer is None:
+            self._update_buttons()
+            return
+        for i in self.results:
+            self._fill_slice(i)
+        if self.source.volume:
+            self.levels_layer.refresh()
+        if self.follow_check.isChecked() and self.clicks:
+            self._replay_clicks()
+        self._show_level_info()
+        self._recolor_phate()
+        self._update_buttons()
+
+    def _shown_slice(self) -> Optional[int]:
+        if not self.results:
+            return None
+        z = self._current_slice(self.source)
+        return z if z in self.results else next(iter(self.results))
+
+    def _show_level_info(self) -> None:
+        i = self._shown_slice()
+        if i is None:
+            return
+        hier = self.results[i].hierarchy
+        where = f" (slice {i}; {len(self.results)}/{len(self.source.slices)} done)" \
+            if self.source.volume else ""
+        if self.persistent_check.isChecked():
+            k = len(np.unique(self.cluster_labels(i)))
+            self.level_label.setText(f"Persistent structures: {k} segments{where}")
+        else:
+            lv = min(self.level, hier.n_levels - 1)
+            k = int(np.asarray(hier.n_clusters)[lv])
+            self.level_label.setText(f"Level {lv} of {hier.n_levels - 1}: {k} clusters{where}")
+        self.shown_clusters = k
+
+    def _on_step(self, *_args) -> None:
+        try:
+            if self.results and self.source is not None and self.source.volume:
+                self._show_level_info()
+        except RuntimeError:
+            pass
+
+    # ------------------------------------------------------------------ mask
+    def _on_mouse(self, layer, event):
+        """Mouse drag callback: a click (press and release without a drag) binarises."""
+        if getattr(layer, "mode", "pan_zoom") != "pan_zoom" or not self.results:
+            return
+        if getattr(event, "button", 1) != 1:
+            return
+        start = np.asarray(self.levels_layer.world_to_data(event.position), float)
+        mode = click_mode(event.modifiers)
+        dragged = False
+        yield
+        while event.type == "mouse_move":
+            now = np.asarray(self.levels_layer.world_to_data(event.position), float)
+            dragged = dragged or bool(np.max(np.abs(now[-2:] - start[-2:])) > 1.0)
+            yield
+        if not dragged:
+            self.click(start, mode)
+
+    def click(self, point, mode: str = "replace") -> bool:
+        """Binarise at ``point``: data coordinates of the result layers, (row, col) or
+        (z, row, col). ``mode``: "replace", "add" or "remove". False if outside."""
+        if mode not in ("replace", "add", "remove"):
+            raise InputError(f"mode must be 'replace', 'add' or 'remove', not {mode!r}.")
+        if not self.results:
+            return False
+        idx = [int(round(float(p))) for p in point]
+        z = idx[0] if self.source.volume else 0
+        r, c = idx[-2], idx[-1]
+        h, w = self.source.shape
+        if z not in self.results or not (0 <= r < h and 0 <= c < w):
+            return False
+        if mode == "replace" or self.mask is None:
+            self.clicks = []
+            self.mask = np.zeros(self.levels_layer.data.shape, bool)
+        self.clicks.append((mode, z, (r, c)))
+        self._apply_click(mode, z, (r, c))
+        self._show_mask()
+        return True
+
+    def _apply_click(self, mode: str, z: int, rc: tuple) -> None:
+        from .selection import update_mask
+
+        labels = self.cluster_labels(z)
+        if self.source.volume:
+            self.mask[z] = update_mask(self.mask[z], labels, rc, mode=mode)
+        else:
+            self.mask = np.asarray(update_mask(self.mask, labels, rc, mode=mode), bool)
+
+    def _replay_clicks(self) -> None:
+        self.mask = np.zeros(self.levels_layer.data.shape, bool)
+        for mode, z, rc in self.clicks:
+            if z in self.results:
+                self._apply_click(mode, z, rc)
+        self._show_mask()
+
+    def _on_follow(self, on: bool) -> None:
+        if on and self.clicks:
+            self._replay_clicks()
+
+    def _show_mask(self) -> None:
+        data = self.mask.astype(np.uint8)
+        if self.mask_layer is None or self.mask_layer not in self.viewer.layers:
+            self.mask_layer = self.viewer.add_labels(data, name=MASK_NAME, opacity=0.7,
+                                                     **self._geometry())
+            _single_colour(self.mask_layer)
+            self._hook(self.mask_layer)
+            # keep clicks going to the levels layer, not the new mask layer
+            self.viewer.layers.selection.active = self.levels_layer
+        else:
+            self.mask_layer.data = data
+        stats = self.mask_stats()
+        if self.source.volume:
+            self.area_label.setText(f"Mask: {stats['pixels']} voxels, {stats['ml']:.3f} mL")
+        else:
+            self.area_label.setText(f"Mask: {stats['pixels']} pixels, {stats['mm2']:.2f} mm\u00b2")
+        self._recolor_phate()
+        self._update_buttons()
+
+    def mask_stats(self) -> dict:
+        """Mask size: ``pixels``, and ``mm2`` (2D) or ``ml`` (3D) from the layer scale
+        (read as millimetres per pixel, as NIfTI and DICOM give it)."""
+        n = int(np.count_nonzero(self.mask)) if self.mask is not None else 0
+        scale = np.asarray(self.levels_layer.scale if self.levels_layer is not None else [1, 1],
+                           float)
+        if self.source is not None and self.source.volume:
+            return {"pixels": n, "ml": n * float(np.prod(scale[-3:])) / 1000.0}
+        return {"pixels": n, "mm2": n * float(np.prod(scale[-2:]))}
+
+    # ---------------------------------------------------------------- export
+    def export(self, path, what: str = "mask") -> list[str]:
+        """Write the mask (``what="mask"``) or the shown labels (``"labels"``) to ``path``
+        (.nii.gz/.nii keep the source geometry; .png) through the npe2 writer.
+        Returns the written paths ([] after a notification on failure)."""
+        from ._writer import write_labels
+
+        layer = {"mask": self.mask_layer, "labels": self.levels_layer}.get(what, False)
+        if layer is False:
+            raise InputError(f"what must be 'mask' or 'labels', not {what!r}.")
+        if layer is None or layer not in self.viewer.layers:
+            self._notify("error", f"Nothing to export: {'click a cluster' if what == 'mask' else 'segment'} first.")
+            return []
+        data, meta, _ = layer.as_layer_data_tuple()
+        try:
+            written = write_labels(str(path), np.asarray(data), meta)
+        except CutsError as exc:
+            self._notify("error", str(exc))
+            return []
+        self._notify("info", f"Saved {what} to {', '.join(map(str, written))}")
+        return list(written)
+
+    def _export_dialog(self, what: str) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, f"Export {what}", f"cuts_{what}.nii.gz",
+            "NIfTI (*.nii.gz *.nii);;PNG (*.png)")
+        if path:
+            self.export(path, what)
+
+    # ----------------------------------------------------------------- PHATE
+    def compute_phate(self) -> bool:
+        """Compute the PHATE view of the shown slice's pixel embeddings (in the background)."""
+        from ._widget_phate import phate_job
+
+        i = self._shown_slice()
+        if i is None:
+            self._notify("error", "Segment an image first.")
+            return False
+        res = self.results[i]
+        s = self.settings
+        job = phate_job(np.asarray(res.embeddings), res.pool, self.source.shape,
+                        n=s.phate_samples, knn=s.phate_knn, seed=s.seed)
+        self.phate_section.expand(animate=False)
+
+        def done(result):
+            Y, pixels = result
+            self._phate = (Y, pixels, i)
+            self.phate_panel.set_points(Y, pixels, self._phate_colors())
+
+        return self._start("PHATE", job, on_return=done)
+
+    def _phate_colors(self) -> np.ndarray:
+        Y, pixels, i = self._phate
+        ids = self.cluster_labels(i)[pixels[:, 0], pixels[:, 1]].astype(np.int64) + 1
+        try:
+            return np.asarray(self.levels_layer.colormap.map(ids))
+        except Exception:  # noqa: BLE001 - older napari: colour by id
+            return ids
+
+    def _recolor_phate(self) -> None:
+        if self._phate is None or self._phate[2] not in self.results:
+            return
+        Y, pixels, i = self._phate
+        hl = None
+        if self.mask is not None:
+            m = self.mask[i] if self.source.volume else self.mask
+            hl = m[pixels[:, 0], pixels[:, 1]]
+        self.phate_panel.set_colors(self._phate_colors(), hl)
+
+    def pick_phate(self, index: int, modifiers=()) -> bool:
+        """Select the cluster of PHATE point ``index`` into the mask (as a click would)."""
+        if self._phate is None:
+            return False
+        _, pixels, i = self._phate
+        r, c = (int(v) for v in pixels[int(index)])
+        point = (i, r, c) if self.source.volume else (r, c)
+        return self.click(point, click_mode(modifiers))
+
+
+def _default_level(counts: np.ndarray, target: int = 10) -> int:
+    """The finest level with at most ``target`` clusters (the paper's k = 10)."""
+    ok = np.nonzero(np.asarray(counts) <= target)[0]
+    return int(ok[0]) if len(ok) else int(len(counts) - 1)
+
+
+def _single_colour(layer, rgba=(1.0, 0.85, 0.0, 1.0)) -> None:
+    """Show label 1 of a binary Labels layer in one colour (yellow)."""
+    try:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        layer.colormap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0),
+                                                         1: rgba})
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
