@@ -28,8 +28,9 @@ from napari_cuts.errors import InputError, ReadError, WriteError
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+# NAPARI_CUTS_FUZZ_EXAMPLES=2000 for a longer fuzzing run
 FUZZ = settings(
-    max_examples=50, deadline=None,
+    max_examples=int(os.environ.get("NAPARI_CUTS_FUZZ_EXAMPLES", "50")), deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 
@@ -492,8 +493,11 @@ def test_dicom_multiframe_enhanced(tmp_path):
 
 
 def test_dicom_bundled_ct_mr_match_pydicom_and_nibabel():
-    from nibabel.nicom import dicomwrappers
     from pydicom.pixels import apply_modality_lut
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nibabel calls its DICOM readers experimental
+        from nibabel.nicom import dicomwrappers
 
     for name in ("CT_small.dcm", "MR_small.dcm"):
         path = bundled(name)

@@ -553,7 +553,16 @@ def _read_nifti(p: Path) -> ImageData:
                     f"{p}: not a gzip file although it ends in .nii.gz. Rename it to "
                     ".nii if it is uncompressed, or re-export it."
                 )
-    img = nib.load(str(p))
+    import logging
+
+    from nibabel.imageglobals import logger as nib_logger
+
+    level = nib_logger.level
+    nib_logger.setLevel(logging.CRITICAL + 1)  # nibabel logs each header fix-up it makes
+    try:
+        img = nib.load(str(p))
+    finally:
+        nib_logger.setLevel(level)
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise ReadError(f"{p}: not a NIfTI-1/2 image ({type(img).__name__}).")
     hdr = img.header
@@ -858,6 +867,11 @@ def _build_volume(
     else:
         step = normal * (thickness or 1.0)
     affine = _dicom_affine(orient, origin, pixel_spacing, step)
+    if str(meta.get("photometric", "")).upper() == "MONOCHROME1":
+        notes.append(
+            f"{p.name}: MONOCHROME1 (high values display dark on the scanner); the "
+            "values are kept as stored, so the image looks inverted here."
+        )
     meta.update(
         n_slices=n,
         slice_order=order_by,
