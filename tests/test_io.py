@@ -766,9 +766,19 @@ _floats = st.floats(allow_nan=True, allow_infinity=True)
     iop=st.lists(_floats, min_size=0, max_size=7), ipp=st.lists(_floats, min_size=0, max_size=4),
     spacing=st.lists(_floats, min_size=0, max_size=3), slope=_floats, intercept=_floats,
     planar=st.integers(0, 1), folder=st.booleans(),
+    extra=st.lists(st.tuples(st.sampled_from([0x0018, 0x0020, 0x0028, 0x5200]),
+                             st.integers(0, 0xFFFF), st.binary(max_size=16)), max_size=3),
 )
 def test_fuzz_dicom_tags(rows, cols, frames, bits, samples, photometric, signed, n_bytes,
-                         iop, ipp, spacing, slope, intercept, planar, folder):
+                         iop, ipp, spacing, slope, intercept, planar, folder, extra):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid values we set
+        _fuzz_dicom(rows, cols, frames, bits, samples, photometric, signed, n_bytes,
+                    iop, ipp, spacing, slope, intercept, planar, folder, extra)
+
+
+def _fuzz_dicom(rows, cols, frames, bits, samples, photometric, signed, n_bytes,
+                iop, ipp, spacing, slope, intercept, planar, folder, extra):
     ds = dicom_base(rows, cols, generate_uid())
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, max(bits - 1, 0)
     ds.SamplesPerPixel = samples
@@ -786,12 +796,13 @@ def test_fuzz_dicom_tags(rows, cols, frames, bits, samples, photometric, signed,
     ds.RescaleSlope = f"{slope:.6g}"[:16]
     ds.RescaleIntercept = f"{intercept:.6g}"[:16]
     ds.PixelData = np.random.default_rng(n_bytes).integers(0, 256, n_bytes + n_bytes % 2, dtype=np.uint8).tobytes()
+    for group, elem, value in extra:  # random tags, possibly clobbering real ones as raw bytes
+        if (group, elem) != (0x7FE0, 0x0010):
+            ds.add_new((group, elem), "OB", value + b"\x00" * (len(value) % 2))
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "f.dcm"
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds.save_as(p, enforce_file_format=True)
+            ds.save_as(p, enforce_file_format=True)
         except Exception:  # noqa: BLE001 - pydicom refused to write these tags
             return
         _read_or_readerror(Path(d) if folder else p)

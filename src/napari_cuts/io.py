@@ -59,7 +59,6 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -79,7 +78,7 @@ __all__ = [
 
 #: File name endings the readers take (lower case; DICOM folders are taken too).
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (
-    ".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff",
+    ".nii.gz", ".nii", ".dcm", ".dicom", ".ima", ".png", ".jpg", ".jpeg", ".tif", ".tiff",
 )
 #: File name endings the writers take.
 WRITE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".png")
@@ -767,7 +766,6 @@ def _pixels(ds, p: Path) -> np.ndarray:
 
 def _frames_of(ds, arr: np.ndarray) -> tuple[np.ndarray, bool]:
     """Split into (F, R, C[, 3]) and an RGB flag."""
-    frames = int(_clean_float(ds.get("NumberOfFrames", 1)) or 1)
     rgb = arr.ndim >= 3 and arr.shape[-1] in (3, 4) and (
         int(ds.get("SamplesPerPixel", 1) or 1) > 1
         or str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR"
@@ -776,8 +774,8 @@ def _frames_of(ds, arr: np.ndarray) -> tuple[np.ndarray, bool]:
         arr = arr[..., :3]
     if arr.ndim == (3 if rgb else 2):
         arr = arr[None]
-    if frames > 1 and arr.shape[0] != frames and arr.ndim == (4 if rgb else 3):
-        pass  # trust the decoded array
+    if arr.ndim != (4 if rgb else 3):
+        raise ReadError(f"unexpected decoded pixel array of shape {arr.shape}.")
     return arr, bool(rgb)
 
 
@@ -1160,7 +1158,7 @@ def _as_labels(arr, name: str) -> tuple[np.ndarray, bool]:
         raise InputError(f"{name} has dtype {a.dtype}; give a bool or integer label array.")
     if a.size == 0:
         raise InputError(f"{name} is empty (shape {a.shape}).")
-    while a.ndim > 2 and a.shape[0] == 1 and a.ndim > 3:
+    while a.ndim > 3 and a.shape[0] == 1:
         a = a[0]
     if a.ndim not in (2, 3):
         raise InputError(f"{name} has shape {a.shape}; give (H, W) or (Z, Y, X) labels.")
