@@ -33,97 +33,26 @@ For tests: ``widget.run_sync = True`` runs jobs on the calling thread; the metho
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
-                            QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSlider,
-                            QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import QFileDialog, QWidget
 
 from . import pipeline
 from ._widget_jobs import JobRunner
+from ._widget_mask import MaskMixin
+from ._widget_model import (DEVICES, LEVELS_NAME, MASK_NAME, NO_IMAGE_HINT, UNITS,  # noqa: F401
+                            Settings, Source, click_mode, default_level, source_from_layer)
+from ._widget_ui import build_controls
 from .errors import Cancelled, CutsError, InputError, WeightsError
 from .images import check_cancel, check_image
 
 log = logging.getLogger(__name__)
 
-LEVELS_NAME = "CUTS levels"
-MASK_NAME = "CUTS mask"
-UNITS = ("epochs", "seconds", "minutes")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-NO_IMAGE_HINT = ("Open an image to start (File > Open, or File > Open Sample > "
-                 "CUTS segmentation).")
 
 
-@dataclass
-class Settings:
-    """What the user chose in the widget."""
-
-    budget: float = 60.0          #: training budget, in ``unit``
-    unit: str = "seconds"         #: "epochs", "seconds" or "minutes"
-    seed: int = 0
-    device: str = "auto"          #: "auto", "cpu", "cuda" or "mps"
-    phate_samples: int = 2000     #: pixels in the PHATE view
-    phate_knn: int = 5
-
-    def budget_kwargs(self) -> dict:
-        """``epochs=`` / ``seconds=`` for :func:`pipeline.get_encoder`."""
-        if self.unit == "epochs":
-            return {"epochs": max(1, int(round(self.budget))), "seconds": None}
-        seconds = self.budget * (60.0 if self.unit == "minutes" else 1.0)
-        return {"epochs": None, "seconds": float(seconds)}
-
-
-@dataclass
-class Source:
-    """The image layer being segmented, as 2D slices ``(H, W)`` or ``(H, W, C)``."""
-
-    layer: object
-    slices: list
-    volume: bool
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.slices[0].shape[:2])
-
-    @property
-    def channels(self) -> int:
-        s = self.slices[0]
-        return 1 if s.ndim == 2 else int(s.shape[-1])
-
-
-def source_from_layer(layer) -> Source:
-    """Split an Image layer into 2D slices; raises InputError for shapes CUTS cannot take."""
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    rgb = bool(getattr(layer, "rgb", False))
-    ndim = data.ndim - (1 if rgb else 0)
-    if ndim == 2:
-        return Source(layer, [np.asarray(data)], False)
-    if ndim == 3:
-        return Source(layer, pipeline.volume_slices(np.asarray(data), layer.name), True)
-    raise InputError(f"layer '{layer.name}' has shape {tuple(data.shape)}: CUTS segments 2D "
-                     "images (grey or RGB) and 3D stacks or volumes ((Z, Y, X) or (N, H, W, 3)); "
-                     "take a 3D subset of it first.")
-
-
-def _modifier_names(modifiers) -> set[str]:
-    return {str(getattr(m, "name", m)) for m in (modifiers or ())}
-
-
-def click_mode(modifiers) -> str:
-    """'add' for shift, 'remove' for alt (or control), else 'replace'."""
-    names = _modifier_names(modifiers)
-    if "Shift" in names:
-        return "add"
-    if names & {"Alt", "Control", "Meta"}:
-        return "remove"
-    return "replace"
-
-
-class CutsWidget(QWidget):
+class CutsWidget(MaskMixin, QWidget):
     """The dock widget (the manifest's ``napari-cuts.make_widget``)."""
 
     def __init__(self, napari_viewer, parent: Optional[QWidget] = None) -> None:
@@ -143,7 +72,8 @@ class CutsWidget(QWidget):
         self._hooked: list = []                   # layers carrying our mouse callback
         self._phate = None                        # (Y, pixels, slice index)
         self.runner = JobRunner(self._on_progress)
-        self._build()
+        build_controls(self)
+        self.settings = Settings()
         self.destroyed.connect(self.runner.state.stop)
         try:
             ev = self.viewer.layers.events
@@ -153,129 +83,6 @@ class CutsWidget(QWidget):
         except Exception:  # noqa: BLE001 - a constructor never raises
             log.exception("napari-cuts: could not follow the layer list")
         self._refresh_layers()
-
-    # ------------------------------------------------------------------ UI
-    def _build(self) -> None:
-        from superqt import QCollapsible
-
-        from ._widget_phate import PhatePanel
-
-        root = QVBoxLayout(self)
-        form = QFormLayout()
-        self.image_combo = QComboBox()
-        self.image_combo.currentIndexChanged.connect(lambda *_: self._update_buttons())
-        form.addRow("Image", self.image_combo)
-        root.addLayout(form)
-        self.hint = QLabel(NO_IMAGE_HINT)
-        self.hint.setWordWrap(True)
-        root.addWidget(self.hint)
-
-        enc = QGroupBox("Encoder")
-        ef = QFormLayout(enc)
-        budget_row = QHBoxLayout()
-        self.budget_spin = QDoubleSpinBox()
-        self.budget_spin.setRange(0.1, 100000)
-        self.budget_spin.setDecimals(1)
-        self.unit_combo = QComboBox()
-        self.unit_combo.addItems(UNITS)
-        budget_row.addWidget(self.budget_spin)
-        budget_row.addWidget(self.unit_combo)
-        ef.addRow("Budget", budget_row)
-        self.seed_spin = QSpinBox()
-        self.seed_spin.setRange(0, 2**31 - 1)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(DEVICES)
-        seed_row = QHBoxLayout()
-        seed_row.addWidget(self.seed_spin)
-        seed_row.addWidget(QLabel("Device"))
-        seed_row.addWidget(self.device_combo)
-        ef.addRow("Seed", seed_row)
-        self.train_btn = QPushButton("Train")
-        self.train_btn.setToolTip("Train an encoder on the chosen image (no labels needed).")
-        self.load_btn = QPushButton("Load weights...")
-        self.save_btn = QPushButton("Save weights...")
-        row = QHBoxLayout()
-        for b in (self.train_btn, self.load_btn, self.save_btn):
-            row.addWidget(b)
-        ef.addRow(row)
-        self.encoder_label = QLabel("No encoder yet: Train, or Load weights.")
-        self.encoder_label.setWordWrap(True)
-        ef.addRow(self.encoder_label)
-        root.addWidget(enc)
-
-        seg = QGroupBox("Segment")
-        sl = QVBoxLayout(seg)
-        row = QHBoxLayout()
-        self.segment_btn = QPushButton("Segment")
-        self.segment_btn.setToolTip("Embed the image and build the coarse-to-fine hierarchy "
-                                    "(trains an encoder first if there is none).")
-        self.cancel_btn = QPushButton("Cancel")
-        row.addWidget(self.segment_btn)
-        row.addWidget(self.cancel_btn)
-        sl.addLayout(row)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        self.progress_label = QLabel("")
-        self.progress_label.setWordWrap(True)
-        sl.addWidget(self.progress_bar)
-        sl.addWidget(self.progress_label)
-        root.addWidget(seg)
-
-        res = QGroupBox("Granularity and mask")
-        rl = QVBoxLayout(res)
-        srow = QHBoxLayout()
-        srow.addWidget(QLabel("coarse"))
-        self.slider = QSlider(Qt.Orientation.Horizontal)
-        self.slider.setRange(0, 0)
-        self.slider.valueChanged.connect(self._on_slider)
-        srow.addWidget(self.slider)
-        srow.addWidget(QLabel("fine"))
-        rl.addLayout(srow)
-        self.level_label = QLabel("No segmentation yet.")
-        rl.addWidget(self.level_label)
-        self.persistent_check = QCheckBox("Persistent structures (one map, no slider)")
-        self.persistent_check.toggled.connect(lambda *_: self._apply_level())
-        self.follow_check = QCheckBox("Mask follows slider")
-        self.follow_check.toggled.connect(self._on_follow)
-        rl.addWidget(self.persistent_check)
-        rl.addWidget(self.follow_check)
-        help_ = QLabel("Click: cluster -> mask; shift-click: add; alt/ctrl-click: remove.")
-        help_.setWordWrap(True)
-        rl.addWidget(help_)
-        self.area_label = QLabel("Mask: empty")
-        rl.addWidget(self.area_label)
-        row = QHBoxLayout()
-        self.export_mask_btn = QPushButton("Export mask...")
-        self.export_labels_btn = QPushButton("Export labels...")
-        row.addWidget(self.export_mask_btn)
-        row.addWidget(self.export_labels_btn)
-        rl.addLayout(row)
-        root.addWidget(res)
-
-        self.phate_section = QCollapsible("PHATE view of the embeddings")
-        inner = QWidget()
-        il = QVBoxLayout(inner)
-        il.setContentsMargins(0, 0, 0, 0)
-        self.phate_btn = QPushButton("Compute PHATE view")
-        self.phate_panel = PhatePanel()
-        self.phate_panel.picked.connect(self.pick_phate)
-        il.addWidget(self.phate_btn)
-        il.addWidget(self.phate_panel)
-        self.phate_section.addWidget(inner)
-        root.addWidget(self.phate_section)
-        root.addStretch(1)
-
-        self.train_btn.clicked.connect(lambda: self.train())
-        self.load_btn.clicked.connect(self._load_dialog)
-        self.save_btn.clicked.connect(self._save_dialog)
-        self.segment_btn.clicked.connect(lambda: self.segment())
-        self.cancel_btn.clicked.connect(self.cancel)
-        self.export_mask_btn.clicked.connect(lambda: self._export_dialog("mask"))
-        self.export_labels_btn.clicked.connect(lambda: self._export_dialog("labels"))
-        self.phate_btn.clicked.connect(lambda: self.compute_phate())
-        self.settings = Settings()
-
     # ------------------------------------------------------------- settings
     @property
     def settings(self) -> Settings:
@@ -391,6 +198,7 @@ class CutsWidget(QWidget):
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
         if total > 0:
+            self.progress_bar.setTextVisible(True)
             self.progress_bar.setRange(0, total)
             self.progress_bar.setValue(min(done, total))
         self.progress_label.setText(message)
@@ -408,6 +216,7 @@ class CutsWidget(QWidget):
         try:
             self.progress_bar.setRange(0, 1)
             self.progress_bar.setValue(0)
+            self.progress_bar.setTextVisible(False)
             if self.last_message is None or self.last_message[0] == "info":
                 self.progress_label.setText("")
             self._update_buttons()
@@ -590,7 +399,7 @@ class CutsWidget(QWidget):
         if first:
             self._make_levels_layer()
             counts = np.asarray(res.hierarchy.n_clusters)
-            self.level = _default_level(counts)
+            self.level = default_level(counts)
         self._sync_slider()
         self._fill_slice(i)
         self.levels_layer.refresh()
@@ -711,124 +520,6 @@ class CutsWidget(QWidget):
                 self._show_level_info()
         except RuntimeError:
             pass
-
-    # ------------------------------------------------------------------ mask
-    def _on_mouse(self, layer, event):
-        """Mouse drag callback: a click (press and release without a drag) binarises."""
-        if getattr(layer, "mode", "pan_zoom") != "pan_zoom" or not self.results:
-            return
-        if getattr(event, "button", 1) != 1:
-            return
-        start = np.asarray(self.levels_layer.world_to_data(event.position), float)
-        mode = click_mode(event.modifiers)
-        dragged = False
-        yield
-        while event.type == "mouse_move":
-            now = np.asarray(self.levels_layer.world_to_data(event.position), float)
-            dragged = dragged or bool(np.max(np.abs(now[-2:] - start[-2:])) > 1.0)
-            yield
-        if not dragged:
-            self.click(start, mode)
-
-    def click(self, point, mode: str = "replace") -> bool:
-        """Binarise at ``point``: data coordinates of the result layers, (row, col) or
-        (z, row, col). ``mode``: "replace", "add" or "remove". False if outside."""
-        if mode not in ("replace", "add", "remove"):
-            raise InputError(f"mode must be 'replace', 'add' or 'remove', not {mode!r}.")
-        if not self.results:
-            return False
-        idx = [int(round(float(p))) for p in point]
-        z = idx[0] if self.source.volume else 0
-        r, c = idx[-2], idx[-1]
-        h, w = self.source.shape
-        if z not in self.results or not (0 <= r < h and 0 <= c < w):
-            return False
-        if mode == "replace" or self.mask is None:
-            self.clicks = []
-            self.mask = np.zeros(self.levels_layer.data.shape, bool)
-        self.clicks.append((mode, z, (r, c)))
-        self._apply_click(mode, z, (r, c))
-        self._show_mask()
-        return True
-
-    def _apply_click(self, mode: str, z: int, rc: tuple) -> None:
-        from .selection import update_mask
-
-        labels = self.cluster_labels(z)
-        if self.source.volume:
-            self.mask[z] = update_mask(self.mask[z], labels, rc, mode=mode)
-        else:
-            self.mask = np.asarray(update_mask(self.mask, labels, rc, mode=mode), bool)
-
-    def _replay_clicks(self) -> None:
-        self.mask = np.zeros(self.levels_layer.data.shape, bool)
-        for mode, z, rc in self.clicks:
-            if z in self.results:
-                self._apply_click(mode, z, rc)
-        self._show_mask()
-
-    def _on_follow(self, on: bool) -> None:
-        if on and self.clicks:
-            self._replay_clicks()
-
-    def _show_mask(self) -> None:
-        data = self.mask.astype(np.uint8)
-        if self.mask_layer is None or self.mask_layer not in self.viewer.layers:
-            self.mask_layer = self.viewer.add_labels(data, name=MASK_NAME, opacity=0.7,
-                                                     **self._geometry())
-            _single_colour(self.mask_layer)
-            self._hook(self.mask_layer)
-            # keep clicks going to the levels layer, not the new mask layer
-            self.viewer.layers.selection.active = self.levels_layer
-        else:
-            self.mask_layer.data = data
-        stats = self.mask_stats()
-        if self.source.volume:
-            self.area_label.setText(f"Mask: {stats['pixels']} voxels, {stats['ml']:.3f} mL")
-        else:
-            self.area_label.setText(f"Mask: {stats['pixels']} pixels, {stats['mm2']:.2f} mm\u00b2")
-        self._recolor_phate()
-        self._update_buttons()
-
-    def mask_stats(self) -> dict:
-        """Mask size: ``pixels``, and ``mm2`` (2D) or ``ml`` (3D) from the layer scale
-        (read as millimetres per pixel, as NIfTI and DICOM give it)."""
-        n = int(np.count_nonzero(self.mask)) if self.mask is not None else 0
-        scale = np.asarray(self.levels_layer.scale if self.levels_layer is not None else [1, 1],
-                           float)
-        if self.source is not None and self.source.volume:
-            return {"pixels": n, "ml": n * float(np.prod(scale[-3:])) / 1000.0}
-        return {"pixels": n, "mm2": n * float(np.prod(scale[-2:]))}
-
-    # ---------------------------------------------------------------- export
-    def export(self, path, what: str = "mask") -> list[str]:
-        """Write the mask (``what="mask"``) or the shown labels (``"labels"``) to ``path``
-        (.nii.gz/.nii keep the source geometry; .png) through the npe2 writer.
-        Returns the written paths ([] after a notification on failure)."""
-        from ._writer import write_labels
-
-        layer = {"mask": self.mask_layer, "labels": self.levels_layer}.get(what, False)
-        if layer is False:
-            raise InputError(f"what must be 'mask' or 'labels', not {what!r}.")
-        if layer is None or layer not in self.viewer.layers:
-            self._notify("error", f"Nothing to export: {'click a cluster' if what == 'mask' else 'segment'} first.")
-            return []
-        data, meta, _ = layer.as_layer_data_tuple()
-        try:
-            written = write_labels(str(path), np.asarray(data), meta)
-        except CutsError as exc:
-            self._notify("error", str(exc))
-            return []
-        self._notify("info", f"Saved {what} to {', '.join(map(str, written))}")
-        return list(written)
-
-    def _export_dialog(self, what: str) -> None:
-        path, _ = QFileDialog.getSaveFileName(
-            self, f"Export {what}", f"cuts_{what}.nii.gz",
-            "NIfTI (*.nii.gz *.nii);;PNG (*.png)")
-        if path:
-            self.export(path, what)
-
     # ----------------------------------------------------------------- PHATE
     def compute_phate(self) -> bool:
         """Compute the PHATE view of the shown slice's pixel embeddings (in the background)."""
@@ -877,20 +568,3 @@ class CutsWidget(QWidget):
         r, c = (int(v) for v in pixels[int(index)])
         point = (i, r, c) if self.source.volume else (r, c)
         return self.click(point, click_mode(modifiers))
-
-
-def _default_level(counts: np.ndarray, target: int = 10) -> int:
-    """The finest level with at most ``target`` clusters (the paper's k = 10)."""
-    ok = np.nonzero(np.asarray(counts) <= target)[0]
-    return int(ok[0]) if len(ok) else int(len(counts) - 1)
-
-
-def _single_colour(layer, rgba=(1.0, 0.85, 0.0, 1.0)) -> None:
-    """Show label 1 of a binary Labels layer in one colour (yellow)."""
-    try:
-        from napari.utils.colormaps import DirectLabelColormap
-
-        layer.colormap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0),
-                                                         1: rgba})
-    except Exception:  # noqa: BLE001 - cosmetic only
-        pass

@@ -1,0 +1,102 @@
+"""Settings and small helpers of the CUTS dock widget (no widgets here).
+
+:class:`Settings` is what the user chose; :class:`Source` is the chosen image layer
+as 2D slices; :func:`click_mode` maps mouse modifiers to a selection mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import pipeline
+from .errors import InputError
+
+LEVELS_NAME = "CUTS levels"
+MASK_NAME = "CUTS mask"
+UNITS = ("epochs", "seconds", "minutes")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+NO_IMAGE_HINT = ("Open an image to start (File > Open, or File > Open Sample > "
+                 "CUTS segmentation).")
+
+
+@dataclass
+class Settings:
+    """What the user chose in the widget."""
+
+    budget: float = 60.0          #: training budget, in ``unit``
+    unit: str = "seconds"         #: "epochs", "seconds" or "minutes"
+    seed: int = 0
+    device: str = "auto"          #: "auto", "cpu", "cuda" or "mps"
+    phate_samples: int = 2000     #: pixels in the PHATE view
+    phate_knn: int = 5
+
+    def budget_kwargs(self) -> dict:
+        """``epochs=`` / ``seconds=`` for :func:`pipeline.get_encoder`."""
+        if self.unit == "epochs":
+            return {"epochs": max(1, int(round(self.budget))), "seconds": None}
+        seconds = self.budget * (60.0 if self.unit == "minutes" else 1.0)
+        return {"epochs": None, "seconds": float(seconds)}
+
+
+@dataclass
+class Source:
+    """The image layer being segmented, as 2D slices ``(H, W)`` or ``(H, W, C)``."""
+
+    layer: object
+    slices: list
+    volume: bool
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.slices[0].shape[:2])
+
+    @property
+    def channels(self) -> int:
+        s = self.slices[0]
+        return 1 if s.ndim == 2 else int(s.shape[-1])
+
+
+def source_from_layer(layer) -> Source:
+    """Split an Image layer into 2D slices; raises InputError for shapes CUTS cannot take."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    rgb = bool(getattr(layer, "rgb", False))
+    ndim = data.ndim - (1 if rgb else 0)
+    if ndim == 2:
+        return Source(layer, [np.asarray(data)], False)
+    if ndim == 3:
+        return Source(layer, pipeline.volume_slices(np.asarray(data), layer.name), True)
+    raise InputError(f"layer '{layer.name}' has shape {tuple(data.shape)}: CUTS segments 2D "
+                     "images (grey or RGB) and 3D stacks or volumes ((Z, Y, X) or (N, H, W, 3)); "
+                     "take a 3D subset of it first.")
+
+
+def _modifier_names(modifiers) -> set[str]:
+    return {str(getattr(m, "name", m)) for m in (modifiers or ())}
+
+
+def click_mode(modifiers) -> str:
+    """'add' for shift, 'remove' for alt (or control), else 'replace'."""
+    names = _modifier_names(modifiers)
+    if "Shift" in names:
+        return "add"
+    if names & {"Alt", "Control", "Meta"}:
+        return "remove"
+    return "replace"
+
+def default_level(counts: np.ndarray, target: int = 10) -> int:
+    """The finest level with at most ``target`` clusters (the paper's k = 10)."""
+    ok = np.nonzero(np.asarray(counts) <= target)[0]
+    return int(ok[0]) if len(ok) else int(len(counts) - 1)
+
+
+def single_colour(layer, rgba=(1.0, 0.85, 0.0, 1.0)) -> None:
+    """Show label 1 of a binary Labels layer in one colour (yellow)."""
+    try:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        layer.colormap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0),
+                                                         1: rgba})
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
