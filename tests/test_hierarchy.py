@@ -1,0 +1,193 @@
+"""Hierarchy: lookup-table labels, persistence, save/load, from_labels, upsampling."""
+
+import os
+
+import numpy as np
+import pytest
+
+from napari_cuts.condensation import condense
+from napari_cuts.errors import InputError, ReadError, WriteError
+from napari_cuts.hierarchy import Hierarchy
+
+
+def toy():
+    """6 base regions on an 8 x 12 image; levels 6 -> 4 -> 2 -> 1."""
+    finest = np.repeat(np.repeat(np.arange(6).reshape(2, 3), 4, axis=0), 4, axis=1)
+    luts = [np.arange(6), np.array([0, 0, 1, 2, 3, 3]), np.array([0, 0, 0, 1, 1, 1]),
+            np.zeros(6, dtype=int)]
+    return Hierarchy(finest, luts, iterations=[0, 3, 4, 10], iterations_total=12)
+
+
+@pytest.fixture(scope="module")
+def real():
+    rng = np.random.default_rng(0)
+    lab = np.zeros((40, 44), dtype=int)
+    lab[:, 22:] = 1
+    lab[25:, :] = 2
+    emb = rng.normal(size=(3, 12))[lab] * 2 + rng.normal(scale=0.3, size=(40, 44, 12))
+    return condense(emb.astype(np.float32), seed=3)
+
+
+def test_labels_map_through_luts():
+    h = toy()
+    assert h.n_levels == 4
+    assert h.n_clusters.tolist() == [6, 4, 2, 1]
+    assert h.shape == (8, 12)
+    l1 = h.labels(1)
+    assert l1.dtype == np.uint16
+    assert np.array_equal(np.unique(l1), np.arange(4))
+    assert l1[0, 0] == l1[0, 4] and l1[0, 8] != l1[0, 0]
+    assert np.array_equal(h.labels(-1), np.zeros((8, 12)))
+    with pytest.raises(InputError):
+        h.labels(4)
+
+
+def test_constructor_rejects_bad_hierarchies():
+    finest = np.arange(4).reshape(2, 2)
+    with pytest.raises(InputError, match="increase"):
+        Hierarchy(finest, [np.array([0, 0, 1, 1]), np.arange(4)])
+    with pytest.raises(InputError, match="union"):
+        Hierarchy(finest, [np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])])
+
+
+def test_persistent_paints_longest_lived_segments():
+    h = toy()
+    life = h.segment_lifetimes()
+    # base region 2 stays alone from iteration 0 until the 2-cluster level (4): life 4
+    assert life[0][2] == 4 and life[1][1] == 4
+    # the 2-cluster level's clusters live from 4 to 10
+    assert life[2].tolist() == [6, 6]
+    p = h.persistent()
+    assert p.shape == (8, 12)
+    assert np.array_equal(np.unique(p), np.arange(np.unique(p).size))
+    # the 2-cluster segments (life 6) win over everything finer: p equals level 2
+    assert np.array_equal(p, h.labels(2))
+
+
+def test_persistent_prefers_a_long_lived_fine_segment():
+    finest = np.arange(4).reshape(2, 2)
+    # base 0 survives alone until the last level; 1, 2, 3 merge early
+    luts = [np.arange(4), np.array([0, 1, 1, 1]), np.array([0, 0, 0, 0])]
+    h = Hierarchy(finest, luts, iterations=[0, 1, 9], iterations_total=10)
+    p = h.persistent()
+    assert p[0, 0] != p[0, 1]
+    assert p[0, 1] == p[1, 0] == p[1, 1]
+
+
+def test_persistent_on_condensed_hierarchy_labels_every_pixel(real):
+    p = real.persistent()
+    assert p.shape == real.shape
+    assert np.unique(p).size >= 2
+    assert np.array_equal(np.unique(p), np.arange(np.unique(p).size))
+
+
+def test_save_load_round_trip(tmp_path, real):
+    real.metadata["note"] = "hello"
+    path = tmp_path / "h.npz"
+    real.save(path)
+    back = Hierarchy.load(path)
+    assert back.n_levels == real.n_levels
+    assert np.array_equal(back.n_clusters, real.n_clusters)
+    for lv in range(real.n_levels):
+        assert np.array_equal(back.labels(lv), real.labels(lv))
+    assert np.array_equal(back.persistent(), real.persistent())
+    assert back.metadata["note"] == "hello"
+    assert back.metadata["seed"] == 3
+    with np.load(path) as z:
+        assert z["labels"].shape == (real.n_levels, *real.shape)
+        assert z["n_clusters"].tolist() == real.n_clusters.tolist()
+    assert [f for f in os.listdir(tmp_path)] == ["h.npz"]
+
+
+def test_load_accepts_only_labels_and_counts(tmp_path, real):
+    path = tmp_path / "minimal.npz"
+    stack = real.labels_stack()
+    np.savez(path, labels=stack, n_clusters=real.n_clusters)
+    back = Hierarchy.load(path)
+    for lv in range(real.n_levels):
+        assert np.array_equal(back.labels(lv), real.labels(lv))
+    assert np.unique(back.persistent()).size >= 2
+
+
+def test_from_labels_relabels_and_handles_non_nested():
+    a = np.array([[5, 5, 9], [9, 7, 7]])
+    b = np.array([[1, 1, 1], [2, 2, 2]])   # not nested with a
+    h = Hierarchy.from_labels(np.stack([a, b]))
+    assert h.n_clusters.tolist() == [3, 2]
+    assert np.array_equal(np.unique(h.labels(0)), [0, 1, 2])
+    # equal partitions up to renaming
+    for lab, ref in ((h.labels(0), a), (h.labels(1), b)):
+        pairs = set(zip(lab.ravel().tolist(), ref.ravel().tolist()))
+        assert len(pairs) == len(np.unique(ref))
+
+
+def test_load_corrupt_file_raises_read_error(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"this is not a zip file at all")
+    with pytest.raises(ReadError, match="bad.npz"):
+        Hierarchy.load(bad)
+    with pytest.raises(ReadError, match="missing.npz"):
+        Hierarchy.load(tmp_path / "missing.npz")
+    other = tmp_path / "other.npz"
+    np.savez(other, x=np.zeros(3))
+    with pytest.raises(ReadError, match="other.npz"):
+        Hierarchy.load(other)
+
+
+def test_load_truncated_file_raises_read_error(tmp_path, real):
+    path = tmp_path / "t.npz"
+    real.save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ReadError, match="t.npz"):
+        Hierarchy.load(path)
+
+
+def test_inconsistent_counts_raise_read_error(tmp_path):
+    path = tmp_path / "inc.npz"
+    np.savez(path, labels=np.zeros((1, 4, 4), dtype=np.uint16), n_clusters=np.array([3]))
+    with pytest.raises(ReadError, match="inc.npz"):
+        Hierarchy.load(path)
+
+
+def test_save_to_missing_folder_raises_write_error(tmp_path, real):
+    with pytest.raises(WriteError):
+        real.save(tmp_path / "no" / "such" / "dir" / "h.npz")
+
+
+def test_save_failure_leaves_old_file_untouched(tmp_path, real, monkeypatch):
+    path = tmp_path / "h.npz"
+    real.save(path)
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", boom)
+    with pytest.raises(WriteError):
+        real.save(path)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["h.npz"]
+
+
+def test_upsampled_maps_grid_labels_to_full_resolution(real):
+    gh, gw = real.shape
+    full = (gh * 3 - 2, gw * 3 - 1)
+    up = real.upsampled(full, 3)
+    assert up.shape == full
+    assert np.array_equal(up.n_clusters, real.n_clusters)
+    for lv in (0, real.n_levels // 2, real.n_levels - 1):
+        small = real.labels(lv)
+        big = up.labels(lv)
+        expect = np.repeat(np.repeat(small, 3, axis=0), 3, axis=1)[: full[0], : full[1]]
+        assert np.array_equal(big, expect)
+    assert up.persistent().shape == full
+    with pytest.raises(InputError):
+        real.upsampled((gh * 5, gw * 5), 3)
+
+
+def test_level_with(real):
+    k = int(real.n_clusters[real.n_levels // 2])
+    lv = real.level_with(k)
+    assert real.n_clusters[lv] >= k
+    assert lv == real.n_levels - 1 or real.n_clusters[lv + 1] < k
