@@ -160,17 +160,24 @@ def _figure_levels(image: np.ndarray, hier, path: Path, max_panels: int = 7) -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from skimage.color import label2rgb
-
     from .fileutil import atomic_path
+    from .io import label_colours
+
+    def overlay(lab, base, alpha=0.5):
+        lab = np.asarray(lab, dtype=np.int64)
+        table = label_colours(int(lab.max()) + 1)[1:].astype(np.float32) / 255.0
+        grey = base if base.ndim == 2 else base.mean(axis=-1)
+        return (1 - alpha) * grey[..., None] + alpha * table[lab]
 
     n = hier.n_levels
-    # Levels with distinct cluster counts, spread from coarsest (>= 2 clusters) to finest.
+    # Levels spread geometrically in cluster count, from the coarsest with >= 2 clusters
+    # up to about 256 clusters (finer levels look like noise at figure size).
     counts = np.asarray(hier.n_clusters)
-    candidates = [lv for lv in range(n) if counts[lv] >= 2] or [0]
-    picks = sorted({candidates[int(round(i))] for i in
-                    np.linspace(0, len(candidates) - 1, min(max_panels - 2, len(candidates)))},
-                   reverse=True)
+    candidates = [lv for lv in range(n) if 2 <= counts[lv] <= 256] or [n - 1]
+    lo_c, hi_c = counts[candidates[-1]], counts[candidates[0]]
+    targets = np.geomspace(lo_c, hi_c, min(max_panels - 2, len(candidates)))
+    picks = sorted({min(candidates, key=lambda lv: abs(np.log(counts[lv]) - np.log(t)))
+                    for t in targets}, reverse=True)
     disp = image.astype(np.float32)
     if disp.ndim == 3 and disp.shape[-1] == 1:
         disp = disp[..., 0]
@@ -180,9 +187,8 @@ def _figure_levels(image: np.ndarray, hier, path: Path, max_panels: int = 7) -> 
     for lv in picks:
         lab = hier.labels(lv)
         panels.append((f"level {lv}: {int(counts[lv])} clusters",
-                       label2rgb(lab, image=disp, alpha=0.45, bg_label=-1)))
-    panels.append(("persistent structures", label2rgb(hier.persistent(), image=disp, alpha=0.45,
-                                                      bg_label=-1)))
+                       overlay(lab, disp)))
+    panels.append(("persistent structures", overlay(hier.persistent(), disp)))
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), dpi=110)
     for ax, (title, im) in zip(np.atleast_1d(axes), panels):
         ax.imshow(im, cmap="gray" if im.ndim == 2 else None, interpolation="nearest")

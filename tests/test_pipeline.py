@@ -1,0 +1,60 @@
+"""The shared pipeline: planning, pooled grids for large images, cancel, provenance."""
+
+import numpy as np
+import pytest
+
+from napari_cuts import pipeline
+from napari_cuts.errors import Cancelled, InputError
+
+
+def test_plan_pools_only_large_images():
+    small = pipeline.plan((512, 512, 3))
+    assert small.pool == 1 and small.grid_shape == (512, 512) and not small.notes
+    hrf = pipeline.plan((2336, 3504, 3))
+    assert hrf.pool == 6 and hrf.grid_shape[0] * hrf.grid_shape[1] <= pipeline.MAX_POINTS
+    assert "grid" in hrf.notes[0]
+    assert hrf.estimated_mb < 8000
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder():
+    rng = np.random.default_rng(0)
+    imgs = [rng.random((48, 48)).astype(np.float32) for _ in range(2)]
+    enc, trained = pipeline.get_encoder(imgs, epochs=1, seed=0)
+    assert trained
+    return enc
+
+
+def test_pooled_grid_maps_back_to_full_resolution(tiny_encoder):
+    yy, xx = np.mgrid[:90, :70]
+    img = ((xx > 35).astype(np.float32) + 0.05 * np.random.default_rng(1).random((90, 70)))
+    res = pipeline.segment_image(tiny_encoder, img, max_points=30 * 24, seed=0)
+    assert res.pool == 3
+    assert res.embeddings.shape[:2] == (30, 24)
+    h = res.hierarchy
+    for lv in (0, h.n_levels - 1):
+        assert h.labels(lv).shape == (90, 70)
+    assert h.persistent().shape == (90, 70)
+    assert h.metadata["pool"] == 3 and h.metadata["seed"] == 0
+    assert "napari_cuts_version" in h.metadata
+    assert any("grid" in n for n in res.notes)
+
+
+def test_segment_image_cancel(tiny_encoder):
+    img = np.random.default_rng(2).random((48, 48)).astype(np.float32)
+    with pytest.raises(Cancelled):
+        pipeline.segment_image(tiny_encoder, img, cancel=lambda: True)
+
+
+def test_segment_image_rejects_bad_input(tiny_encoder):
+    with pytest.raises(InputError, match="constant"):
+        pipeline.segment_image(tiny_encoder, np.zeros((40, 40)))
+
+
+def test_volume_helpers():
+    vol = np.zeros((10, 20, 20))
+    assert len(pipeline.volume_slices(vol)) == 10
+    sub = pipeline.training_subset(list(range(100)), max_images=5)
+    assert sub[0] == 0 and sub[-1] == 99 and len(sub) == 5
+    with pytest.raises(InputError):
+        pipeline.volume_slices(np.zeros((5, 5)))
