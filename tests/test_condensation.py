@@ -169,6 +169,20 @@ def test_grey_single_channel_embedding():
     h = condense(emb)
     assert_nested(h)
     assert h.n_clusters[-1] == 1
+    # the 4 grey levels are found at some level
+    lv = h.level_with(4)
+    m = h.labels(lv)
+    for r in range(4):
+        c = np.bincount(m[lab == r]).argmax()
+        assert dice(m == c, lab == r) >= 0.95
+
+
+def test_normalize_ignores_vector_length():
+    emb, _ = regions_embedding(h=32, w=32)
+    scale = np.random.default_rng(5).uniform(0.5, 2.0, size=emb.shape[:2] + (1,))
+    a = condense(emb, normalize=True)
+    b = condense(emb * scale.astype(np.float32), normalize=True)
+    assert np.array_equal(a.n_clusters, b.n_clusters)
 
 
 def test_constant_embedding_is_one_cluster():

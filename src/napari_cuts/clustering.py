@@ -36,6 +36,7 @@ __all__ = ["spectral_kmeans", "FAST_DEFAULTS"]
 
 #: Parameters of the fast method (each can be passed as a keyword).
 FAST_DEFAULTS = {
+    "normalize": False,
     "n_components": 32,
     "knn": 10,
     "decay": 40.0,
@@ -118,6 +119,8 @@ def spectral_kmeans(embeddings, k: int = 10, *, seed: int = 0, progress: Progres
 
     steps = 5
     report(progress, 0, steps, "reducing dimensions")
+    if p["normalize"]:
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     y = _pca(x, int(p["n_components"]))
     check_cancel(cancel)
     report(progress, 1, steps, "neighbour graph")
