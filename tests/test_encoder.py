@@ -175,11 +175,11 @@ def test_weights_not_matching_metadata(rgb_encoder, tmp_path):
 
 def test_short_training_lowers_both_losses():
     ims = np.stack([_textured(s, 48, 3) for s in range(4)])
-    enc = train_encoder(ims, epochs=40, seed=0, device="cpu", crop_size=32, batch_size=4,
+    enc = train_encoder(ims, epochs=10, seed=0, device="cpu", crop_size=32, batch_size=2,
                         anchors=64, lam=0.1)
     hist = enc.metadata["history"]
     n = len(hist["loss"])
-    assert n >= 40
+    assert n >= 40  # 10 epochs x 5 steps
     k = max(3, n // 6)
     for term in ("contrastive", "reconstruction"):
         first = float(np.mean(hist[term][:k]))
@@ -189,7 +189,7 @@ def test_short_training_lowers_both_losses():
 
 def test_same_region_closer_than_other_region():
     img = _textured(0, 64, 3)
-    enc = train_encoder([img, _textured(1, 64, 3)], epochs=30, seed=0, device="cpu",
+    enc = train_encoder([img, _textured(1, 64, 3)], epochs=20, seed=0, device="cpu",
                         crop_size=32, batch_size=4, anchors=64)
     z = embed(enc, img)
     z = z / np.linalg.norm(z, axis=-1, keepdims=True)
