@@ -106,20 +106,25 @@ def _validate(embeddings) -> np.ndarray:
     return arr
 
 
-def _pca(x: np.ndarray, k: Optional[int]) -> np.ndarray:
-    """Centre ``x`` (N, D) and project onto its top-``k`` principal axes (float32)."""
-    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
-    xc = x - mean
+def _pca(x: np.ndarray, k: Optional[int], sample: int = 65536, seed: int = 0) -> np.ndarray:
+    """Centre ``x`` (N, D) and project onto its top-``k`` principal axes (float32).
+
+    The axes come from the covariance of at most ``sample`` rows (a seeded random
+    subset): for tall (H*W, 128) inputs that is as good and several times faster."""
+    n = x.shape[0]
+    rows = x if n <= sample else x[np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))]
+    mean = rows.mean(axis=0, dtype=np.float64).astype(np.float32)
     if not k or k >= x.shape[1]:
-        return xc
-    cov = (xc.T @ xc).astype(np.float64) / max(1, x.shape[0] - 1)
+        return x - mean
+    rc = (rows - mean).astype(np.float64)
+    cov = (rc.T @ rc) / max(1, rows.shape[0] - 1)
     vals, vecs = np.linalg.eigh(cov)
     vecs = vecs[:, ::-1][:, :k]
     # deterministic signs: largest-magnitude loading positive
     sign = np.sign(vecs[np.argmax(np.abs(vecs), axis=0), np.arange(k)])
     sign[sign == 0] = 1
     vecs = (vecs * sign).astype(np.float32)
-    return xc @ vecs
+    return x @ vecs - mean @ vecs
 
 
 def _grid_edges(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -222,8 +227,9 @@ def condense(embeddings, *, seed: int = 0, progress: Progress = None, cancel: Ca
     report(progress, 0, 1, "reducing dimensions")
     x = emb.reshape(n, d)
     if p["normalize"] == "auto" and d >= 8 or p["normalize"] is True:
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    y = _pca(x, p["n_components"])
+        norm = np.sqrt(np.einsum("ij,ij->i", x, x))
+        x = x / np.maximum(norm, 1e-12)[:, None]
+    y = _pca(x, p["n_components"], seed=seed)
     rec = _Recorder(n)
     it = 0
 
