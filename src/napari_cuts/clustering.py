@@ -10,7 +10,8 @@ spectral landmark clustering.
 ``method="fast"`` (the default) computes the same kind of potential, faster:
 
 1. PCA of the embeddings to ``n_components`` (32) dimensions;
-2. a ``knn``-nearest-neighbour graph (scipy cKDTree, ``knn=10``) with PHATE's
+2. a ``knn``-nearest-neighbour graph (scipy cKDTree, ``knn=100`` as the paper's
+   PHATE call; ``knn=10`` was 0.25 Dice worse on retina images 0-9) with PHATE's
    alpha-decay kernel ``exp(-(d_ij / sigma_i)^decay)``, ``sigma_i`` the distance to the
    ``knn``-th neighbour, ``decay=40``, symmetrised, row-normalised into ``P``;
 3. ``n_landmark`` (500) landmarks from k-means on a subsample (every point goes to
@@ -38,7 +39,7 @@ __all__ = ["spectral_kmeans", "FAST_DEFAULTS"]
 FAST_DEFAULTS = {
     "normalize": False,
     "n_components": 32,
-    "knn": 10,
+    "knn": 100,
     "decay": 40.0,
     "n_landmark": 500,
     "t": 2,
