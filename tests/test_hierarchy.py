@@ -50,28 +50,104 @@ def test_constructor_rejects_bad_hierarchies():
         Hierarchy(finest, [np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])])
 
 
-def test_persistent_paints_longest_lived_segments():
+def test_segment_lifetimes_and_persistence():
     h = toy()
     life = h.segment_lifetimes()
     # base region 2 stays alone from iteration 0 until the 2-cluster level (4): life 4
     assert life[0][2] == 4 and life[1][1] == 4
     # the 2-cluster level's clusters live from 4 to 10
     assert life[2].tolist() == [6, 6]
+    pers = h.segment_persistence()
+    # region 2: born with 6 clusters, merged at the 2-cluster level -> ln(6 / 2)
+    assert np.isclose(pers[0][2], np.log(3)) and np.isclose(pers[1][1], np.log(3))
+    # a 2-cluster level cluster: born with 2 clusters, merged into the root -> ln 2
+    assert np.allclose(pers[2], np.log(2))
+    areas = h.segment_areas()
+    assert np.allclose(areas[0], 1 / 6) and np.allclose(areas[2], 0.5)
+    assert all(np.isclose(a.sum(), 1.0) for a in areas)
+
+
+def _same_partition(a, b):
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return pairs.shape[1] == np.unique(a).size == np.unique(b).size
+
+
+def test_persistent_paints_most_persistent_segments():
+    h = toy()
     p = h.persistent()
     assert p.shape == (8, 12)
     assert np.array_equal(np.unique(p), np.arange(np.unique(p).size))
-    # the 2-cluster segments (life 6) win over everything finer: p equals level 2
-    assert np.array_equal(p, h.labels(2))
+    # reference: every pixel takes, among the segments containing it (root excluded),
+    # the one ranked highest by (area in [1 %, 50 %], persistence, coarser level)
+    pers, areas = h.segment_persistence(), h.segment_areas()
+    roots = h._segment_roots()
+    ref = np.zeros(h.shape, dtype=np.int64)
+    for y in range(h.shape[0]):
+        for x in range(h.shape[1]):
+            cands = []
+            for lv in range(h.n_levels - 1):
+                c = h.labels(lv)[y, x]
+                cands.append((bool(0.01 <= areas[lv][c] <= 0.5), round(pers[lv][c], 9), lv,
+                              roots[0][lv][c] * 1000 + roots[1][lv][c]))
+            ref[y, x] = max(cands)[3]
+    assert _same_partition(p, ref)
+    # the finest regions here outlive the 4-cluster level: more labels than level 2 has
+    assert np.unique(p).size > h.n_clusters[2]
 
 
 def test_persistent_prefers_a_long_lived_fine_segment():
     finest = np.arange(4).reshape(2, 2)
-    # base 0 survives alone until the last level; 1, 2, 3 merge early
-    luts = [np.arange(4), np.array([0, 1, 1, 1]), np.array([0, 0, 0, 0])]
+    # bases 0 and 3 survive alone until the last level; 1 and 2 merge early
+    luts = [np.arange(4), np.array([0, 1, 1, 2]), np.array([0, 0, 0, 0])]
     h = Hierarchy(finest, luts, iterations=[0, 1, 9], iterations_total=10)
     p = h.persistent()
-    assert p[0, 0] != p[0, 1]
-    assert p[0, 1] == p[1, 0] == p[1, 1]
+    assert p[0, 0] != p[0, 1] and p[1, 1] != p[0, 1]
+    assert p[0, 1] == p[1, 0]
+
+
+def speck_hierarchy():
+    """20 x 20 image: a 1-pixel speck (0.25 %) that stays alone until the last merge, a
+    left half that forms early and lives long, and a right half built up from 8 blocks."""
+    finest = np.zeros((20, 20), dtype=int)
+    finest[:, 10:] = 2 + (np.arange(20)[:, None] // 5) * 2 + (np.arange(10)[None, :] // 5)
+    finest[:10, :10] = 10                   # left half = base 10 (top) + base 1 (bottom)
+    finest[10:, :10] = 1
+    finest[4, 4] = 0                        # the speck
+    #            speck left-b right blocks 2..9          left-a
+    luts = [np.arange(11),
+            np.array([0, 1, 2, 2, 3, 3, 4, 4, 5, 5, 1]),   # left forms; right pairs: n = 6
+            np.array([0, 1, 2, 2, 2, 2, 3, 3, 3, 3, 1]),   # n = 4
+            np.array([0, 1, 2, 2, 2, 2, 2, 2, 2, 2, 1]),   # n = 3
+            np.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0]),   # speck joins the left: n = 2
+            np.zeros(11, dtype=int)]
+    return Hierarchy(finest, luts)
+
+
+def test_persistent_large_structure_wins_over_a_tiny_long_lived_speck():
+    h = speck_hierarchy()
+    pers, areas = h.segment_persistence(), h.segment_areas()
+    left = h.labels(1)[0, 0]
+    # the speck outlives the left half in the hierarchy, but covers < 1 % of the image
+    assert pers[0][0] > pers[1][left]
+    assert areas[0][0] < 0.01 <= areas[1][left] <= 0.5
+    p = h.persistent()
+    speck = p[4, 4]
+    # the speck is not a structure of its own: its pixel joins the structure it merges
+    # into, the left half
+    assert np.count_nonzero(p == speck) > 1
+    assert speck == p[0, 0] == p[19, 0]
+    assert np.bincount(p.ravel()).min() >= 0.01 * p.size
+    # with no area limit the speck keeps its own label (the rule the default overrides)
+    p0 = h.persistent(min_area=0.0)
+    assert np.count_nonzero(p0 == p0[4, 4]) == 1
+
+
+def test_persistent_never_paints_a_near_whole_image_segment():
+    h = speck_hierarchy()
+    p = h.persistent()
+    # the 2-cluster level's halves are 50 % each; no label covers more than half
+    assert np.bincount(p.ravel()).max() <= p.size // 2
+    assert np.array_equal(np.unique(p), np.arange(np.unique(p).size))
 
 
 def test_persistent_on_condensed_hierarchy_labels_every_pixel(real):

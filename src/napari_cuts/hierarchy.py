@@ -29,6 +29,11 @@ __all__ = ["Hierarchy"]
 #: Format version written into the metadata of saved hierarchies.
 FORMAT_VERSION = 1
 
+#: Area range (fractions of the image) of the segments that compete as persistent
+#: structures (see :meth:`Hierarchy.persistent`).
+PERSISTENT_MIN_AREA = 0.01
+PERSISTENT_MAX_AREA = 0.5
+
 
 def _label_dtype(n: int):
     return np.uint16 if n <= np.iinfo(np.uint16).max + 1 else np.uint32
@@ -183,46 +188,134 @@ class Hierarchy:
             stops[lv] = sp
         return [stops[lv] - starts[lv] for lv in range(L)]
 
-    def persistent(self) -> np.ndarray:
+    def segment_areas(self) -> list[np.ndarray]:
+        """Per level, each cluster's area as a fraction of the image, ``[(n_l,) ...]``."""
+        counts = np.bincount(self._finest.ravel(), minlength=self._luts[0].shape[0])
+        frac = counts / max(int(counts.sum()), 1)
+        return [np.bincount(t, weights=frac, minlength=int(n))
+                for t, n in zip(self._luts, self.n_clusters)]
+
+    def segment_persistence(self) -> list[np.ndarray]:
+        """Per level, how persistent each cluster's segment is, ``[(n_l,) ...]`` floats.
+
+        A segment (see :meth:`segment_lifetimes`) appears at a level with ``n_birth``
+        clusters and is merged at the first level where its cluster has grown, which has
+        ``n_death`` clusters (1 for a segment never merged). Its persistence is
+        ``ln(n_birth / n_death)``: the span of the hierarchy, in log cluster count, that
+        it survives unmerged. This is scale-free: it does not depend on the image size,
+        on how many iterations the diffusion took between merges (the last merges take
+        the most, which would favour the trivial near-root clusters) or on how the
+        levels were thinned (they are kept evenly in log cluster count).
+        """
+        L = self.n_levels
+        logn = np.log(np.maximum(self.n_clusters, 1).astype(np.float64))
+        logn_death = np.append(logn[1:], 0.0)        # merged at level l+1 / never merged
+        canon_lv, _ = self._segment_roots()
+        parents = [self._parent(lv) for lv in range(L - 1)]
+        death = [None] * L
+        death[L - 1] = np.full(self.n_clusters[L - 1], logn_death[L - 1])
+        for lv in range(L - 2, -1, -1):
+            p = parents[lv]
+            nchild = np.bincount(p, minlength=self.n_clusters[lv + 1])
+            d = np.full(self.n_clusters[lv], logn_death[lv])
+            only = nchild[p] == 1
+            d[only] = death[lv + 1][p[only]]
+            death[lv] = d
+        return [logn[canon_lv[lv]] - death[lv] for lv in range(L)]
+
+    def persistent(self, *, min_area: float = PERSISTENT_MIN_AREA,
+                   max_area: float = PERSISTENT_MAX_AREA) -> np.ndarray:
         """The persistent-structures map ``(H, W)`` (uint16/uint32, ids 0..n-1).
 
-        Segments (see :meth:`segment_lifetimes`) are ranked by how many condensation
-        iterations they survive unmerged; more persistent segments are painted over less
-        persistent ones (ties: the coarser segment wins). The single cluster of a
-        one-cluster coarsest level is left out (it would cover everything). Every pixel
-        gets a label: the finest level covers the image.
+        Segments (see :meth:`segment_lifetimes`) are ranked by their persistence, the
+        span of the hierarchy in log cluster count they survive unmerged
+        (:meth:`segment_persistence`); more persistent segments are painted over less
+        persistent ones (ties: the coarser segment wins). Only segments covering between
+        ``min_area`` and ``max_area`` of the image compete as structures: a speck that
+        never merges (noise, a few odd pixels) is not a structure, and a segment covering
+        more than half the image is the context the structures sit in (the trivial
+        near-root clusters). Segments outside that range only fill pixels that no
+        structure covers, ranked the same way. The single cluster of a one-cluster
+        coarsest level is never used. Every pixel gets a label: the finest level covers
+        the image. Computed from the lookup tables only (a few ms at 512 x 512).
         """
-        if self._persistent is not None:
+        default = (min_area, max_area) == (PERSISTENT_MIN_AREA, PERSISTENT_MAX_AREA)
+        if default and self._persistent is not None:
             return self._persistent.copy()
-        life = self.segment_lifetimes()
+        pers = self.segment_persistence()
+        areas = self.segment_areas()
         L = self.n_levels
         last = L - 1 if self.n_clusters[-1] <= 1 and L > 1 else L
+        # structures outrank every filler: shift their scores above the largest persistence
+        bonus = 1.0 + max(float(np.max(p)) if p.size else 0.0 for p in pers)
         n0 = self._luts[0].shape[0]
-        best = np.full(n0, -1, dtype=np.int64)
-        best_key = np.zeros(n0, dtype=np.int64)   # (level, cluster) of the winner
+        best = np.full(n0, -np.inf)
+        best_id = np.zeros(n0, dtype=np.int64)
         best_lv = np.zeros(n0, dtype=np.int64)
         for lv in range(last):
+            a = areas[lv]
+            score = pers[lv] + bonus * ((a >= min_area) & (a <= max_area))
             ids = self._luts[lv].astype(np.int64)
-            lt = life[lv][ids]
-            win = lt >= best          # later (coarser) levels win ties
-            best[win] = lt[win]
-            best_key[win] = ids[win]
+            sc = score[ids]
+            win = sc >= best - 1e-9   # later (coarser) levels win ties (up to rounding)
+            best[win] = sc[win]
+            best_id[win] = ids[win]
             best_lv[win] = lv
-        # the same segment seen at several levels must get one id: use its first level
-        # as the canonical one -> key by (start level, cluster at start level)
-        seg_first = self._segment_roots()
-        canon_lv, canon_id = seg_first
+        # the same segment seen at several levels must get one id: key it by
+        # (start level, cluster at the start level)
+        canon_lv, canon_id = self._segment_roots()
         keys = np.empty(n0, dtype=np.int64)
         for lv in range(last):
             sel = best_lv == lv
             if np.any(sel):
-                cl = canon_lv[lv][best_key[sel]]
-                ci = canon_id[lv][best_key[sel]]
-                keys[sel] = cl * (n0 + 1) + ci
+                keys[sel] = canon_lv[lv][best_id[sel]] * (n0 + 1) + canon_id[lv][best_id[sel]]
+        keys = self._absorb_specks(keys, min_area)
         base, n = _contiguous(keys)
-        base = base.astype(_label_dtype(n))
-        self._persistent = np.take(base, self._finest)
-        return self._persistent.copy()
+        out = np.take(base.astype(_label_dtype(n)), self._finest)
+        if default:
+            self._persistent = out
+            return out.copy()
+        return out
+
+    def _absorb_specks(self, keys: np.ndarray, min_area: float) -> np.ndarray:
+        """Give the base ids of painted labels smaller than ``min_area`` of the image the
+        label that covers most of the first coarser cluster holding a label that large
+        (a speck joins the structure it merges into). ``keys``: label per base id."""
+        if min_area <= 0:
+            return keys
+        px = np.bincount(self._finest.ravel(), minlength=keys.shape[0]).astype(np.float64)
+        total = px.sum()
+        uniq, inv = np.unique(keys, return_inverse=True)
+        big = np.bincount(inv, weights=px, minlength=uniq.size) >= min_area * total
+        small = ~big[inv]
+        if not small.any() or not big.any():
+            return keys
+        keys = keys.copy()
+        for lv in range(1, self.n_levels):
+            cl = self._luts[lv].astype(np.int64)
+            ok = ~small
+            # per cluster, the large label covering most of it (ties: lowest label index)
+            pair = cl[ok] * uniq.size + inv[ok]
+            pu, pinv = np.unique(pair, return_inverse=True)
+            w = np.bincount(pinv, weights=px[ok])
+            order = np.lexsort((-w, pu // uniq.size))       # by cluster, heaviest first
+            first = order[np.r_[True, np.diff(pu[order] // uniq.size) != 0]]
+            best = np.full(int(self.n_clusters[lv]), -1, dtype=np.int64)
+            best[pu[first] // uniq.size] = pu[first] % uniq.size
+            fix = small & (best[cl] >= 0)
+            inv = inv.copy()
+            inv[fix] = best[cl[fix]]
+            keys[fix] = uniq[inv[fix]]
+            small &= ~fix
+            if not small.any():
+                break
+        return keys
+
+    def _parent(self, lv: int) -> np.ndarray:
+        """Cluster of level ``lv + 1`` containing each cluster of level ``lv``."""
+        parent = np.zeros(self.n_clusters[lv], dtype=np.int64)
+        parent[self._luts[lv]] = self._luts[lv + 1]
+        return parent
 
     def _segment_roots(self):
         """For every (level, cluster), the (level, cluster) where its segment starts."""
