@@ -58,3 +58,12 @@ def test_volume_helpers():
     assert sub[0] == 0 and sub[-1] == 99 and len(sub) == 5
     with pytest.raises(InputError):
         pipeline.volume_slices(np.zeros((5, 5)))
+
+
+def test_plan_refuses_what_does_not_fit(monkeypatch):
+    from napari_cuts.errors import ResourceError
+
+    monkeypatch.setattr(pipeline, "available_memory_mb", lambda: 500.0)
+    with pytest.raises(ResourceError, match="max-points"):
+        pipeline.check_fits(pipeline.plan((2336, 3504, 3)))
+    pipeline.check_fits(pipeline.plan((64, 64)))
