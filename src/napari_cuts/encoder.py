@@ -29,11 +29,9 @@ torch is imported only in this module.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -45,7 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .errors import InputError, WeightsError, WriteError
+from .errors import InputError, WeightsError
+from .fileutil import atomic_path
 from .images import Cancel, Progress, as_image_list, check_cancel, check_image, report
 
 __all__ = [
@@ -241,25 +240,11 @@ class Encoder:
             "metadata": json.dumps(self.metadata),
             "state": self._state(),
         }
-        tmp = None
-        try:
-            parent = path.parent if str(path.parent) else Path(".")
-            fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=parent)
-            with os.fdopen(fd, "wb") as fh:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
                 torch.save(payload, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            tmp = None
-        except OSError as exc:
-            raise WriteError(f"cannot write encoder weights to {path}: {exc.strerror or exc}; "
-                             "choose a writable folder with free space.") from exc
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                try:
-                    os.remove(tmp)
-                except OSError:
-                    pass
 
 
 def load_encoder(path, device: str = "auto") -> Encoder:

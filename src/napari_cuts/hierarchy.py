@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .errors import InputError, ReadError
-from .fileutil import atomic_path
+from .fileutil import atomic_path, jsonable
 
 __all__ = ["Hierarchy"]
 
@@ -425,7 +425,7 @@ class Hierarchy:
                     luts=luts,
                     iterations=self.iterations,
                     iterations_total=np.int64(self.iterations_total),
-                    metadata=np.array(json.dumps(meta, default=_json_default)),
+                    metadata=np.array(json.dumps(meta, default=jsonable)),
                 )
 
     @classmethod
@@ -471,11 +471,3 @@ class Hierarchy:
         return hier
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)

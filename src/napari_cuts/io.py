@@ -53,7 +53,6 @@ import gzip
 import json
 import math
 import os
-import secrets
 import struct
 import warnings
 import zlib
@@ -63,6 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CutsError, InputError, ReadError, WriteError
+from .fileutil import atomic_path, jsonable
 
 __all__ = [
     "ImageData",
@@ -1202,32 +1202,11 @@ def _atomic_write(path: Path, payload: bytes) -> None:
             f"Cannot write {path}: cannot create the folder {parent} "
             f"({exc.strerror or exc}). Choose a writable folder."
         ) from exc
-    tmp = parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    fd = None
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            fd = None
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise WriteError(
-                f"Cannot write {path}: {exc.strerror or exc}. Check that the folder is "
-                "writable and the disk is not full."
-            ) from exc
-        raise
 
 
 def _affine_from_spacing(spacing, ndim: int) -> np.ndarray:
@@ -1304,14 +1283,6 @@ def _png_bytes(arr: np.ndarray, *, binary: bool, colour: bool, name: str) -> byt
     return iio.imwrite("<bytes>", out, extension=".png")
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
 
 
 def _write(path, arr, *, like, affine, spacing, provenance, kind: str, colour: bool) -> Path:
@@ -1336,7 +1307,7 @@ def _write(path, arr, *, like, affine, spacing, provenance, kind: str, colour: b
             record["source"] = like.source
         record.update(provenance)
         try:
-            sidecar = json.dumps(record, indent=2, default=_json_default).encode()
+            sidecar = json.dumps(record, indent=2, default=jsonable).encode()
         except (TypeError, ValueError) as exc:
             raise InputError(f"provenance cannot be saved as JSON: {exc}") from exc
     if ext == ".png":
