@@ -31,7 +31,7 @@ from scipy import sparse
 from scipy.spatial import cKDTree
 
 from .errors import InputError
-from .images import Cancel, Progress, check_cancel, report
+from .images import Cancel, Progress, check_cancel, check_embeddings, report
 
 __all__ = ["spectral_kmeans", "FAST_DEFAULTS"]
 
@@ -47,18 +47,6 @@ FAST_DEFAULTS = {
 }
 
 
-def _validate(embeddings) -> np.ndarray:
-    arr = np.asarray(embeddings)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim != 3 or min(arr.shape) < 1:
-        raise InputError(f"embeddings have shape {np.shape(embeddings)}; expected (H, W, D).")
-    if arr.dtype.kind not in "fiub":
-        raise InputError(f"embeddings have dtype {arr.dtype}; expected real numbers.")
-    arr = arr.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(arr)):
-        raise InputError("embeddings contain NaN or infinite values; check the encoder's input.")
-    return arr
 
 
 def _contiguous_uint16(lab: np.ndarray, shape) -> np.ndarray:
@@ -87,7 +75,7 @@ def spectral_kmeans(embeddings, k: int = 10, *, seed: int = 0, progress: Progres
     """
     from sklearn.cluster import KMeans
 
-    emb = _validate(embeddings)
+    emb = check_embeddings(embeddings)
     h, w, d = emb.shape
     n = h * w
     k = int(k)

@@ -57,7 +57,7 @@ from scipy.spatial import cKDTree
 
 from .errors import InputError
 from .hierarchy import Hierarchy
-from .images import Cancel, Progress, check_cancel, report
+from .images import Cancel, Progress, check_cancel, check_embeddings, report
 
 __all__ = ["condense", "DEFAULTS"]
 
@@ -92,18 +92,6 @@ DEFAULTS: dict = {
 }
 
 
-def _validate(embeddings) -> np.ndarray:
-    arr = np.asarray(embeddings)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1 or arr.shape[2] < 1:
-        raise InputError(f"embeddings have shape {np.shape(embeddings)}; expected (H, W, D).")
-    if arr.dtype.kind not in "fiub":
-        raise InputError(f"embeddings have dtype {arr.dtype}; expected real numbers.")
-    arr = arr.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(arr)):
-        raise InputError("embeddings contain NaN or infinite values; check the encoder's input.")
-    return arr
 
 
 def _pca(x: np.ndarray, k: Optional[int], sample: int = 65536, seed: int = 0) -> np.ndarray:
@@ -208,7 +196,7 @@ def condense(embeddings, *, seed: int = 0, progress: Progress = None, cancel: Ca
         raise InputError(f"unknown condensation parameter(s) {sorted(unknown)}; "
                          f"known: {sorted(DEFAULTS)}.")
     p = {**DEFAULTS, **params}
-    emb = _validate(embeddings)
+    emb = check_embeddings(embeddings)
     h, w, d = emb.shape
     n = h * w
     t_start = time.perf_counter()

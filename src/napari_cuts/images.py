@@ -116,3 +116,18 @@ def as_image_list(images, name: str = "images") -> list[np.ndarray]:
             f"{name} mix channel counts {sorted(chans)}; give all grey or all colour images."
         )
     return out
+
+
+def check_embeddings(embeddings) -> np.ndarray:
+    """Validate per-pixel embeddings ``(H, W, D)`` (``(H, W)`` is taken as D = 1) as float32."""
+    arr = np.asarray(embeddings)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or min(arr.shape) < 1:
+        raise InputError(f"embeddings have shape {np.shape(embeddings)}; expected (H, W, D).")
+    if arr.dtype.kind not in "fiub":
+        raise InputError(f"embeddings have dtype {arr.dtype}; expected real numbers.")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(arr)):
+        raise InputError("embeddings contain NaN or infinite values; check the encoder's input.")
+    return arr
