@@ -320,6 +320,13 @@ def test_train_segment_slide_click_export(docked, rgb96, tmp_path):
     back = back[..., 0] if back.ndim == 3 else back
     # NIfTI stores (x, y) = (col, row): compare either orientation the writer chose
     assert np.array_equal(back.T > 0, mask) or np.array_equal(back > 0, mask)
+    # provenance: a sidecar JSON records version, seed and level
+    import json
+
+    record = json.loads((tmp_path / "mask.json").read_text())
+    prov = record.get("provenance", record)
+    assert prov["seed"] == widget.settings.seed and prov["level"] == widget.level
+    assert "napari_cuts_version" in prov
     out_lab = widget.export(tmp_path / "labels.nii.gz", what="labels")
     lab_back = np.asarray(nib.load(out_lab[0]).dataobj)
     lab_back = lab_back[..., 0] if lab_back.ndim == 3 else lab_back

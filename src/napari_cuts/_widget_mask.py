@@ -128,6 +128,8 @@ class MaskMixin:
             self._notify("error", f"Nothing to export: {'click a cluster' if what == 'mask' else 'segment'} first.")
             return []
         data, meta, _ = layer.as_layer_data_tuple()
+        meta = dict(meta)
+        meta["metadata"] = {**(meta.get("metadata") or {}), "napari_cuts": self._provenance(what)}
         try:
             written = write_labels(str(path), np.asarray(data), meta)
         except CutsError as exc:
@@ -135,6 +137,18 @@ class MaskMixin:
             return []
         self._notify("info", f"Saved {what} to {', '.join(map(str, written))}")
         return list(written)
+
+    def _provenance(self, what: str) -> dict:
+        """What made this output: version, seed, level, encoder (for the sidecar JSON)."""
+        from . import __version__
+
+        enc = getattr(self.encoder, "metadata", None) or {}
+        return {"napari_cuts_version": __version__, "what": what, "seed": int(self.settings.seed),
+                "level": "persistent" if self.persistent_check.isChecked() else int(self.level),
+                "encoder": {k: enc.get(k) for k in ("in_channels", "seed", "version", "params")
+                            if k in enc},
+                "source": (self.source.layer.metadata or {}).get("source")
+                if self.source is not None else None}
 
     def _export_dialog(self, what: str) -> None:
         path, _ = QFileDialog.getSaveFileName(

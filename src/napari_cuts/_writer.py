@@ -45,5 +45,9 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     like, affine = _geometry(arr, meta or {})
     binary = arr.dtype == bool or (arr.size > 0 and arr.min() >= 0 and arr.max() <= 1)
     writer = io.write_mask if binary else io.write_labels
-    out = writer(path, arr, like=like, affine=affine)
+    # A provenance record (version, seed, level...) put in the layer metadata by the
+    # widget goes into a sidecar JSON and the NIfTI header description.
+    provenance = (meta or {}).get("metadata", {}).get("napari_cuts")
+    out = writer(path, arr, like=like, affine=affine,
+                 provenance=provenance if isinstance(provenance, dict) else None)
     return [str(out)]
