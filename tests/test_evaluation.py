@@ -3,8 +3,6 @@
 import csv
 import importlib
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -71,50 +69,11 @@ def nifti_dir(tmp_path):
     return root
 
 
-def _have(mod):
-    try:
-        importlib.import_module(mod)
-        return True
-    except ImportError:
-        return False
-
-
 @pytest.fixture
-def cuts_backend(monkeypatch):
-    """The real condensation/clustering when they exist, else simple k-means stand-ins."""
-    from sklearn.cluster import KMeans
-
-    def _km(emb, k, seed):
-        h, w, d = emb.shape
-        x = emb.reshape(-1, d)
-        k = min(k, len(np.unique(x.round(4), axis=0)))
-        return KMeans(k, n_init=2, random_state=seed).fit_predict(x).reshape(h, w)
-
-    if not _have("napari_cuts.clustering"):
-        fake = types.ModuleType("napari_cuts.clustering")
-        fake.spectral_kmeans = lambda emb, k=10, *, seed=0, progress=None, cancel=None: _km(emb, k, seed)
-        monkeypatch.setitem(sys.modules, "napari_cuts.clustering", fake)
-    if not _have("napari_cuts.condensation"):
-        class FakeHierarchy:
-            def __init__(self, levels):
-                self._levels = levels
-                self.n_levels = len(levels)
-                self.n_clusters = np.array([len(np.unique(lv)) for lv in levels])
-                self.metadata = {}
-
-            def labels(self, level):
-                return self._levels[level].astype(np.uint32)
-
-            def persistent(self):
-                return self._levels[len(self._levels) // 2].astype(np.uint32)
-
-        def condense(emb, *, seed=0, progress=None, cancel=None, **kw):
-            return FakeHierarchy([_km(emb, k, seed) for k in (12, 6, 3, 2)] +
-                                 [np.zeros(emb.shape[:2], int)])
-
-        fake = types.ModuleType("napari_cuts.condensation")
-        fake.condense = condense
-        monkeypatch.setitem(sys.modules, "napari_cuts.condensation", fake)
+def cuts_backend():
+    """The real pipeline: encoder, condensation and spectral k-means must import."""
+    for mod in ("napari_cuts.encoder", "napari_cuts.condensation", "napari_cuts.clustering"):
+        importlib.import_module(mod)
     return True
 
 
