@@ -47,7 +47,7 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     writer = io.write_mask if binary else io.write_labels
     # A provenance record (version, seed, level...) put in the layer metadata by the
     # widget goes into a sidecar JSON and the NIfTI header description.
-    provenance = (meta or {}).get("metadata", {}).get("napari_cuts")
+    provenance = ((meta or {}).get("metadata") or {}).get("napari_cuts")
     out = writer(path, arr, like=like, affine=affine,
                  provenance=provenance if isinstance(provenance, dict) else None)
     return [str(out)]
