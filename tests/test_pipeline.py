@@ -67,3 +67,20 @@ def test_plan_refuses_what_does_not_fit(monkeypatch):
     with pytest.raises(ResourceError, match="max-points"):
         pipeline.check_fits(pipeline.plan((2336, 3504, 3)))
     pipeline.check_fits(pipeline.plan((64, 64)))
+
+
+def test_block_mean_matches_pooled_grid():
+    x = np.random.default_rng(0).random((7, 5, 2)).astype(np.float32)
+    m = pipeline.block_mean(x, 3)
+    assert m.shape == (3, 2, 2)
+    np.testing.assert_allclose(m[0, 0], x[:3, :3].mean(axis=(0, 1)), rtol=1e-6)
+    np.testing.assert_allclose(m[2, 1], x[6:, 3:].mean(axis=(0, 1)), rtol=1e-6)
+
+
+def test_clustering_features_join_unit_embeddings_and_image():
+    rng = np.random.default_rng(1)
+    emb, img = rng.random((4, 4, 8)) * 5, rng.random((4, 4, 1))
+    f = pipeline.clustering_features(emb, img, weight=8.0)
+    assert f.shape == (4, 4, 9) and f.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(f[..., :8], axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(f[..., 8], 8.0 * img[..., 0], rtol=1e-5)

@@ -629,6 +629,13 @@ def _prepare(encoder: Encoder, image, name: str = "image") -> np.ndarray:
     return _normalise(img, encoder.metadata["norm_low"], encoder.metadata["norm_high"])
 
 
+def normalised_image(encoder: Encoder, image) -> np.ndarray:
+    """The image as the encoder sees it: ``(H, W, C)`` float32 scaled by the recorded
+    percentiles into [0, 1]. Raises :class:`WeightsError` for another channel count."""
+    return np.ascontiguousarray(np.moveaxis(np.asarray(_prepare(encoder, image)), 0, -1),
+                                dtype=np.float32)
+
+
 def embed(encoder: Encoder, image, *, pool: int = 1, batch_tiles: int = 4,
           tile_size: int = 256, progress: Progress = None, cancel: Cancel = None) -> np.ndarray:
     """Per-pixel embeddings of one image.

@@ -390,7 +390,7 @@ def _cuts_masks(encoder, sample: Sample, seed: int, wanted: set, cancel: Cancel,
         from .clustering import spectral_kmeans
 
         t0 = time.perf_counter()
-        km = spectral_kmeans(res.embeddings, k=KMEANS_K, seed=seed, cancel=cancel)
+        km = spectral_kmeans(res.features, k=KMEANS_K, seed=seed, cancel=cancel)
         km = _upsample(np.asarray(km), res.pool, gt.shape)
         timings["kmeans"] = timings.get("kmeans", 0.0) + time.perf_counter() - t0
         masks["cuts_kmeans"] = label_hint(km, gt)
