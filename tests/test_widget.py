@@ -483,3 +483,29 @@ def test_nifti_source_keeps_its_affine(docked, tmp_path):
     img = nib.load(out[0])
     np.testing.assert_allclose(img.affine, nib.load(src).affine, atol=1e-5)
     assert int(np.count_nonzero(np.asarray(img.dataobj))) == widget.mask_stats()["pixels"]
+
+
+def test_click_through_the_canvas(segmented):
+    """A press and release on the vispy canvas reaches the widget through napari's own
+    mouse dispatch (the active Labels layer's drag callbacks), with real modifiers."""
+    viewer, widget = segmented
+    viewer.reset_view()
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas
+    w, h = canvas.size
+    pos = (w // 2 + 3, h // 2 - 2)
+    canvas.events.mouse_move(pos=pos, modifiers=())
+    canvas.events.mouse_press(pos=pos, modifiers=(), button=1)
+    canvas.events.mouse_release(pos=pos, modifiers=(), button=1)
+    assert widget.mask is not None, "the click did not reach the widget"
+    r, c = np.round(widget.levels_layer.world_to_data(viewer.cursor.position)).astype(int)[-2:]
+    lab = _labels_at(widget)
+    np.testing.assert_array_equal(widget.mask, lab == lab[r, c])
+    # shift-click elsewhere adds that cluster
+    from vispy.util import keys
+
+    pos2 = (w // 2 - 2, h // 2 + h // 4)   # the image is tall and narrow (scale 0.5, 0.25)
+    canvas.events.mouse_move(pos=pos2, modifiers=())
+    canvas.events.mouse_press(pos=pos2, modifiers=(keys.SHIFT,), button=1)
+    canvas.events.mouse_release(pos=pos2, modifiers=(keys.SHIFT,), button=1)
+    r2, c2 = np.round(widget.levels_layer.world_to_data(viewer.cursor.position)).astype(int)[-2:]
+    np.testing.assert_array_equal(widget.mask, (lab == lab[r, c]) | (lab == lab[r2, c2]))
