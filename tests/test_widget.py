@@ -4,15 +4,10 @@ The whole flow on the sample fundus (downscaled to 96 x 96) with a tiny training
 budget: train, segment, slide, click / shift-click / alt-click, export to NIfTI and
 PNG, PHATE, cancel, error paths. Most tests run jobs synchronously
 (``widget.run_sync = True``); ``test_threaded_*`` drive the real ``thread_worker``.
-
-While a core module is not written yet, ``install_fallbacks`` puts a minimal stand-in
-into ``sys.modules`` (the real module wins as soon as it exists).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import types
 from pathlib import Path
 
@@ -74,84 +69,7 @@ def fake_click(widget, layer, data_point, modifiers=()):
         pass
 
 
-# ------------------------------------------------------------------ stand-ins
-
-class _FakeHierarchy:
-    def __init__(self, levels):
-        self._levels = np.asarray(levels, np.uint32)
-        self.n_clusters = np.array([len(np.unique(lv)) for lv in self._levels])
-        self.metadata = {}
-
-    @property
-    def n_levels(self):
-        return len(self._levels)
-
-    def labels(self, level):
-        return self._levels[level]
-
-    def persistent(self):
-        return self._levels[len(self._levels) // 2]
-
-
-def _fake_condense(emb, *, seed=0, progress=None, cancel=None, **_):
-    from sklearn.cluster import KMeans
-
-    from napari_cuts.images import check_cancel
-
-    h, w, d = emb.shape
-    X = emb.reshape(-1, d)
-    levels = []
-    for k in (24, 12, 6, 3, 1):
-        check_cancel(cancel)
-        lab = KMeans(k, n_init=1, random_state=seed).fit_predict(X) if k > 1 else np.zeros(len(X))
-        levels.append(lab.reshape(h, w))
-        if progress:
-            progress(len(levels), 5, f"k={k}")
-    return _FakeHierarchy(levels)
-
-
-def _fake_write_labels(path, data, meta):
-    import imageio.v3 as iio
-    import nibabel as nib
-
-    data = np.asarray(data)
-    binary = set(np.unique(data)) <= {0, 1}
-    if str(path).endswith(".png"):
-        out = (data > 0).astype(np.uint8) * 255 if binary else data.astype(np.uint16)
-        iio.imwrite(path, out)
-    else:
-        aff = (meta.get("metadata") or {}).get("affine")
-        if aff is None:
-            aff = np.diag(list(meta["scale"])[::-1] + [1.0]) if data.ndim == 3 else \
-                np.diag([*meta["scale"][::-1], 1.0, 1.0])
-        arr = data.T if data.ndim == 3 else data.T[..., None]
-        nib.save(nib.Nifti1Image(arr.astype(np.uint8 if binary else np.uint32), np.asarray(aff)),
-                 path)
-    return [str(path)]
-
-
-def install_fallbacks(monkeypatch) -> list[str]:
-    """Stand-ins for core modules that are not written yet; returns their names."""
-    faked = []
-    if importlib.util.find_spec("napari_cuts.condensation") is None:
-        mod = types.ModuleType("napari_cuts.condensation")
-        mod.condense = _fake_condense
-        monkeypatch.setitem(sys.modules, "napari_cuts.condensation", mod)
-        faked.append("condensation")
-    if importlib.util.find_spec("napari_cuts._writer") is None:
-        mod = types.ModuleType("napari_cuts._writer")
-        mod.write_labels = _fake_write_labels
-        monkeypatch.setitem(sys.modules, "napari_cuts._writer", mod)
-        faked.append("_writer")
-    return faked
-
-
 # ------------------------------------------------------------------ fixtures
-
-@pytest.fixture(autouse=True)
-def _fallbacks(monkeypatch):
-    return install_fallbacks(monkeypatch)
-
 
 @pytest.fixture(scope="module")
 def rgb96():

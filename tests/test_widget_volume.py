@@ -12,14 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from test_widget import PLUGIN, WIDGET, fake_click, fundus, install_fallbacks, small_volume
+from test_widget import PLUGIN, WIDGET, fake_click, fundus, small_volume
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture(autouse=True)
-def _fallbacks(monkeypatch):
-    return install_fallbacks(monkeypatch)
 
 
 @pytest.fixture(scope="module")
