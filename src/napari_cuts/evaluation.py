@@ -68,7 +68,7 @@ import numpy as np
 
 from . import __version__
 from .baselines import BASELINES
-from .errors import InputError, ReadError, WriteError
+from .errors import InputError, ReadError
 from .images import Cancel, Progress, check_cancel, check_image, report
 from .metrics import METRIC_KEYS, all_metrics
 from .metrics import dice as dice_score
@@ -601,12 +601,9 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
     # With both, training stops at whichever comes first (the encoder's rule).
     train_seconds = seconds if (seconds is not None or epochs is not None) else DEFAULT_SECONDS
 
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise WriteError(f"cannot create the output folder {out}: {exc.strerror or exc}; "
-                         "choose a writable folder with --out.") from None
+    from .fileutil import make_output_dir
+
+    out = make_output_dir(out_dir)
 
     ds = load_dataset(data_dir, limit=limit)
     samples = ds.samples

@@ -65,3 +65,14 @@ def jsonable(o):
     if isinstance(o, Path):
         return str(o)
     return str(o)
+
+
+def make_output_dir(path) -> Path:
+    """Create an output folder (and its parents); :class:`WriteError` if it cannot be."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"cannot create the output folder {out}: {exc.strerror or exc}; "
+                         "choose a writable folder with --out.") from None
+    return out

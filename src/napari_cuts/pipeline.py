@@ -285,13 +285,9 @@ def run_segment(image_path, out_dir, *, weights=None, epochs=None, seconds=None,
     from .io import read_image, write_labels
 
     t_start = time.perf_counter()
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        from .errors import WriteError
-        raise WriteError(f"cannot create the output folder {out}: {exc.strerror or exc}; "
-                         "choose a writable folder with --out.") from None
+    from .fileutil import make_output_dir
+
+    out = make_output_dir(out_dir)
     src = read_image(image_path)
     for note in src.notes:
         log(note)
