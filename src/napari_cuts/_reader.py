@@ -1,4 +1,5 @@
-"""napari reader contribution: images, NIfTI and DICOM through :mod:`napari_cuts.io`.
+"""napari reader contribution: pictures (and folders of them), NIfTI, DICOM and DICOM
+SEG through :mod:`napari_cuts.io`.
 
 ``napari-cuts.get_reader`` in napari.yaml points at :func:`napari_get_reader`.
 """
@@ -35,7 +36,9 @@ def napari_get_reader(path):
 def read_layers(path) -> list[tuple]:
     """Read ``path`` (a file, or a DICOM folder: one layer per series).
 
-    Returns ``[(data, layer_kwargs, "image"), ...]``; the full affine, the source
+    Returns ``[(data, layer_kwargs, layer_type), ...]``: ``"image"``, or ``"labels"``
+    for a DICOM SEG (one labels layer, or one per segment when segments overlap),
+    on the grid of its source series; the full affine, the source
     and the reader's notes are in ``layer_kwargs["metadata"]``. Notes (e.g. "4D
     image: using the first volume") are also issued as warnings, which napari shows
     as notifications. Raises :class:`napari_cuts.errors.ReadError` for a supported
@@ -48,5 +51,5 @@ def read_layers(path) -> list[tuple]:
     for image in io.read_all(p):
         for note in image.notes:
             warnings.warn(note, UserWarning, stacklevel=2)
-        layers.append((image.data, image.layer_kwargs(), "image"))
+        layers.append((image.data, image.layer_kwargs(), image.layer_type))
     return layers

@@ -1,4 +1,7 @@
-"""napari writer contribution: a Labels layer to NIfTI (.nii / .nii.gz) or PNG.
+"""napari writer contribution: a Labels layer to NIfTI (.nii / .nii.gz), PNG, or
+DICOM SEG (.dcm, for a layer on a DICOM source: the layer metadata's
+``dicom_files`` / ``sop_instance_uids``, set by our reader, say which instances the
+SEG references).
 
 ``napari-cuts.write_labels`` in napari.yaml points at :func:`write_labels`.
 The geometry comes from the layer metadata's ``affine`` (set by our reader's
@@ -48,6 +51,12 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     # A provenance record (version, seed, level...) put in the layer metadata by the
     # widget goes into a sidecar JSON and the NIfTI header description.
     provenance = ((meta or {}).get("metadata") or {}).get("napari_cuts")
-    out = writer(path, arr, like=like, affine=affine,
-                 provenance=provenance if isinstance(provenance, dict) else None)
+    provenance = provenance if isinstance(provenance, dict) else None
+    extra = {}
+    if str(path).lower().endswith(".dcm"):
+        # DICOM SEG: the segment is named after the object when the widget says which
+        name = (provenance or {}).get("object") or (provenance or {}).get("name")
+        if binary and isinstance(name, str) and name:
+            extra["name"] = name
+    out = writer(path, arr, like=like, affine=affine, provenance=provenance, **extra)
     return [str(out)]
