@@ -19,15 +19,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from napari_cuts import io
 from napari_cuts.errors import InputError, ReadError, WriteError
 
-CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+from dicom_helpers import (  # tests/ is on sys.path (pytest's rootdir import mode)
+    dicom_base, enhanced_multiframe, oblique_iop, rotation, write_series,
+)
+
 # NAPARI_CUTS_FUZZ_EXAMPLES=2000 for a longer fuzzing run
 FUZZ = settings(
     max_examples=int(os.environ.get("NAPARI_CUTS_FUZZ_EXAMPLES", "50")), deadline=None,
@@ -36,14 +36,6 @@ FUZZ = settings(
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def rotation(ax, ay, az) -> np.ndarray:
-    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 def oblique_affine(zooms=(0.8, 0.9, 2.5), origin=(-40.0, 25.0, -12.5)) -> np.ndarray:
@@ -59,60 +51,6 @@ def save_nifti(path, data, affine, qcode=1, scode=2):
     img.header.set_sform(affine, code=scode)
     nib.save(img, str(path))
     return img
-
-
-def dicom_file_meta(sop_class=CT_STORAGE) -> FileMetaDataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return meta
-
-
-def dicom_base(rows, cols, series_uid, sop_class=CT_STORAGE) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = dicom_file_meta(sop_class)
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = "1.2.3.4"
-    ds.SeriesInstanceUID = series_uid
-    ds.Modality = "CT"
-    ds.Rows, ds.Columns = rows, cols
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelRepresentation = 0
-    return ds
-
-
-def write_series(folder: Path, raw: np.ndarray, *, iop, origin, ps=(0.7, 0.7), dz=2.5,
-                 slope=0.5, intercept=-100.0, order=None, series_uid=None, desc="series",
-                 prefix="img"):
-    """raw: (Z, R, C) uint16 stored values; slice k at origin + k * dz * normal."""
-    folder.mkdir(parents=True, exist_ok=True)
-    series_uid = series_uid or generate_uid()
-    row_dir, col_dir = np.asarray(iop[:3]), np.asarray(iop[3:])
-    normal = np.cross(row_dir, col_dir)
-    order = list(range(raw.shape[0])) if order is None else order
-    for n, k in enumerate(order):
-        ds = dicom_base(raw.shape[1], raw.shape[2], series_uid)
-        ds.SeriesDescription = desc
-        ds.ImageOrientationPatient = [float(v) for v in iop]
-        ds.ImagePositionPatient = [float(v) for v in np.asarray(origin) + k * dz * normal]
-        ds.PixelSpacing = [float(ps[0]), float(ps[1])]
-        ds.SliceThickness = float(dz)
-        ds.RescaleSlope = slope
-        ds.RescaleIntercept = intercept
-        ds.InstanceNumber = int(k) + 1
-        ds.PixelData = raw[k].astype("<u2").tobytes()
-        # file names in shuffled order too, so sorting by name would be wrong
-        ds.save_as(folder / f"{prefix}{n:03d}.dcm", enforce_file_format=True)
-    return series_uid
-
-
-def oblique_iop():
-    r = rotation(0.3, 0.2, -0.4)
-    return list(r[:, 0]) + list(r[:, 1])
 
 
 def bundled(name: str):
@@ -442,36 +380,6 @@ def test_dicom_folder_with_two_series(tmp_path):
     normal = np.cross(row_dir, col_dir)
     lps = np.array([5, 5, 5]) + 1 * 2.5 * normal + 3 * 0.7 * col_dir + 4 * 0.7 * row_dir
     np.testing.assert_allclose(world_of(every[1].affine, (1, 3, 4)), lps * [-1, -1, 1], atol=1e-6)
-
-
-def enhanced_multiframe(path: Path, raw: np.ndarray, *, iop, origin, ps, dz, order, slopes):
-    """An Enhanced-CT-like multi-frame file with per-frame positions and rescale."""
-    ds = dicom_base(raw.shape[1], raw.shape[2], generate_uid(), ENHANCED_CT_STORAGE)
-    ds.NumberOfFrames = raw.shape[0]
-    normal = np.cross(iop[:3], iop[3:])
-    shared = Dataset()
-    po = Dataset()
-    po.ImageOrientationPatient = [float(v) for v in iop]
-    pm = Dataset()
-    pm.PixelSpacing = [float(ps[0]), float(ps[1])]
-    pm.SliceThickness = float(dz)
-    shared.PlaneOrientationSequence = Sequence([po])
-    shared.PixelMeasuresSequence = Sequence([pm])
-    ds.SharedFunctionalGroupsSequence = Sequence([shared])
-    per = []
-    for k in order:
-        fg = Dataset()
-        pp = Dataset()
-        pp.ImagePositionPatient = [float(v) for v in np.asarray(origin) + k * dz * normal]
-        fg.PlanePositionSequence = Sequence([pp])
-        pv = Dataset()
-        pv.RescaleSlope = slopes[k]
-        pv.RescaleIntercept = -1024
-        fg.PixelValueTransformationSequence = Sequence([pv])
-        per.append(fg)
-    ds.PerFrameFunctionalGroupsSequence = Sequence(per)
-    ds.PixelData = raw[order].astype("<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
 
 
 def test_dicom_multiframe_enhanced(tmp_path):

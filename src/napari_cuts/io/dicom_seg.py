@@ -110,6 +110,22 @@ def _check_pixel_bytes(ds, p: Path, n_frames: int, rows: int, cols: int, seg_typ
         )
 
 
+def _frames(ds, n_frames: int, rows: int, cols: int):
+    """The decoded frames one at a time (memory: one frame). pydicom's per-frame
+    iterator misreads 1-bit frames whose pixel count is not a multiple of 8 (frames
+    then start mid-byte): those are decoded whole."""
+    from pydicom.pixels import iter_pixels
+
+    bits = int(ds.get("BitsAllocated", 1) or 1)
+    if bits == 1 and (rows * cols) % 8:
+        yield from np.asarray(ds.pixel_array).reshape(n_frames, rows, cols)
+        return
+    for f, frame in enumerate(iter_pixels(ds)):
+        if f >= n_frames:
+            return
+        yield np.asarray(frame).reshape(rows, cols)
+
+
 def read_seg(p: Path, ds=None, *, all_layers: bool = False) -> list[ImageData]:
     """A DICOM SEG as labels on its grid; see the module docstring."""
     try:
@@ -125,8 +141,6 @@ def read_seg(p: Path, ds=None, *, all_layers: bool = False) -> list[ImageData]:
 
 
 def _read_seg(p: Path, ds, *, all_layers: bool) -> list[ImageData]:
-    from pydicom.pixels import iter_pixels
-
     if ds is None or "PixelData" not in ds:
         ds = dcmread(p, header_only=False)
     notes: list[str] = []
@@ -201,12 +215,9 @@ def _read_seg(p: Path, ds, *, all_layers: bool) -> list[ImageData]:
     counts_vox: dict[int, int] = {s: 0 for s in segments}
     overlap = False
     src_uid_of_slice: list[str | None] = [None] * n_slices
-    for f, frame in enumerate(iter_pixels(ds)):
-        if f >= n_frames:
-            break
+    for f, frame in enumerate(_frames(ds, n_frames, rows, cols)):
         z = int(frame_slice[f])
         src_uid_of_slice[z] = src_uid_of_slice[z] or _frame_source_uid(ds, f)
-        frame = np.asarray(frame)
         if seg_type == "LABELMAP":
             vals = np.unique(frame)
             for v in vals[vals > 0]:
@@ -264,10 +275,8 @@ def _read_seg(p: Path, ds, *, all_layers: bool) -> list[ImageData]:
 
     # overlapping segments: decode again, one mask per segment
     masks = {s: np.zeros((n_slices, rows, cols), bool) for s in segments}
-    for f, frame in enumerate(iter_pixels(ds)):
-        if f >= n_frames:
-            break
-        m = np.asarray(frame)
+    for f, frame in enumerate(_frames(ds, n_frames, rows, cols)):
+        m = frame
         m = m >= max_frac / 2 if seg_type == "FRACTIONAL" else m > 0
         masks[frame_seg[f]][int(frame_slice[f])] |= m
     sizes = {s: int(masks[s].sum()) for s in masks}
