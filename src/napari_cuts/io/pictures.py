@@ -224,6 +224,12 @@ def read_stack(folder: Path) -> ImageData:
             img = read_one(f, "tiff" if extension(f) in (".tif", ".tiff") else "png")
         except CutsError as exc:
             raise ReadError(f"{folder}: cannot stack {f.name}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - a library failure on one file
+            msg = " ".join(str(exc).split())[:160]
+            raise ReadError(
+                f"{folder}: cannot read {f.name} ({type(exc).__name__}: {msg}); it may be "
+                f"corrupt. Move it out of the folder, or re-export it."
+            ) from None
         if img.ndim_spatial != 2:
             raise ReadError(
                 f"{folder}: {f.name} is itself a stack of shape {img.data.shape}; a folder "
@@ -240,7 +246,8 @@ def read_stack(folder: Path) -> ImageData:
                 f"{what(i0.data)}; a folder opens as a stack only when every picture has the "
                 f"same size and colour. Move {f.name} out of the folder, or resize it."
             )
-        notes.extend(img.notes[:1] if not frames else [])
+        if not frames:
+            notes.extend(img.notes)  # e.g. "alpha dropped": said once, for the first file
         frames.append(img.data)
     dtype = np.result_type(*{a.dtype for a in frames})
     if any(a.dtype != dtype for a in frames):
