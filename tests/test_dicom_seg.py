@@ -301,3 +301,77 @@ def test_dcmqi_reads_our_seg(tmp_path):
     # dcmqi writes the segment on the SEG's own grid (LPS->RAS like ours)
     np.testing.assert_array_equal(back.data > 0, mask)
     np.testing.assert_allclose(back.affine, img.affine, atol=1e-3)
+
+
+def test_single_file_2d_source_and_file_moved(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    src = get_testdata_file("CT_small.dcm", download=False)
+    if src is None:
+        pytest.skip("pydicom does not bundle CT_small.dcm in this version")
+    shutil.copy(src, tmp_path / "ct.dcm")
+    img = io.read_image(tmp_path / "ct.dcm")
+    assert img.ndim_spatial == 2
+    mask = np.zeros(img.data.shape, bool)
+    mask[20:40, 10:50] = True
+    (data, kw, _), = napari_get_reader(str(tmp_path / "ct.dcm"))(str(tmp_path / "ct.dcm"))
+    meta = {"scale": kw["scale"], "translate": kw["translate"], "metadata": kw["metadata"]}
+    out = napari_write_labels(str(tmp_path / "m.dcm"), mask, meta)[0]
+    seg = hd.seg.segread(out)
+    uid = img.metadata["sop_instance_uids"][0]
+    got = seg.get_pixels_by_source_instance(source_sop_instance_uids=[uid])
+    np.testing.assert_array_equal(got[0, ..., 0] > 0, mask)
+    back = io.read_image(out)
+    assert back.kind == "labels" and back.data.shape == mask.shape
+    np.testing.assert_array_equal(back.data > 0, mask)
+    np.testing.assert_allclose(back.layer_kwargs()["scale"], kw["scale"])
+    np.testing.assert_allclose(back.layer_kwargs()["translate"], kw["translate"], atol=1e-4)
+    # the source moved away since it was opened: a clear error, not a traceback
+    (tmp_path / "ct.dcm").rename(tmp_path / "elsewhere.dcm")
+    with pytest.raises(WriteError, match="ct.dcm"):
+        napari_write_labels(str(tmp_path / "m2.dcm"), mask, meta)
+
+
+_SEG_BYTES: dict = {}
+
+
+def _small_seg_bytes(tmp_path_factory) -> bytes:
+    if "raw" not in _SEG_BYTES:
+        d = tmp_path_factory.mktemp("segfuzz")
+        folder, _ = series(d, "s", iop=oblique_iop(), n=3)
+        img = io.read_image(folder)
+        _SEG_BYTES["raw"] = io.write_mask(d / "m.dcm", blob_mask(img.data.shape), like=img).read_bytes()
+    return _SEG_BYTES["raw"]
+
+
+def test_fuzz_seg_bytes(tmp_path_factory):
+    """Flipped bytes and cuts anywhere in a SEG: labels or a ReadError, nothing else."""
+    import tempfile
+    import warnings
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    raw = _small_seg_bytes(tmp_path_factory)
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(flips=st.lists(st.tuples(st.integers(0, len(raw) - 1), st.integers(0, 255)), max_size=6),
+           cut=st.one_of(st.none(), st.integers(132, len(raw))))
+    def run(flips, cut):
+        buf = bytearray(raw)
+        for pos, val in flips:
+            buf[pos] = val
+        if cut is not None:
+            buf = buf[:cut]
+        with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p = Path(d) / "f.dcm"
+            p.write_bytes(bytes(buf))
+            try:
+                img = io.read_image(p)
+            except ReadError as exc:
+                assert str(p) in str(exc) and "\n" not in str(exc)
+                return
+            assert img.data.ndim in (2, 3)
+
+    run()

@@ -485,6 +485,8 @@ def write_seg(
     except OSError as exc:
         raise WriteError(f"Cannot write {p}: cannot create the folder {p.parent} "
                          f"({exc.strerror or exc}). Choose a writable folder.") from None
+    if "ContentCreatorName" not in seg:
+        seg.ContentCreatorName = ""  # type 2: present, empty (dcmqi warns when absent)
     with atomic_path(p) as tmp:
         seg.save_as(tmp)
     return p
