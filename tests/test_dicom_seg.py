@@ -375,3 +375,33 @@ def test_fuzz_seg_bytes(tmp_path_factory):
             assert img.data.ndim in (2, 3)
 
     run()
+
+
+def test_seg_of_another_tool_that_omits_empty_frames(tmp_path):
+    """highdicom's default (and dcmqi's) drops empty frames: the missing slices in
+    the middle are put back; missing end slices leave a shorter grid, still in place."""
+    from pydicom.sr.codedict import codes
+
+    folder, _ = series(tmp_path, "s", iop=oblique_iop(), n=7, order=[6, 0, 5, 1, 4, 2, 3])
+    img = io.read_image(folder)
+    headers = img._dicom_headers
+    mask = np.zeros(img.data.shape, bool)
+    mask[[1, 2, 5], 2:6, 3:8] = True  # slices 0, 3, 4 and 6 empty
+    desc = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="other", segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=codes.SCT.Tissue, algorithm_type="MANUAL")
+    seg = hd.seg.Segmentation(
+        source_images=headers, pixel_array=mask, segmentation_type="BINARY",
+        segment_descriptions=[desc], series_instance_uid=hd.UID(), series_number=5,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="other",
+        manufacturer_model_name="other", software_versions="1", device_serial_number="1",
+        omit_empty_frames=True)
+    assert seg.NumberOfFrames == 3
+    seg.save_as(tmp_path / "other.dcm")
+    back = io.read_image(tmp_path / "other.dcm")
+    assert back.data.shape == (5, 10, 12)  # slices 1..5: the gap refilled, the ends unknown
+    np.testing.assert_array_equal(back.data > 0, mask[1:6])
+    assert any("omits" in n for n in back.notes) and any("covers 5" in n for n in back.notes)
+    # still in place: slice 0 of the SEG is the source's slice 1
+    np.testing.assert_allclose(back.affine[:, :3], img.affine[:, :3], atol=1e-5)
+    np.testing.assert_allclose(back.affine[:, 3], img.affine @ [1, 0, 0, 1], atol=1e-4)
