@@ -73,11 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seconds", type=float, help="training budget in seconds (default 60)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    s.add_argument("--slices", type=int, nargs="+", help="for a volume: the slices to segment "
-                   "(default all)")
+    s.add_argument("--slices", type=int, nargs="+", help="for a volume: segment these slices "
+                   "one by one, each with its own hierarchy (default: the volume as one object)")
     s.add_argument("--max-points", type=int, default=None,
                    help="condense larger images on a pooled grid of at most this many points "
-                        "(default 262144 = 512 x 512)")
+                        "(default 262144 = 512 x 512 for 2D, 1200000 for a volume)")
 
     e = sub.add_parser("evaluate", help="score CUTS and the baselines on a labelled folder")
     e.add_argument("--data", required=True, help="folder like shared/data/retina, or NIfTI "
@@ -146,13 +146,13 @@ def cmd_bench(args) -> int:
 
 
 def cmd_segment(args) -> int:
-    from .pipeline import MAX_POINTS, run_segment
+    from .pipeline import run_segment
 
     bar = _Bar()
     try:
         summary = run_segment(args.image, args.out, weights=args.weights, epochs=args.epochs,
                               seconds=args.seconds, seed=args.seed, device=args.device,
-                              max_points=args.max_points or MAX_POINTS, slices=args.slices,
+                              max_points=args.max_points, slices=args.slices,
                               progress=bar, log=lambda m: print(m, file=sys.stderr))
     finally:
         bar.close()

@@ -21,8 +21,14 @@ What this implementation does to be fast and lean (no dense N x N over pixels):
    on the pixel grid, every region links to its most similar 4-adjacent region if
    their mean embeddings are closer than ``premerge_threshold``; linked regions merge
    (a nearest-neighbour forest, so no long chains). Passes repeat until at most
-   ``premerge_points`` regions remain (default ``max(2048, H*W/32)``) or nothing
-   links. Cost: linear in pixels. Merged points carry their pixel counts as weights.
+   ``premerge_points`` regions remain (default ``max(2048, H*W/32)``); when a pass
+   links nothing, or less than a fifth of the regions, the threshold grows 1.5x, up to
+   ``max_premerge_threshold`` (so a volume whose tissue is noisy next to a constant
+   background still reaches the target in a few passes). Cost: linear in pixels.
+   Merged points carry their pixel counts as weights. For a volume ``(Z, Y, X, D)``
+   the grid is 6-connected and each edge's distance is multiplied by its axis' step
+   over the finest step (``spacing``). The distance unit is the median over
+   finest-step neighbours that differ at all (exactly constant regions do not count).
 3. **Sparse condensation** while more than ``dense_max`` points are left: a
    ``knn``-nearest-neighbour graph (scipy cKDTree) per iteration, weighted affinity
    ``K_ij w_j`` on its edges, ``X <- P X``, merge pairs closer than the merge threshold
@@ -72,6 +78,8 @@ DEFAULTS: dict = {
     # Pre-merge: link a region to its nearest 4-adjacent region if closer than this
     # (in units of the median 4-neighbour pixel distance) ...
     "premerge_threshold": 3.0,
+    # ... relaxed by 1.5x whenever nothing links while too many regions remain, up to this.
+    "max_premerge_threshold": 30.0,
     # ... until at most this many regions remain (None: max(2048, H*W // 32)).
     "premerge_points": None,
     # Neighbours per point in the sparse phase (and for the bandwidth estimate).
@@ -115,11 +123,34 @@ def _pca(x: np.ndarray, k: Optional[int], sample: int = 65536, seed: int = 0) ->
     return x @ vecs - mean @ vecs
 
 
-def _grid_edges(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.arange(h * w, dtype=np.int64).reshape(h, w)
-    u = np.concatenate([idx[:, :-1].ravel(), idx[:-1, :].ravel()])
-    v = np.concatenate([idx[:, 1:].ravel(), idx[1:, :].ravel()])
-    return u, v
+def _grid_edges(shape: tuple[int, ...], spacing=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Face-neighbour edges of a 2D (4-connected) or 3D (6-connected) grid.
+
+    Returns ``(u, v, factor)``: flat indices of both ends and, per edge, the factor its
+    feature distance is multiplied by: the grid step along the edge's axis divided by
+    the finest step (``spacing``), so that a neighbour 3 mm away across thick slices
+    has to be 3 times as similar as an in-plane neighbour 1 mm away to be pre-merged."""
+    shape = tuple(int(n) for n in shape)
+    nd = len(shape)
+    sp = np.ones(nd) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    rel = sp / sp.min()
+    idx = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
+    us, vs, fs = [], [], []
+    for ax in range(nd):
+        if shape[ax] < 2:
+            continue
+        lo = [slice(None)] * nd
+        hi = [slice(None)] * nd
+        lo[ax] = slice(None, -1)
+        hi[ax] = slice(1, None)
+        a = idx[tuple(lo)].ravel()
+        us.append(a)
+        vs.append(idx[tuple(hi)].ravel())
+        fs.append(np.full(a.size, rel[ax], dtype=np.float32))
+    if not us:
+        e = np.zeros(0, dtype=np.int64)
+        return e, e, np.zeros(0, dtype=np.float32)
+    return np.concatenate(us), np.concatenate(vs), np.concatenate(fs)
 
 
 def _merge(labels: np.ndarray, n: int, y: np.ndarray, w: np.ndarray):
@@ -169,14 +200,21 @@ def _select_levels(counts: np.ndarray, max_levels: int, max_clusters: int) -> np
     return np.array(sorted(chosen))
 
 
-def condense(embeddings, *, seed: int = 0, progress: Progress = None, cancel: Cancel = None,
-             **params) -> Hierarchy:
+def condense(embeddings, *, seed: int = 0, spacing=None, progress: Progress = None,
+             cancel: Cancel = None, **params) -> Hierarchy:
     """Diffusion condensation of per-pixel embeddings into a coarse-to-fine hierarchy.
 
     Parameters
     ----------
-    embeddings : (H, W, D) float array
-        Per-pixel embeddings (e.g. ``embed(encoder, image)``, D = 128).
+    embeddings : (H, W, D) or (Z, Y, X, D) float array
+        Per-pixel (per-voxel) embeddings (e.g. ``embed(encoder, image)``, D = 128). A
+        4D array is one volume: one hierarchy whose label ids mean one structure
+        across all slices, pre-merged over 6-connected voxel neighbourhoods.
+    spacing : (sy, sx) or (sz, sy, sx), optional
+        Grid step per axis (mm, or any unit); default isotropic. Only the ratios
+        matter: a neighbour along an axis with ``r`` times the finest step must be
+        ``r`` times as similar to be pre-merged (thick slices are not fine-grid
+        neighbours). Recorded in the metadata.
     seed : int
         Recorded in the metadata; the algorithm itself is deterministic.
     progress : callable ``progress(done, total, message)``, optional
@@ -196,9 +234,18 @@ def condense(embeddings, *, seed: int = 0, progress: Progress = None, cancel: Ca
         raise InputError(f"unknown condensation parameter(s) {sorted(unknown)}; "
                          f"known: {sorted(DEFAULTS)}.")
     p = {**DEFAULTS, **params}
-    emb = check_embeddings(embeddings)
-    h, w, d = emb.shape
-    n = h * w
+    emb = check_embeddings(embeddings, allow_volume=True)
+    grid = emb.shape[:-1]
+    d = emb.shape[-1]
+    n = int(np.prod(grid))
+    if spacing is not None:
+        try:
+            spacing = tuple(float(v) for v in spacing)
+        except (TypeError, ValueError):
+            raise InputError(f"spacing {spacing!r} must be {len(grid)} positive numbers.") from None
+        if len(spacing) != len(grid) or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+            raise InputError(f"spacing {spacing!r} must be {len(grid)} positive numbers, one "
+                             f"per axis of the {' x '.join(map(str, grid))} grid.")
     t_start = time.perf_counter()
     knn = int(p["knn"])
     growth = float(p["eps_growth"])
@@ -222,24 +269,26 @@ def condense(embeddings, *, seed: int = 0, progress: Progress = None, cancel: Ca
     it = 0
 
     # ---------------------------------------------------------- 1. pre-merge
-    u, v = _grid_edges(h, w)
+    u, v, efac = _grid_edges(grid, spacing)
     if u.size:
         edist = np.sqrt(((y[u] - y[v]) ** 2).sum(axis=1))
-        unit = float(np.median(edist))
-        if unit <= 0:
-            pos = edist[edist > 0]
-            unit = float(np.median(pos)) if pos.size else 1.0
+        # the unit: median distance between finest-step neighbours that differ at all
+        # (exactly constant regions, such as the air around a head that covers most of
+        # a volume, would otherwise shrink the unit towards 0)
+        finest_step = efac <= efac.min() * 1.0001
+        pos = edist[finest_step & (edist > 0)]
+        unit = float(np.median(pos)) if pos.size else 1.0
     else:
         unit = float(np.sqrt(((y - y.mean(0)) ** 2).sum(1).mean())) or 1.0
     y = y / np.float32(unit)
     wts = np.ones(n, dtype=np.float64)
     m = n
     thr = float(p["premerge_threshold"])
-    eu, ev = u, v
+    eu, ev, ef = u, v, efac
     while m > premerge_points and eu.size and thr > 0:
         check_cancel(cancel)
         report(progress, it, it + 10, f"pre-merging {m} points")
-        dd = np.sqrt(((y[eu] - y[ev]) ** 2).sum(axis=1))
+        dd = np.sqrt(((y[eu] - y[ev]) ** 2).sum(axis=1)) * ef
         a = np.concatenate([eu, ev])
         b = np.concatenate([ev, eu])
         dd2 = np.concatenate([dd, dd])
@@ -249,17 +298,31 @@ def condense(embeddings, *, seed: int = 0, progress: Progress = None, cancel: Ca
         sel = order[first]
         sel = sel[dd2[sel] < thr]
         if sel.size == 0:
-            break
+            # nothing this close any more but still too many regions for the kNN phase:
+            # relax the threshold (up to max_premerge_threshold units) rather than run
+            # hundreds of slow sparse iterations over a large point set
+            if thr * 1.5 > float(p["max_premerge_threshold"]):
+                break
+            thr *= 1.5
+            continue
         ncomp, lab = _components(m, a[sel], b[sel])
+        if ncomp > 0.8 * m and thr * 1.5 <= float(p["max_premerge_threshold"]):
+            thr *= 1.5      # slow progress: each pass costs a scan of all edges
         y, wts = _merge(lab, ncomp, y, wts)
         it += 1
         rec.add(lab, ncomp, it)
         m = ncomp
         eu, ev = lab[eu], lab[ev]
         keep = eu != ev
-        eu, ev = eu[keep], ev[keep]
+        eu, ev, ef = eu[keep], ev[keep], ef[keep]
         if eu.size:
-            key = np.unique(np.minimum(eu, ev) * m + np.maximum(eu, ev))
+            # one edge per region pair, with the smallest factor any of its voxel
+            # pairs had (two regions touching in-plane are in-plane neighbours)
+            key = np.minimum(eu, ev) * m + np.maximum(eu, ev)
+            order = np.lexsort((ef, key))
+            key, ef = key[order], ef[order]
+            first = np.r_[True, key[1:] != key[:-1]]
+            key, ef = key[first], ef[first]
             eu, ev = key // m, key % m
 
     # ------------------------------------------------ 2. bandwidth from the data
@@ -355,14 +418,16 @@ def condense(embeddings, *, seed: int = 0, progress: Progress = None, cancel: Ca
         "seed": int(seed),
         "params": {k: (None if p[k] is None else p[k]) for k in DEFAULTS},
         "premerge_points_used": premerge_points,
+        "premerge_threshold_used": thr,
         "unit_distance": unit,
         "eps0": eps0,
         "merge_threshold": merge_thr,
         "iterations": int(it),
         "stages": int(len(counts) - 1),
-        "embedding_shape": [int(h), int(w), int(d)],
+        "embedding_shape": [*(int(g) for g in grid), int(d)],
+        "spacing": None if spacing is None else list(spacing),
         "seconds": round(time.perf_counter() - t_start, 4),
     }
     its = np.array(rec.iters)[stages]
-    return Hierarchy(pix.reshape(h, w), luts, iterations=its, iterations_total=it + 1,
+    return Hierarchy(pix.reshape(grid), luts, iterations=its, iterations_total=it + 1,
                      metadata=meta, check=False)

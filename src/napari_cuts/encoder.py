@@ -51,6 +51,7 @@ __all__ = [
     "Encoder",
     "train_encoder",
     "embed",
+    "embed_volume",
     "load_encoder",
     "resolve_device",
     "DEFAULTS",
@@ -68,6 +69,8 @@ RECEPTIVE_MARGIN = len(CHANNELS) * (KERNEL // 2)
 #: File format tag stored in saved weights.
 FORMAT = "napari-cuts-encoder"
 FORMAT_VERSION = 1
+#: Channels an input slice may have (sequences or colours), before slice context.
+MAX_INPUT_CHANNELS = 8
 
 #: Default training options (``train_encoder(**options)`` overrides them).
 #: Chosen by measurement on the development retina images and MRI slices; see the
@@ -88,6 +91,10 @@ DEFAULTS: dict[str, Any] = {
     "percentiles": (0.5, 99.5),  # robust per-channel normalisation
     "num_threads": None,      # torch CPU threads (None: all cores)
     "default_seconds": 60.0,  # budget when neither epochs nor seconds is given
+    # 2.5D: the images are volume slices with this many neighbouring slices on each
+    # side stacked as channels (napari_cuts.volume.context_stack); 0 for 2D images.
+    # Recorded so that embedding a volume builds the same input.
+    "context_slices": 0,
 }
 
 
@@ -478,7 +485,10 @@ def train_encoder(images, *, epochs: Optional[float] = None, seconds: Optional[f
         In eval mode; ``encoder.metadata["history"]`` holds the per-step losses.
     """
     opts = _check_options(options)
-    stack = as_image_list(images)
+    ctx = int(opts["context_slices"])
+    if ctx < 0:
+        raise InputError(f"context_slices must be >= 0, got {ctx}.")
+    stack = as_image_list(images, max_channels=MAX_INPUT_CHANNELS * (2 * ctx + 1))
     if epochs is not None and not float(epochs) > 0:
         raise InputError(f"epochs must be > 0, got {epochs!r}.")
     if seconds is not None and not float(seconds) > 0:
@@ -595,6 +605,7 @@ def train_encoder(images, *, epochs: Optional[float] = None, seconds: Optional[f
         "format": FORMAT,
         "in_channels": int(in_channels),
         "embedding_dim": EMBEDDING_DIM,
+        "context_slices": ctx,
         "norm_low": [float(v) for v in lo],
         "norm_high": [float(v) for v in hi],
         "percentiles": opts["percentiles"],
@@ -616,8 +627,9 @@ def train_encoder(images, *, epochs: Optional[float] = None, seconds: Optional[f
 # -------------------------------------------------------------------------- embedding
 
 
-def _prepare(encoder: Encoder, image, name: str = "image") -> np.ndarray:
-    img = check_image(image, name)
+def _prepare(encoder: Encoder, image, name: str = "image", allow_constant: bool = False) -> np.ndarray:
+    img = check_image(image, name, max_channels=max(MAX_INPUT_CHANNELS, encoder.in_channels),
+                      allow_constant=allow_constant)
     c = img.shape[-1]
     if c != encoder.in_channels:
         def kind(n: int) -> str:
@@ -629,15 +641,17 @@ def _prepare(encoder: Encoder, image, name: str = "image") -> np.ndarray:
     return _normalise(img, encoder.metadata["norm_low"], encoder.metadata["norm_high"])
 
 
-def normalised_image(encoder: Encoder, image) -> np.ndarray:
+def normalised_image(encoder: Encoder, image, allow_constant: bool = False) -> np.ndarray:
     """The image as the encoder sees it: ``(H, W, C)`` float32 scaled by the recorded
     percentiles into [0, 1]. Raises :class:`WeightsError` for another channel count."""
-    return np.ascontiguousarray(np.moveaxis(np.asarray(_prepare(encoder, image)), 0, -1),
-                                dtype=np.float32)
+    return np.ascontiguousarray(
+        np.moveaxis(np.asarray(_prepare(encoder, image, allow_constant=allow_constant)), 0, -1),
+        dtype=np.float32)
 
 
 def embed(encoder: Encoder, image, *, pool: int = 1, batch_tiles: int = 4,
-          tile_size: int = 256, progress: Progress = None, cancel: Cancel = None) -> np.ndarray:
+          tile_size: int = 256, progress: Progress = None, cancel: Cancel = None,
+          _slice: bool = False) -> np.ndarray:
     """Per-pixel embeddings of one image.
 
     Parameters
@@ -662,11 +676,18 @@ def embed(encoder: Encoder, image, *, pool: int = 1, batch_tiles: int = 4,
     -------
     np.ndarray
         float32 ``(H, W, D)`` (``D = encoder.embedding_dim = 128``), or pooled as above.
+        With a 2.5D encoder (trained on a volume), ``image`` is a volume ``(Z, Y, X[, C])``
+        and the result ``(Z, Y, X, D)`` (:func:`embed_volume`).
     """
+    if is_volume_encoder(encoder) and not _slice:
+        # a 2.5D encoder only reads volumes: (Z, Y, X[, C]) -> (Z, Y, X, D)
+        if pool != 1:
+            raise InputError("pool is not supported for volumes; segment_volume chooses the grid.")
+        return embed_volume(encoder, image, progress=progress, cancel=cancel)
     pool = int(pool)
     if pool < 1:
         raise InputError(f"pool must be a positive integer, got {pool}.")
-    x = _prepare(encoder, image)
+    x = _prepare(encoder, image, allow_constant=_slice)  # a volume's edge slice may be empty
     _, h, w = x.shape
     tile = max(int(tile_size), 1)
     tile = int(math.ceil(tile / pool) * pool)
@@ -719,4 +740,36 @@ def embed(encoder: Encoder, image, *, pool: int = 1, batch_tiles: int = 4,
                             blk.float().cpu().numpy()
                     done += 1
                 report(progress, done, total, f"embedding tile {done}/{total}")
+    return out
+
+
+def is_volume_encoder(encoder: Encoder) -> bool:
+    """True for a 2.5D encoder (trained on volume slices with their neighbours)."""
+    return int(encoder.metadata.get("context_slices", 0) or 0) > 0
+
+
+def embed_volume(encoder: Encoder, volume, *, progress: Progress = None,
+                 cancel: Cancel = None) -> np.ndarray:
+    """Per-voxel embeddings of a volume ``(Z, Y, X)`` or ``(Z, Y, X, C)``: ``(Z, Y, X, D)``.
+
+    A 2.5D encoder (``context_slices = k > 0``) gets every slice with its ``k``
+    neighbours on each side as channels (:func:`napari_cuts.volume.context_stack`);
+    a 2D encoder is applied to every slice on its own. Slices are embedded one by one,
+    so memory holds the output and one slice's activations."""
+    from .volume import check_volume, context_stack
+
+    vol = check_volume(volume)
+    k = int(encoder.metadata.get("context_slices", 0) or 0)
+    x = context_stack(vol, k) if k else vol
+    if x.shape[-1] != encoder.in_channels:
+        raise WeightsError(
+            f"encoder expects {encoder.in_channels} input channels "
+            f"({'a volume with ' + str(k) + ' context slices' if k else '2D slices'}), this volume "
+            f"gives {x.shape[-1]}; train a new encoder or load matching weights.")
+    z = x.shape[0]
+    out = np.empty(x.shape[:3] + (encoder.embedding_dim,), np.float32)
+    for i in range(z):
+        check_cancel(cancel)
+        out[i] = embed(encoder, x[i], cancel=cancel, _slice=True)
+        report(progress, i + 1, z, f"embedding slice {i + 1}/{z}")
     return out

@@ -46,7 +46,10 @@ def _contiguous(a: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 class Hierarchy:
-    """Nested segmentations of one 2D image, level 0 the finest.
+    """Nested segmentations of one 2D image or one 3D volume, level 0 the finest.
+
+    Everything below that says ``(H, W)`` holds for a volume with ``(Z, Y, X)``: one
+    label id is one structure across the whole volume.
 
     Parameters
     ----------
@@ -74,8 +77,9 @@ class Hierarchy:
                  iterations_total: Optional[int] = None, metadata: Optional[dict] = None,
                  check: bool = True) -> None:
         finest = np.asarray(finest)
-        if finest.ndim != 2 or finest.dtype.kind not in "ui":
-            raise InputError(f"finest must be a 2D integer label map, got {finest.dtype} {finest.shape}.")
+        if finest.ndim not in (2, 3) or finest.dtype.kind not in "ui":
+            raise InputError(f"finest must be a 2D (H, W) or 3D (Z, Y, X) integer label map, "
+                             f"got {finest.dtype} {finest.shape}.")
         luts = [np.asarray(t) for t in luts]
         if not luts:
             raise InputError("a hierarchy needs at least one level.")
@@ -100,7 +104,7 @@ class Hierarchy:
                       for t, c in zip(luts, counts)]
         self.n_clusters = counts
         self.n_levels = len(luts)
-        self.shape = (int(finest.shape[0]), int(finest.shape[1]))
+        self.shape = tuple(int(v) for v in finest.shape)
         if iterations is None:
             iterations = np.arange(self.n_levels)
         self.iterations = np.asarray(iterations, dtype=np.int64).reshape(-1)
@@ -336,22 +340,25 @@ class Hierarchy:
         return canon_lv, canon_id
 
     # ----------------------------------------------------------- resolution
-    def upsampled(self, shape, pool: int) -> "Hierarchy":
-        """This hierarchy, computed on a grid of ``pool x pool`` block means, mapped
-        (nearest) to the full-resolution ``shape`` (H, W): block ``(i, j)`` covers pixels
+    def upsampled(self, shape, pool) -> "Hierarchy":
+        """This hierarchy, computed on a grid of block means, mapped (nearest) to the
+        full-resolution ``shape`` ((H, W) or (Z, Y, X)). ``pool`` is one block side for
+        every axis or one per axis: block ``(i, j)`` covers pixels
         ``[i*pool:(i+1)*pool, j*pool:(j+1)*pool]`` (edge blocks may be partial).
-        ``labels(level)`` of the result is ``(H, W)`` and as fast as before."""
-        h, w = int(shape[0]), int(shape[1])
-        pool = int(pool)
-        gh, gw = self.shape
-        if pool < 1 or -(-h // pool) != gh or -(-w // pool) != gw:
-            raise InputError(f"a {gh} x {gw} grid of {pool} x {pool} blocks does not cover "
-                             f"an image of {h} x {w} pixels.")
-        rows = np.arange(h) // pool
-        cols = np.arange(w) // pool
-        full = self._finest[rows[:, None], cols[None, :]]
+        ``labels(level)`` of the result has ``shape`` and is as fast as before."""
+        full_shape = tuple(int(v) for v in shape)
+        nd = len(self.shape)
+        pools = (int(pool),) * nd if np.ndim(pool) == 0 else tuple(int(v) for v in pool)
+        if (len(full_shape) != nd or len(pools) != nd or min(pools) < 1
+                or any(-(-n // p) != g for n, p, g in zip(full_shape, pools, self.shape))):
+            raise InputError(f"a {' x '.join(map(str, self.shape))} grid of "
+                             f"{' x '.join(map(str, pools))} blocks does not cover an image of "
+                             f"{' x '.join(map(str, full_shape))} pixels.")
+        idx = np.ix_(*[np.arange(n) // p for n, p in zip(full_shape, pools)])
+        full = self._finest[idx]
         meta = dict(self.metadata)
-        meta.update({"grid_shape": [gh, gw], "pool": pool})
+        meta.update({"grid_shape": list(self.shape),
+                     "pool": pools[0] if len(set(pools)) == 1 else list(pools)})
         return Hierarchy(full, self._luts, iterations=self.iterations,
                          iterations_total=self.iterations_total, metadata=meta, check=False)
 
@@ -366,10 +373,10 @@ class Hierarchy:
         stack = np.asarray(labels)
         if stack.ndim == 2:
             stack = stack[None]
-        if stack.ndim != 3 or stack.dtype.kind not in "uib" or stack.shape[0] < 1:
-            raise InputError(f"labels must be an integer stack (L, H, W); got {stack.dtype} "
-                             f"{stack.shape}.")
-        L, h, w = stack.shape
+        if stack.ndim not in (3, 4) or stack.dtype.kind not in "uib" or stack.shape[0] < 1:
+            raise InputError(f"labels must be an integer stack (L, H, W) or (L, Z, Y, X); got "
+                             f"{stack.dtype} {stack.shape}.")
+        L, spatial = stack.shape[0], stack.shape[1:]
         flat = stack.reshape(L, -1)
         base, n0 = _contiguous(flat[0])
         luts = []
@@ -395,7 +402,7 @@ class Hierarchy:
                 lut[base] = lab
                 luts.append(lut)
         counts = [int(t.max()) + 1 for t in luts]
-        return cls(base.reshape(h, w), luts, iterations=iterations, metadata=metadata,
+        return cls(base.reshape(spatial), luts, iterations=iterations, metadata=metadata,
                    check=nested and all(a >= b for a, b in zip(counts, counts[1:])))
 
     # ------------------------------------------------------------------- files

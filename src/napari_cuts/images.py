@@ -36,7 +36,8 @@ def check_cancel(cancel: Cancel) -> None:
         raise Cancelled()
 
 
-def check_image(image, name: str = "image") -> np.ndarray:
+def check_image(image, name: str = "image", max_channels: int = MAX_CHANNELS,
+                allow_constant: bool = False) -> np.ndarray:
     """Validate one 2D image and return it as float32 ``(H, W, C)``.
 
     Accepts ``(H, W)`` or ``(H, W, C)`` with C <= 4, of a real numeric or bool dtype.
@@ -50,18 +51,18 @@ def check_image(image, name: str = "image") -> np.ndarray:
             f"{name} has dtype {arr.dtype}; give a real-valued array "
             "(uint8, uint16, int or float)."
         )
-    if arr.ndim == 3 and arr.shape[-1] > MAX_CHANNELS and arr.shape[0] <= MAX_CHANNELS:
+    if arr.ndim == 3 and arr.shape[-1] > max_channels and arr.shape[0] <= max_channels:
         raise InputError(
             f"{name} has shape {arr.shape}, which looks channels-first; "
             "give (H, W, C) with the channels last (np.moveaxis(image, 0, -1))."
         )
     if arr.ndim == 2:
         arr = arr[..., None]
-    if arr.ndim != 3 or arr.shape[-1] > MAX_CHANNELS or arr.shape[-1] < 1:
+    if arr.ndim != 3 or arr.shape[-1] > max_channels or arr.shape[-1] < 1:
         raise InputError(
             f"{name} has shape {np.shape(image)}; expected one 2D image (H, W) or "
-            f"(H, W, C) with at most {MAX_CHANNELS} channels. For a volume or a "
-            "stack, segment it slice by slice."
+            f"(H, W, C) with at most {max_channels} channels. For a volume, use "
+            "segment_volume (napari-cuts segment VOLUME); for a stack, give its images."
         )
     h, w = arr.shape[:2]
     if min(h, w) < MIN_SIDE:
@@ -76,7 +77,7 @@ def check_image(image, name: str = "image") -> np.ndarray:
             f"{name} has {bad} NaN or infinite values; replace them "
             "(e.g. np.nan_to_num) or crop them away before segmenting."
         )
-    if float(out.max()) == float(out.min()):
+    if not allow_constant and float(out.max()) == float(out.min()):
         raise InputError(
             f"{name} is constant (every pixel is {float(out.flat[0]):g}); "
             "there is nothing to segment."
@@ -84,7 +85,7 @@ def check_image(image, name: str = "image") -> np.ndarray:
     return out
 
 
-def as_image_list(images, name: str = "images") -> list[np.ndarray]:
+def as_image_list(images, name: str = "images", max_channels: int = MAX_CHANNELS) -> list[np.ndarray]:
     """Turn a sequence of images, or one stacked array, into float32 ``(H, W, C)`` images.
 
     ``images`` is a sequence of 2D images ``(H, W)`` / ``(H, W, C)``, or one array
@@ -92,8 +93,8 @@ def as_image_list(images, name: str = "images") -> list[np.ndarray]:
     same channel count.
     """
     if isinstance(images, np.ndarray):
-        if images.ndim == 2 or (images.ndim == 3 and images.shape[-1] <= MAX_CHANNELS
-                                and images.shape[0] > MAX_CHANNELS):
+        if images.ndim == 2 or (images.ndim == 3 and images.shape[-1] <= max_channels
+                                and images.shape[0] > max_channels):
             seq: Sequence = [images]
         elif images.ndim in (3, 4):
             seq = list(images)
@@ -109,7 +110,8 @@ def as_image_list(images, name: str = "images") -> list[np.ndarray]:
             raise InputError(f"{name} must be an array or a sequence of arrays.") from None
     if len(seq) == 0:
         raise InputError(f"{name} is empty; give at least one image.")
-    out = [check_image(im, name=f"{name}[{i}]") for i, im in enumerate(seq)]
+    out = [check_image(im, name=f"{name}[{i}]", max_channels=max_channels)
+           for i, im in enumerate(seq)]
     chans = {im.shape[-1] for im in out}
     if len(chans) > 1:
         raise InputError(
@@ -118,13 +120,16 @@ def as_image_list(images, name: str = "images") -> list[np.ndarray]:
     return out
 
 
-def check_embeddings(embeddings) -> np.ndarray:
-    """Validate per-pixel embeddings ``(H, W, D)`` (``(H, W)`` is taken as D = 1) as float32."""
+def check_embeddings(embeddings, allow_volume: bool = False) -> np.ndarray:
+    """Validate per-pixel embeddings ``(H, W, D)`` (``(H, W)`` is taken as D = 1) as float32;
+    with ``allow_volume`` also per-voxel ``(Z, Y, X, D)``."""
     arr = np.asarray(embeddings)
     if arr.ndim == 2:
         arr = arr[..., None]
-    if arr.ndim != 3 or min(arr.shape) < 1:
-        raise InputError(f"embeddings have shape {np.shape(embeddings)}; expected (H, W, D).")
+    ok = (3, 4) if allow_volume else (3,)
+    if arr.ndim not in ok or min(arr.shape) < 1:
+        want = "(H, W, D) or (Z, Y, X, D)" if allow_volume else "(H, W, D)"
+        raise InputError(f"embeddings have shape {np.shape(embeddings)}; expected {want}.")
     if arr.dtype.kind not in "fiub":
         raise InputError(f"embeddings have dtype {arr.dtype}; expected real numbers.")
     arr = arr.astype(np.float32, copy=False)

@@ -195,6 +195,128 @@ def segment_image(encoder, image, *, seed: int = 0, max_points: int = MAX_POINTS
     return SegmentResult(hier, emb, p.pool, list(p.notes), times, feats)
 
 
+# --------------------------------------------------------------------------- volumes
+
+def volume_grid(volume, spacing=None, max_points: Optional[int] = None):
+    """The working grid of a volume: ``(plan, grid volume (z, y, x, C) float32)``
+    (:func:`napari_cuts.volume.volume_plan`, block means)."""
+    from .volume import MAX_VOLUME_POINTS, block_reduce, check_volume, volume_plan
+
+    vol = check_volume(volume)
+    p = volume_plan(vol.shape, spacing, MAX_VOLUME_POINTS if max_points is None else max_points)
+    return p, block_reduce(vol, p.pools)
+
+
+def volume_training_slices(grid: np.ndarray, context: int, max_slices: int = 64) -> list:
+    """Training images of a volume's working grid: evenly spaced informative slices
+    ``(y, x, (2k+1) C)`` with their ``context`` neighbours as channels."""
+    from .volume import context_stack
+
+    ctx = context_stack(grid, context)
+    idx = [i for i in range(grid.shape[0]) if informative(grid[i])]
+    if not idx:
+        raise InputError("every slice of the volume is constant; there is nothing to segment.")
+    if len(idx) > max_slices:
+        idx = [idx[i] for i in np.linspace(0, len(idx) - 1, max_slices).round().astype(int)]
+    return [ctx[i] for i in idx]
+
+
+def train_volume_encoder(volume, *, spacing=None, max_points: Optional[int] = None,
+                         context: Optional[int] = None, epochs=None, seconds=None, seed: int = 0,
+                         device: str = "auto", progress: Progress = None, cancel: Cancel = None,
+                         **options):
+    """Train a 2.5D encoder on one volume ``(Z, Y, X[, C])``, or several volumes of the
+    same channel count (a list), on their working grids (see :mod:`napari_cuts.volume`)."""
+    from .encoder import train_encoder
+    from .volume import CONTEXT_SLICES
+
+    k = CONTEXT_SLICES if context is None else int(context)
+    vols = volume if isinstance(volume, (list, tuple)) else [volume]
+    sps = spacing if isinstance(volume, (list, tuple)) and spacing is not None else [spacing] * len(vols)
+    imgs = []
+    per = max(8, 64 // len(vols))
+    for v, sp in zip(vols, sps):
+        _, grid = volume_grid(v, sp, max_points)
+        imgs += volume_training_slices(grid, k, per)
+    if epochs is None and seconds is None:
+        seconds = DEFAULT_SECONDS
+    return train_encoder(imgs, epochs=epochs, seconds=seconds, seed=seed, device=device,
+                         progress=progress, cancel=cancel, context_slices=k, **options)
+
+
+def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
+                   max_points: Optional[int] = None, progress: Progress = None,
+                   cancel: Cancel = None, image_weight: float = IMAGE_WEIGHT,
+                   use_embeddings: bool = True, **condense_params) -> SegmentResult:
+    """Segment a volume ``(Z, Y, X)`` / ``(Z, Y, X, C)`` as ONE object.
+
+    Embeds its working grid slice by slice (with slice context for a 2.5D encoder),
+    joins the normalised image, condenses all grid voxels at once (6-connected pre-merge
+    weighted by the grid ``spacing``) and maps the labels back: ``hierarchy.labels(l)``
+    is ``(Z, Y, X)``, one id one structure across all slices. ``use_embeddings=False``
+    condenses the normalised image (with its slice context) alone (the ablation).
+    ``result.pool`` is the block size per axis; ``result.embeddings`` the grid's
+    ``(z, y, x, D)``."""
+    from .condensation import condense
+    from .encoder import embed_volume, is_volume_encoder, normalised_image
+    from .volume import check_volume, context_stack, estimate_note
+
+    vol = check_volume(volume)
+    t0 = time.perf_counter()
+    p, grid = volume_grid(vol, spacing, max_points)
+    check_fits_volume(p)
+    times = {"grid": time.perf_counter() - t0}
+    k = int(encoder.metadata.get("context_slices", 0) or 0) if is_volume_encoder(encoder) else 0
+    t0 = time.perf_counter()
+
+    def emb_progress(done, total, message):
+        report(progress, done, total + max(1, total // 3), message)
+
+    emb = embed_volume(encoder, grid, progress=emb_progress, cancel=cancel) if use_embeddings else None
+    times["embed"] = time.perf_counter() - t0
+    check_cancel(cancel)
+    ctx = context_stack(grid, k) if k else grid
+    img01 = np.stack([normalised_image(encoder, ctx[i], allow_constant=True)
+                      for i in range(ctx.shape[0])])
+    z = grid.shape[0]
+
+    def cond_progress(done, total, message):
+        report(progress, z, z + max(1, z // 3), f"condensing: {message}")
+
+    t0 = time.perf_counter()
+    if use_embeddings:
+        feats = clustering_features(emb, img01, image_weight)
+    else:
+        feats = ((image_weight / np.sqrt(img01.shape[-1])) * img01).astype(np.float32)
+    condense_params.setdefault("normalize", False)
+    hier = condense(feats, seed=seed, spacing=p.grid_spacing, progress=cond_progress,
+                    cancel=cancel, **condense_params)
+    times["condense"] = time.perf_counter() - t0
+    if p.pools != (1, 1, 1):
+        hier = hier.upsampled(p.shape, p.pools)
+    hier.metadata.update({"napari_cuts_version": __version__, "seed": int(seed),
+                          "volume": True, "spacing": list(p.spacing),
+                          "pools": list(p.pools), "grid_spacing": list(p.grid_spacing),
+                          "image_weight": image_weight, "use_embeddings": bool(use_embeddings),
+                          "encoder": {key: encoder.metadata.get(key) for key in
+                                      ("in_channels", "seed", "version", "context_slices")
+                                      if key in encoder.metadata}})
+    report(progress, 1, 1, "done")
+    return SegmentResult(hier, emb, p.pools, [*p.notes, estimate_note(p)], times, feats)
+
+
+def check_fits_volume(p) -> None:
+    """Raise :class:`ResourceError` if a volume plan would not fit the free memory."""
+    free = available_memory_mb()
+    if free is not None and p.estimated_mb > 0.9 * free:
+        from .errors import ResourceError
+
+        raise ResourceError(
+            f"segmenting a {' x '.join(map(str, p.shape))} volume needs about "
+            f"{p.estimated_mb:.0f} MB but only {free:.0f} MB are free; close other programs, "
+            "crop the volume, or pass a smaller max_points (--max-points) for a coarser grid.")
+
+
 def volume_slices(volume, name: str = "volume") -> list[np.ndarray]:
     """Split a 3D array into 2D slices along its first axis.
 
@@ -271,22 +393,22 @@ def _figure_levels(image: np.ndarray, hier, path: Path, max_panels: int = 7) -> 
 
 
 def run_segment(image_path, out_dir, *, weights=None, epochs=None, seconds=None, seed: int = 0,
-                device: str = "auto", max_points: int = MAX_POINTS, slices=None,
+                device: str = "auto", max_points: Optional[int] = None, slices=None,
                 progress: Progress = None, cancel: Cancel = None, log=print) -> dict:
     """The ``napari-cuts segment`` job: read, train or load, condense, write the outputs.
 
     2D input writes ``hierarchy.npz``, ``persistent.png``/``.npy``, ``levels.png`` (and
     ``persistent.nii.gz`` with the source geometry for NIfTI/DICOM input). A volume is
-    segmented slice by slice (``slices`` picks some, default all), giving
-    ``slices/zNNN/hierarchy.npz`` per slice and ``persistent.nii.gz`` for the volume.
+    ONE object: one ``hierarchy.npz`` with ``labels`` (L, Z, Y, X) in the reader's axis
+    order, ``persistent.npy`` / ``persistent.nii.gz`` (source geometry) and a
+    ``levels.png`` of the middle slice and an orthogonal view. ``slices`` (a list of
+    indices) segments those slices one by one instead (``slices/zNNN/hierarchy.npz``).
     Returns a summary dict (also written as ``run.json``).
     """
-    from .fileutil import write_json
-    from .io import read_image, write_labels
+    from .fileutil import make_output_dir, write_json
+    from .io import read_image
 
     t_start = time.perf_counter()
-    from .fileutil import make_output_dir
-
     out = make_output_dir(out_dir)
     src = read_image(image_path)
     for note in src.notes:
@@ -295,83 +417,223 @@ def run_segment(image_path, out_dir, *, weights=None, epochs=None, seconds=None,
     is_volume = (data.ndim == 3 and not src.rgb) or data.ndim == 4
     summary = {"napari_cuts_version": __version__, "input": str(image_path), "seed": int(seed),
                "shape": list(data.shape), "device": device, "notes": list(src.notes)}
-
-    if is_volume:
-        all_slices = volume_slices(data)
-        idx = list(range(len(all_slices))) if slices is None else [int(s) for s in slices]
-        bad = [i for i in idx if not 0 <= i < len(all_slices)]
-        if bad:
-            raise InputError(f"slice indices {bad} are outside the volume's {len(all_slices)} slices.")
-        work = [i for i in idx if informative(all_slices[i])]
-        if not work:
-            raise InputError(f"{image_path}: every selected slice is constant; nothing to segment.")
-        train_imgs = training_subset([all_slices[i] for i in work])
+    provenance = {"napari_cuts_version": __version__, "seed": int(seed), "input": str(image_path),
+                  "weights": None if weights is None else str(weights),
+                  "epochs": epochs, "seconds": seconds}
+    common = dict(weights=weights, epochs=epochs, seconds=seconds, seed=seed, device=device,
+                  progress=progress, cancel=cancel, log=log, summary=summary,
+                  provenance=provenance, image_path=image_path)
+    if is_volume and slices is None:
+        _segment_volume_job(src, data, out, max_points=max_points, **common)
+    elif is_volume:
+        _segment_slices_job(src, data, out, slices, max_points=max_points or MAX_POINTS, **common)
     else:
-        train_imgs = [data]
-    p = plan(data.shape[1:] if is_volume else data.shape, max_points)
-    n_images = len(work) if is_volume else 1
-    log(f"{Path(image_path).name}: {' x '.join(map(str, data.shape))}"
-        f"{' (' + str(n_images) + ' slices)' if is_volume else ''}; estimated peak memory "
-        f"~{p.estimated_mb:.0f} MB, segmentation ~{p.estimated_seconds * n_images:.0f} s after "
-        f"training{'' if weights is None else ' (weights loaded)'}.")
-    check_fits(p)
+        _segment_2d_job(src, data, out, max_points=max_points or MAX_POINTS, **common)
+    summary["seconds_total"] = round(time.perf_counter() - t_start, 2)
+    write_json(out / "run.json", summary)
+    return summary
 
-    enc, trained = get_encoder(train_imgs, weights=weights, epochs=epochs, seconds=seconds,
-                               seed=seed, device=device,
-                               progress=_stage(progress, "training"), cancel=cancel)
+
+def _train_or_load(train, out, *, weights, summary, log, t_start):
+    enc, trained = train()
     summary["trained"] = trained
     if trained:
         enc.save(out / "encoder.pt")
         summary["encoder"] = str(out / "encoder.pt")
-    t_train = time.perf_counter() - t_start
-    summary["seconds_training"] = round(t_train, 2)
+    summary["seconds_training"] = round(time.perf_counter() - t_start, 2)
+    return enc
 
-    provenance = {"napari_cuts_version": __version__, "seed": int(seed), "input": str(image_path),
-                  "weights": None if weights is None else str(weights),
-                  "epochs": epochs, "seconds": seconds}
-    if not is_volume:
-        res = segment_image(enc, data, seed=seed, max_points=max_points,
-                            progress=_stage(progress, "segmenting"), cancel=cancel)
-        for note in res.notes:
-            log(note)
-        hier = res.hierarchy
-        hier.metadata.update({"input": str(image_path)})
-        hier.save(out / "hierarchy.npz")
-        pers = hier.persistent()
-        from .fileutil import atomic_path
-        with atomic_path(out / "persistent.npy") as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, pers)
-        write_labels(out / "persistent.png", pers, provenance=None)
-        if src.format in ("nifti", "dicom"):
-            write_labels(out / "persistent.nii.gz", pers, like=src, provenance=provenance)
-        _figure_levels(np.asarray(check_image(data)), hier, out / "levels.png")
-        summary.update({"n_levels": int(hier.n_levels),
-                        "n_clusters": [int(c) for c in hier.n_clusters],
-                        "pool": res.pool, "notes": summary["notes"] + res.notes,
-                        "seconds_embed": round(res.seconds["embed"], 2),
-                        "seconds_condense": round(res.seconds["condense"], 2)})
-    else:
-        pers_vol = np.zeros(data.shape[:3], dtype=np.uint32)
-        n_levels = []
-        for j, i in enumerate(work):
-            check_cancel(cancel)
-            report(progress, j, len(work), f"segmenting slice {i}")
-            res = segment_image(enc, all_slices[i], seed=seed, max_points=max_points, cancel=cancel)
-            d = out / "slices" / f"z{i:04d}"
-            d.mkdir(parents=True, exist_ok=True)
-            res.hierarchy.save(d / "hierarchy.npz")
-            pers_vol[i] = res.hierarchy.persistent()
-            n_levels.append(int(res.hierarchy.n_levels))
-        report(progress, len(work), len(work), "segmenting done")
-        write_labels(out / "persistent.nii.gz", pers_vol, like=src, provenance=provenance)
-        mid = work[len(work) // 2]
-        hier_mid = type(res.hierarchy).load(out / "slices" / f"z{mid:04d}" / "hierarchy.npz")
-        _figure_levels(np.asarray(check_image(all_slices[mid])), hier_mid, out / "levels.png")
-        summary.update({"slices": work, "n_levels": n_levels})
-    summary["seconds_total"] = round(time.perf_counter() - t_start, 2)
-    write_json(out / "run.json", summary)
-    return summary
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    from .fileutil import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr)
+
+
+def _segment_2d_job(src, data, out, *, max_points, weights, epochs, seconds, seed, device,
+                    progress, cancel, log, summary, provenance, image_path) -> None:
+    from .io import write_labels
+
+    p = plan(data.shape, max_points)
+    log(f"{Path(image_path).name}: {' x '.join(map(str, data.shape))}; estimated peak memory "
+        f"~{p.estimated_mb:.0f} MB, segmentation ~{p.estimated_seconds:.0f} s after "
+        f"training{'' if weights is None else ' (weights loaded)'}.")
+    check_fits(p)
+    t0 = time.perf_counter()
+    enc = _train_or_load(
+        lambda: get_encoder([data], weights=weights, epochs=epochs, seconds=seconds, seed=seed,
+                            device=device, progress=_stage(progress, "training"), cancel=cancel),
+        out, weights=weights, summary=summary, log=log, t_start=t0)
+    res = segment_image(enc, data, seed=seed, max_points=max_points,
+                        progress=_stage(progress, "segmenting"), cancel=cancel)
+    for note in res.notes:
+        log(note)
+    hier = res.hierarchy
+    hier.metadata.update({"input": str(image_path)})
+    hier.save(out / "hierarchy.npz")
+    pers = hier.persistent()
+    _save_npy(out / "persistent.npy", pers)
+    write_labels(out / "persistent.png", pers, provenance=None)
+    if src.format in ("nifti", "dicom"):
+        write_labels(out / "persistent.nii.gz", pers, like=src, provenance=provenance)
+    _figure_levels(np.asarray(check_image(data)), hier, out / "levels.png")
+    summary.update({"n_levels": int(hier.n_levels),
+                    "n_clusters": [int(c) for c in hier.n_clusters],
+                    "pool": res.pool, "notes": summary["notes"] + res.notes,
+                    "seconds_embed": round(res.seconds["embed"], 2),
+                    "seconds_condense": round(res.seconds["condense"], 2)})
+
+
+def _segment_volume_job(src, data, out, *, max_points, weights, epochs, seconds, seed, device,
+                        progress, cancel, log, summary, provenance, image_path) -> None:
+    from .encoder import is_volume_encoder, load_encoder
+    from .io import write_labels
+    from .volume import check_volume, estimate_note, volume_plan
+
+    vol = check_volume(data, Path(image_path).name)
+    spacing = tuple(float(v) for v in src.spacing[:3])
+    p = volume_plan(vol.shape, spacing, max_points or _default_volume_points())
+    log(f"{Path(image_path).name}: volume {' x '.join(map(str, vol.shape[:3]))} "
+        f"({' x '.join(f'{v:g}' for v in spacing)} mm); {estimate_note(p)}"
+        f"{'' if weights is None else ' (weights loaded)'}.")
+    check_fits_volume(p)
+    t0 = time.perf_counter()
+
+    def train():
+        if weights is not None:
+            return (weights if not isinstance(weights, (str, Path))
+                    else load_encoder(weights, device=device)), False
+        return train_volume_encoder(vol, spacing=spacing, max_points=p.points, epochs=epochs,
+                                    seconds=seconds, seed=seed, device=device,
+                                    progress=_stage(progress, "training"), cancel=cancel), True
+
+    enc = _train_or_load(train, out, weights=weights, summary=summary, log=log, t_start=t0)
+    res = segment_volume(enc, vol, spacing=spacing, seed=seed, max_points=p.points,
+                         progress=_stage(progress, "segmenting"), cancel=cancel)
+    for note in res.notes:
+        log(note)
+    hier = res.hierarchy
+    hier.metadata.update({"input": str(image_path)})
+    t1 = time.perf_counter()
+    hier.save(out / "hierarchy.npz")
+    pers = hier.persistent()
+    _save_npy(out / "persistent.npy", pers)
+    write_labels(out / "persistent.nii.gz", pers, like=src, provenance=provenance)
+    if src.format == "dicom":
+        try:
+            write_labels(out / "persistent.dcm", pers, like=src, provenance=provenance)
+        except Exception as exc:  # noqa: BLE001 - the NIfTI is written; say why the SEG is not
+            log(f"persistent.dcm not written: {exc}")
+    _figure_volume_levels(vol, hier, out / "levels.png", spacing=spacing)
+    summary.update({"volume": True, "n_levels": int(hier.n_levels),
+                    "n_clusters": [int(c) for c in hier.n_clusters],
+                    "encoder_2_5d": bool(is_volume_encoder(enc)),
+                    "pools": list(res.pool), "grid_shape": list(p.grid_shape),
+                    "notes": summary["notes"] + res.notes,
+                    "seconds_embed": round(res.seconds["embed"], 2),
+                    "seconds_condense": round(res.seconds["condense"], 2),
+                    "seconds_write": round(time.perf_counter() - t1, 2)})
+
+
+def _default_volume_points() -> int:
+    from .volume import MAX_VOLUME_POINTS
+
+    return MAX_VOLUME_POINTS
+
+
+def _segment_slices_job(src, data, out, slices, *, max_points, weights, epochs, seconds, seed,
+                        device, progress, cancel, log, summary, provenance, image_path) -> None:
+    from .io import write_labels
+
+    all_slices = volume_slices(data)
+    idx = [int(s) for s in slices]
+    bad = [i for i in idx if not 0 <= i < len(all_slices)]
+    if bad:
+        raise InputError(f"slice indices {bad} are outside the volume's {len(all_slices)} slices.")
+    work = [i for i in idx if informative(all_slices[i])]
+    if not work:
+        raise InputError(f"{image_path}: every selected slice is constant; nothing to segment.")
+    p = plan(data.shape[1:], max_points)
+    log(f"{Path(image_path).name}: {' x '.join(map(str, data.shape))} ({len(work)} slices, one "
+        f"by one); estimated peak memory ~{p.estimated_mb:.0f} MB.")
+    check_fits(p)
+    t0 = time.perf_counter()
+    train_imgs = training_subset([all_slices[i] for i in work])
+    enc = _train_or_load(
+        lambda: get_encoder(train_imgs, weights=weights, epochs=epochs, seconds=seconds, seed=seed,
+                            device=device, progress=_stage(progress, "training"), cancel=cancel),
+        out, weights=weights, summary=summary, log=log, t_start=t0)
+    pers_vol = np.zeros(data.shape[:3], dtype=np.uint32)
+    n_levels = []
+    res = None
+    for j, i in enumerate(work):
+        check_cancel(cancel)
+        report(progress, j, len(work), f"segmenting slice {i}")
+        res = segment_image(enc, all_slices[i], seed=seed, max_points=max_points, cancel=cancel)
+        d = out / "slices" / f"z{i:04d}"
+        d.mkdir(parents=True, exist_ok=True)
+        res.hierarchy.save(d / "hierarchy.npz")
+        pers_vol[i] = res.hierarchy.persistent()
+        n_levels.append(int(res.hierarchy.n_levels))
+    report(progress, len(work), len(work), "segmenting done")
+    write_labels(out / "persistent.nii.gz", pers_vol, like=src, provenance=provenance)
+    mid = work[len(work) // 2]
+    hier_mid = type(res.hierarchy).load(out / "slices" / f"z{mid:04d}" / "hierarchy.npz")
+    _figure_levels(np.asarray(check_image(all_slices[mid])), hier_mid, out / "levels.png")
+    summary.update({"slices": work, "n_levels": n_levels})
+
+
+def _figure_volume_levels(vol: np.ndarray, hier, path: Path, *, spacing=(1.0, 1.0, 1.0),
+                          max_panels: int = 6) -> None:
+    """The coarse-to-fine figure of a volume: row 1 the middle axial slice (axis 0), row 2
+    the middle slice along axis 1 (an orthogonal view, drawn with the voxel aspect)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from .fileutil import atomic_path
+    from .io import label_colours
+
+    counts = np.asarray(hier.n_clusters)
+    candidates = [lv for lv in range(hier.n_levels) if 2 <= counts[lv] <= 256] or [hier.n_levels - 1]
+    targets = np.geomspace(counts[candidates[-1]], counts[candidates[0]],
+                           min(max_panels - 2, len(candidates)))
+    picks = sorted({min(candidates, key=lambda lv: abs(np.log(counts[lv]) - np.log(t)))
+                    for t in targets}, reverse=True)
+    grey = vol[..., 0] if vol.ndim == 4 else vol
+    lo, hi = np.percentile(grey, [0.5, 99.5])
+    disp = np.clip((grey - lo) / max(hi - lo, 1e-6), 0, 1)
+    z0, y0 = vol.shape[0] // 2, vol.shape[1] // 2
+    views = [("axial z=%d" % z0, lambda a: a[z0], spacing[1] / spacing[2]),
+             ("orthogonal y=%d" % y0, lambda a: a[:, y0], spacing[0] / spacing[2])]
+    maps = [(f"level {lv}: {int(counts[lv])} clusters", hier.labels(lv)) for lv in picks]
+    maps.append(("persistent structures", hier.persistent()))
+    ncol = 1 + len(maps)
+    fig, axes = plt.subplots(2, ncol, figsize=(2.5 * ncol, 5.4), dpi=110, squeeze=False)
+    for r, (vname, cut, aspect) in enumerate(views):
+        base = cut(disp)
+        if r == 1:
+            base = base[::-1]
+        axes[r, 0].imshow(base, cmap="gray", aspect=aspect, interpolation="nearest")
+        axes[r, 0].set_title(vname, fontsize=8)
+        for c, (title, lab) in enumerate(maps, start=1):
+            lab2 = cut(lab).astype(np.int64)
+            if r == 1:
+                lab2 = lab2[::-1]
+            table = label_colours(int(lab2.max()) + 1)[1:].astype(np.float32) / 255.0
+            over = 0.5 * base[..., None] + 0.5 * table[lab2]
+            axes[r, c].imshow(over, aspect=aspect, interpolation="nearest")
+            if r == 0:
+                axes[r, c].set_title(title, fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle("CUTS on a volume: one hierarchy, coarse (left) to fine (right)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
 
 
 def _stage(progress: Progress, name: str) -> Progress:
@@ -391,4 +653,5 @@ def as_dict(obj) -> dict:
 
 
 __all__ = ["MAX_POINTS", "Plan", "plan", "SegmentResult", "get_encoder", "segment_image",
-           "volume_slices", "training_subset", "run_segment", "as_image_list"]
+           "segment_volume", "train_volume_encoder", "volume_grid", "volume_slices",
+           "training_subset", "run_segment", "as_image_list"]
