@@ -293,9 +293,11 @@ def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
                     cancel=cancel, **condense_params)
     times["condense"] = time.perf_counter() - t0
     if p.pools != (1, 1, 1):
-        hier = hier.upsampled(p.shape, p.pools)
+        t0 = time.perf_counter()
+        hier = refined_hierarchy(hier, vol, p.pools)
+        times["refine"] = time.perf_counter() - t0
     hier.metadata.update({"napari_cuts_version": __version__, "seed": int(seed),
-                          "volume": True, "spacing": list(p.spacing),
+                          "volume": True, "refined": p.pools != (1, 1, 1), "spacing": list(p.spacing),
                           "pools": list(p.pools), "grid_spacing": list(p.grid_spacing),
                           "image_weight": image_weight, "use_embeddings": bool(use_embeddings),
                           "encoder": {key: encoder.metadata.get(key) for key in
@@ -303,6 +305,20 @@ def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
                                       if key in encoder.metadata}})
     report(progress, 1, 1, "done")
     return SegmentResult(hier, emb, p.pools, [*p.notes, estimate_note(p)], times, feats)
+
+
+def refined_hierarchy(hier, volume: np.ndarray, pools):
+    """A grid hierarchy mapped to every voxel of ``volume`` by
+    :func:`napari_cuts.volume.refine_finest` (image-guided, not nearest blocks)."""
+    from .hierarchy import Hierarchy
+    from .volume import normalise_volume, refine_finest
+
+    full = refine_finest(hier.finest, normalise_volume(volume), pools)
+    meta = dict(hier.metadata)
+    meta.update({"grid_shape": list(hier.shape), "pools": [int(v) for v in pools]})
+    return Hierarchy(full, [hier.lut(lv) for lv in range(hier.n_levels)],
+                     iterations=hier.iterations, iterations_total=hier.iterations_total,
+                     metadata=meta, check=False)
 
 
 def check_fits_volume(p) -> None:

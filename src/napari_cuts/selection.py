@@ -126,3 +126,9 @@ def innermost_point(mask) -> tuple[int, ...]:
     dist = ndimage.distance_transform_edt(np.pad(m, 1))
     inner = dist[tuple(slice(1, -1) for _ in range(m.ndim))]
     return tuple(int(v) for v in np.unravel_index(int(np.argmax(inner)), m.shape))
+
+
+def click_mask(hierarchy, point, **kw) -> np.ndarray:
+    """One click, no labels: the structure under ``point`` at the level where it is most
+    persistent (:meth:`napari_cuts.hierarchy.Hierarchy.click_level`), a bool mask."""
+    return hierarchy.click_mask(point, **kw)
