@@ -178,8 +178,11 @@ def test_full_run_on_retina_layout(retina_dir, tmp_path, cuts_backend):
 
 def test_run_on_nifti_layout(nifti_dir, tmp_path, cuts_backend):
     out = tmp_path / "out"
+    # volumes="slices": the per-slice samples (a volume folder is scored in 3D by default,
+    # tests/test_evaluation_3d.py)
     res = E.run_evaluation(nifti_dir, out, seeds=(3,), seconds=2,
-                           methods=["slic", "cuts_click", "cuts_persistent"], limit=4)
+                           methods=["slic", "cuts_click", "cuts_persistent"], limit=4,
+                           volumes="slices")
     assert res["n_images"] == 4 and res["layout"] == "nifti"
     assert set(res["methods"]) == {"slic", "cuts_click", "cuts_persistent"}
     assert (out / "results.md").exists() and (out / "examples.png").exists()

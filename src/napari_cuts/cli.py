@@ -80,15 +80,35 @@ def _parser() -> argparse.ArgumentParser:
                         "(default 262144 = 512 x 512 for 2D, 1200000 for a volume)")
 
     e = sub.add_parser("evaluate", help="score CUTS and the baselines on a labelled folder")
-    e.add_argument("--data", required=True, help="folder like shared/data/retina, or NIfTI "
-                   "images with *_seg.nii.gz masks")
+    e.add_argument("--data", required=True, help="folder like shared/data/retina, NIfTI "
+                   "images with *_seg.nii.gz masks, or a Decathlon folder (imagesTr/, labelsTr/); "
+                   "volumes are scored in 3D")
     e.add_argument("--out", required=True, help="output folder (results.json, results.md, figures)")
     e.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    e.add_argument("--seconds", type=float, default=None, help="training budget per seed")
+    e.add_argument("--seconds", type=float, default=None, help="training budget per seed "
+                   "(default 120 s for 2D images, 60 s for a set of volumes: one encoder for the set)")
     e.add_argument("--epochs", type=int, default=None)
     e.add_argument("--methods", nargs="+", default=None, help="a subset of the methods")
-    e.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    e.add_argument("--limit", type=int, default=None, help="use only the first N images "
+                   "(volumes: the first N cases after --split and --cases)")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    e.add_argument("--label", type=int, nargs="+", default=None, metavar="V",
+                   help="volumes: the structure is the union of these label values "
+                        "(default: every non-zero label)")
+    e.add_argument("--ablation", action="store_true", help="volumes: also image_only_best and "
+                   "image_only_click (the same pipeline without the encoder)")
+    e.add_argument("--split", choices=["all", "dev", "report"], default="all",
+                   help="volumes: dev = the first half of the sorted case names, report = the "
+                        "rest (choose settings on dev, report on report)")
+    cg = e.add_mutually_exclusive_group()
+    cg.add_argument("--cases", nargs="+", default=None, metavar="NAME",
+                    help="volumes: only these cases (names without .nii.gz)")
+    cg.add_argument("--cases-from", default=None, metavar="FILE",
+                    help="volumes: only the cases listed in FILE, one a line")
+    e.add_argument("--slices", action="store_true", help="score NIfTI volumes as 2D slices "
+                   "(the largest-mask slice and its neighbours) instead of in 3D")
+    e.add_argument("--save-hierarchies", action="store_true", help="volumes: also write "
+                   "OUT/hierarchies/<case>_seed<S>.npz")
 
     b = sub.add_parser("bench", help="run the benchmark suite in benchmarks/")
     b.add_argument("which", nargs="?", default="all", help="a benchmark name (e.g. encoder, "
@@ -169,9 +189,17 @@ def cmd_evaluate(args) -> int:
 
     bar = _Bar()
     try:
+        cases = args.cases
+        if args.cases_from is not None:
+            from .evaluation import read_case_list
+
+            cases = read_case_list(args.cases_from)
         res = run_evaluation(args.data, args.out, seeds=tuple(args.seeds), seconds=args.seconds,
                              epochs=args.epochs, methods=args.methods, limit=args.limit,
-                             device=args.device, progress=bar)
+                             device=args.device, progress=bar, labels=args.label,
+                             ablation=args.ablation, split=args.split, cases=cases,
+                             volumes="slices" if args.slices else "3d",
+                             save_hierarchies=args.save_hierarchies)
     finally:
         bar.close()
     out = Path(args.out)
