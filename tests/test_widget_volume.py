@@ -1,32 +1,54 @@
-"""GUI tests of the CUTS dock widget on stacks and volumes (napari viewer under Xvfb).
+"""GUI tests of the CUTS dock widget on volumes and stacks (napari viewer under Xvfb).
 
-A hierarchy per slice, the current slice first; a 3D Labels layer filled as slices
-arrive; the slider applied to every finished slice (level index clipped per slice);
-clicks per slice; volume in mL; export of a 3D mask; cancel in the middle of a volume.
+A grey (Z, Y, X) layer is ONE object: one hierarchy for the volume, the slider
+rewrites every slice at once, a click in one slice selects the 3D structure (in the
+slices above and below too), a click on the rendered volume in the 3D view does the
+same; the background outside the body is transparent; mL from the layer scale;
+NIfTI export keeps the affine; cancel mid-segment; bad volumes give notifications.
+A stack of colour images (N, H, W, 3) is still segmented image by image.
+
+The display model (:mod:`napari_cuts._widget.model`) is tested without Qt at the end.
 """
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
-from test_widget import PLUGIN, WIDGET, fake_click, fundus, small_volume
+from test_widget import PLUGIN, WIDGET, fake_click, fundus
 
-pytestmark = pytest.mark.gui
+SHAPE = (24, 48, 48)
+SCALE = (1.5, 1.0, 1.0)
+CENTRE = (12, 24, 24)
+
+
+def blob_volume(seed: int = 0):
+    """(24, 48, 48) float32: dark air, a grey ellipsoidal body, and inside it a bright
+    ellipsoidal blob spanning slices 7..17. Returns (volume, blob mask)."""
+    z, y, x = np.mgrid[:SHAPE[0], :SHAPE[1], :SHAPE[2]].astype(np.float32)
+    cz, cy, cx = CENTRE
+    body = ((z - cz) / 11.5) ** 2 + ((y - cy) / 21) ** 2 + ((x - cx) / 21) ** 2 < 1
+    blob = ((z - cz) / 5.5) ** 2 + ((y - cy) / 8) ** 2 + ((x - cx) / 8) ** 2 < 1
+    rng = np.random.default_rng(seed)
+    vol = 5 + 45 * body + 90 * blob + rng.normal(0, 2, SHAPE)
+    return vol.astype(np.float32), blob
+
+
+def dice(a, b) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    return 2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
 
 
 @pytest.fixture(scope="module")
-def volume():
-    return small_volume(4, 64)
+def blob():
+    return blob_volume()
 
 
 @pytest.fixture(scope="module")
-def grey_encoder(volume):
-    from napari_cuts.encoder import train_encoder
+def volume_encoder(blob):
+    from napari_cuts.pipeline import train_volume_encoder
 
-    return train_encoder(list(volume), epochs=1, seed=0)
+    return train_volume_encoder(blob[0], spacing=SCALE, epochs=1, seed=0)
 
 
 @pytest.fixture
@@ -37,83 +59,204 @@ def docked(make_napari_viewer):
     return viewer, widget
 
 
-def test_volume_current_slice_first_slider_click_export(docked, volume, grey_encoder, tmp_path):
+@pytest.fixture
+def segmented(docked, blob, volume_encoder):
+    viewer, widget = docked
+    viewer.add_image(blob[0], name="vol", scale=SCALE)
+    viewer.dims.set_current_step(0, CENTRE[0])
+    widget.set_encoder(volume_encoder)
+    assert widget.segment()
+    assert widget.last_message is None or widget.last_message[0] == "info"
+    return viewer, widget
+
+
+def _blob_level(widget, blob_mask):
+    """The level whose cluster under the blob centre best matches the blob."""
+    hier = widget.results[0].hierarchy
+    best = max(range(hier.n_levels), key=lambda lv: dice(
+        (lab := hier.labels(lv)) == lab[CENTRE], blob_mask))
+    return best
+
+
+@pytest.mark.gui
+def test_volume_one_hierarchy_slider_click_3d_structure(segmented, blob, tmp_path):
     import nibabel as nib
 
     from napari_cuts._widget import LEVELS_NAME, MASK_NAME
 
-    viewer, widget = docked
-    img = viewer.add_image(volume, name="vol", scale=(2.0, 0.5, 0.5))
-    viewer.dims.set_current_step(0, 2)
-    widget.set_encoder(grey_encoder)
-    order = []
-    widget.runner._bridge.progress.connect(
-        lambda d, t, m: order.append(int(m.split()[1])) if m.startswith("slice") else None)
-    assert widget.segment()
-    assert widget.source.volume and len(widget.results) == 4
-    assert order[0] == 2 and sorted(set(order)) == [0, 1, 2, 3]
-    assert list(widget.results)[0] == 2            # the slice under dims.current_step first
+    viewer, widget = segmented
+    vol, blob_mask = blob
+    assert widget.source.one_volume and list(widget.results) == [0]
+    hier = widget.results[0].hierarchy
+    assert hier.shape == SHAPE
     levels = viewer.layers[LEVELS_NAME]
-    assert levels.data.shape == (4, 64, 64) and levels.ndim == 3
-    np.testing.assert_allclose(levels.scale, img.scale)
+    assert levels.data.shape == SHAPE
+    np.testing.assert_allclose(levels.scale, SCALE)
+    assert "one hierarchy" in widget.level_label.text()
 
-    def expected(level):
-        out = []
-        for z in range(4):
-            h = widget.results[z].hierarchy
-            out.append(np.asarray(h.labels(min(level, h.n_levels - 1))) + 1)
-        return np.stack(out)
+    # the slider rewrites every slice: values are cluster + 1, the background 0
+    def check_level(lv):
+        lab = np.asarray(hier.labels(lv))
+        shown = np.asarray(levels.data)
+        body = shown != 0
+        np.testing.assert_array_equal(shown[body], lab[body] + 1)
+        if hier.n_clusters[lv] > 1:
+            # the air around the body (the outer faces) is transparent
+            assert not shown[0].any() or (shown[0] == 0).mean() > 0.5
+            assert not shown[:, 0, 0].any()
+        return shown.copy()
 
-    np.testing.assert_array_equal(levels.data, expected(widget.level))
-    # every slice follows the slider, the level index clipped per slice
     top = widget.slider.maximum()
-    for lv in (0, top):
-        widget.set_level(lv)
-        np.testing.assert_array_equal(levels.data, expected(lv))
-    hier2 = widget.results[2].hierarchy
-    assert widget.shown_clusters == int(hier2.n_clusters[min(top, hier2.n_levels - 1)])
-    assert "slice 2" in widget.level_label.text()
-    mid = min(1, top)
-    widget.set_level(mid)
+    widget.set_level(0)
+    fine = check_level(0)
+    widget.set_level(top - 1)
+    coarse = check_level(top - 1)
+    changed = fine != coarse
+    assert changed[3].any() and changed[SHAPE[0] // 2].any() and changed[-4].any()
 
-    # clicks are per slice; a plain click replaces the whole mask
-    lab1 = np.asarray(widget.results[1].hierarchy.labels(
-        min(mid, widget.results[1].hierarchy.n_levels - 1)))
-    fake_click(widget, levels, (1, 32, 32))
+    # one click in one slice selects the 3D blob, in the slices above and below too
+    lv = _blob_level(widget, blob_mask)
+    widget.set_level(lv)
+    fake_click(widget, levels, CENTRE)
     mask = viewer.layers[MASK_NAME].data.astype(bool)
-    assert mask.shape == (4, 64, 64)
-    np.testing.assert_array_equal(mask[1], lab1 == lab1[32, 32])
-    assert not mask[[0, 2, 3]].any()
-    lab3 = np.asarray(widget.results[3].hierarchy.labels(
-        min(mid, widget.results[3].hierarchy.n_levels - 1)))
-    fake_click(widget, img, (3, 5, 5), modifiers=("Shift",))
-    mask = viewer.layers[MASK_NAME].data.astype(bool)
-    np.testing.assert_array_equal(mask[3], lab3 == lab3[5, 5])
-    np.testing.assert_array_equal(mask[1], lab1 == lab1[32, 32])
+    assert mask.shape == SHAPE
+    assert dice(mask, blob_mask) >= 0.8, dice(mask, blob_mask)
+    assert mask[CENTRE[0] - 4].any() and mask[CENTRE[0] + 4].any()
+    lab = np.asarray(hier.labels(lv))
+    np.testing.assert_array_equal(mask, lab == lab[CENTRE])
+
+    # shift-click adds a cluster (the body around the blob), alt-click removes it
+    body_pt = (CENTRE[0], CENTRE[1], CENTRE[2] + 14)
+    assert lab[body_pt] != lab[CENTRE]
+    fake_click(widget, viewer.layers["vol"], body_pt, modifiers=("Shift",))
+    both = viewer.layers[MASK_NAME].data.astype(bool)
+    np.testing.assert_array_equal(both, (lab == lab[CENTRE]) | (lab == lab[body_pt]))
+    fake_click(widget, levels, body_pt, modifiers=("Alt",))
+    np.testing.assert_array_equal(viewer.layers[MASK_NAME].data.astype(bool), mask)
+
+    # volume in mL from the layer scale
     n = int(mask.sum())
     stats = widget.mask_stats()
-    assert stats["pixels"] == n and stats["ml"] == pytest.approx(n * 2.0 * 0.5 * 0.5 / 1000)
+    assert stats["pixels"] == n and stats["ml"] == pytest.approx(n * 1.5 / 1000)
     assert "mL" in widget.area_label.text()
 
+    # export keeps the geometry
     out = widget.export(tmp_path / "mask3d.nii.gz", what="mask")
-    back = np.asarray(nib.load(out[0]).dataobj) > 0
-    assert back.sum() == n
-    assert back.shape in ((4, 64, 64), (64, 64, 4))
+    img = nib.load(out[0])
+    assert int((np.asarray(img.dataobj) > 0).sum()) == n
+    assert sorted(np.round(np.linalg.norm(img.affine[:3, :3], axis=0), 4)) == sorted(SCALE)
+    labels_out = widget.export(tmp_path / "labels3d.nii.gz", what="labels")
+    assert np.asarray(nib.load(labels_out[0]).dataobj).min() >= 1   # every cluster, none cut
+
+    # persistent structures: one map over the volume
+    widget.persistent_check.setChecked(True)
+    assert levels.data.shape == SHAPE and levels.data.any()
+    assert "Persistent" in widget.level_label.text()
 
 
-def test_volume_skips_constant_slices(docked, volume, grey_encoder):
+@pytest.mark.gui
+def test_volume_click_in_the_3d_view(segmented, blob):
+    viewer, widget = segmented
+    vol, blob_mask = blob
+    lv = _blob_level(widget, blob_mask)
+    widget.set_level(lv)
+    levels = widget.levels_layer
+    viewer.dims.ndisplay = 3
+    # the 3D view: a cut-away at the current slice, on the camera's side
+    cut = widget.view3d.cut()
+    assert cut is not None and cut[0] == CENTRE[0]
+    shown = np.asarray(levels.data)
+    gone = slice(cut[0] + 1, None) if cut[1] > 0 else slice(0, cut[0])
+    assert not shown[gone].any() and shown[cut[0]].any()
+    # a click on the rendered volume: a ray from the camera through the blob's centre
+    vd = np.asarray(widget.view3d.camera.view_direction, float)
+    centre_world = np.asarray(levels.data_to_world(np.asarray(CENTRE, float)))
+    ev_pos = centre_world - 60 * vd
+    from test_widget import FakeEvent
+
+    ev = FakeEvent(ev_pos)
+    ev.view_direction = tuple(vd)
+    ev.dims_displayed = (0, 1, 2)
+    gen = widget._on_mouse(levels, ev)
+    next(gen)
+    ev.type = "mouse_release"
+    with pytest.raises(StopIteration):
+        next(gen)
+    assert widget.mask is not None
+    assert dice(widget.mask, blob_mask) >= 0.8, dice(widget.mask, blob_mask)
+    # the mask is its own layer, rendered as a surface; the cut follows it
+    assert widget.mask_layer.rendering == "iso_categorical"
+    # back to 2D: no cut
+    viewer.dims.ndisplay = 2
+    assert widget.view3d.cut() is None
+    assert np.asarray(levels.data)[gone].any()
+
+
+@pytest.mark.gui
+def test_volume_train_then_segment_and_threaded_cancel(docked, blob, qtbot):
+    from napari_cuts._widget import Settings
+    from napari_cuts.encoder import is_volume_encoder
+
     viewer, widget = docked
-    vol = volume.copy()
-    vol[0] = 5.0
-    viewer.add_image(vol, name="vol")
-    widget.set_encoder(grey_encoder)
+    viewer.add_image(blob[0], name="vol", scale=SCALE)
+    widget.settings = Settings(budget=1, unit="epochs")
+    assert widget.train()
+    assert widget.encoder is not None and is_volume_encoder(widget.encoder)
+    assert "2.5D" in widget.encoder_label.text()
+    # a threaded segment, cancelled once it reports progress
+    widget.run_sync = False
+    messages = []
+    widget.runner._bridge.progress.connect(lambda d, t, m: messages.append(m))
     assert widget.segment()
-    assert sorted(widget.results) == [1, 2, 3]
-    assert not widget.levels_layer.data[0].any() and widget.levels_layer.data[1].all()
-    assert widget.click((0, 10, 10)) is False        # nothing to select on an empty slice
-    assert widget.click((1, 10, 10)) is True
+    qtbot.waitUntil(lambda: len(messages) > 0, timeout=60000)
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60000)
+    assert widget.last_message[0] == "info" and "ancel" in widget.last_message[1]
+    assert widget.segment_btn.isEnabled() and widget.train_btn.isEnabled()
+    assert not widget.cancel_btn.isEnabled()
+    assert widget.click((12, 24, 24)) is False        # nothing half-made to click on
+    # the widget is usable: segment again, to the end
+    messages.clear()
+    assert widget.segment()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120000)
+    assert widget.results and widget.levels_layer.data.shape == SHAPE
+    assert widget.click((12, 24, 24))
 
 
+@pytest.mark.gui
+@pytest.mark.parametrize("kind", ["constant", "one_slice", "nan"])
+def test_bad_volumes_give_a_notification(docked, volume_encoder, kind):
+    viewer, widget = docked
+    vol = {"constant": np.full(SHAPE, 7.0, np.float32),
+           "one_slice": blob_volume()[0][:1],
+           "nan": np.where(blob_volume()[1], np.nan, blob_volume()[0])}[kind]
+    viewer.add_image(vol, name=kind)
+    for act in (widget.train, widget.segment):
+        assert act() is False
+        level, msg = widget.last_message
+        assert level == "error"
+        assert {"constant": "constant", "one_slice": "slice", "nan": "NaN"}[kind] in msg
+        assert widget.segment_btn.isEnabled() and not widget.busy
+    widget.set_encoder(volume_encoder)
+    assert widget.segment() is False
+
+
+@pytest.mark.gui
+def test_2d_weights_on_a_volume_and_volume_weights_on_2d(docked, blob, volume_encoder):
+    from napari_cuts.encoder import train_encoder
+
+    viewer, widget = docked
+    viewer.add_image(blob[0], name="vol", scale=SCALE)
+    widget.set_encoder(train_encoder(list(blob[0][::6]), epochs=1, seed=0))  # 2D, grey
+    assert widget.segment()                          # applied slice by slice, one hierarchy
+    assert widget.results[0].hierarchy.shape == SHAPE
+    viewer.add_image(fundus(48), name="rgb")
+    widget.image_combo.setCurrentText("rgb")
+    widget.set_encoder(volume_encoder)
+    assert widget.segment() is False and "volumes" in widget.last_message[1]
+
+
+@pytest.mark.gui
 def test_rgb_stack_is_segmented_per_image(docked):
     from napari_cuts._widget import Settings, source_from_layer
 
@@ -122,50 +265,69 @@ def test_rgb_stack_is_segmented_per_image(docked):
     stack = np.stack([a, a[::-1]])                    # (N, H, W, 3)
     layer = viewer.add_image(stack, name="stack", rgb=True)
     src = source_from_layer(layer)
-    assert src.volume and len(src.slices) == 2 and src.channels == 3 and src.shape == (48, 48)
+    assert src.volume and src.kind == "stack" and len(src.slices) == 2
+    assert src.channels == 3 and src.shape == (48, 48)
     widget.settings = Settings(budget=1, unit="epochs")
     assert widget.segment()                          # trains first: there is no encoder
     assert widget.encoder.in_channels == 3
     assert widget.levels_layer.data.shape == (2, 48, 48)
     assert sorted(widget.results) == [0, 1]
+    h1 = widget.results[1].hierarchy
+    lab1 = np.asarray(h1.labels(min(widget.level, h1.n_levels - 1)))
+    assert widget.click((1, 20, 20))
+    mask = widget.mask
+    np.testing.assert_array_equal(mask[1], lab1 == lab1[20, 20])
+    assert not mask[0].any()
 
 
-def test_threaded_volume_cancel_keeps_finished_slices(docked, volume, grey_encoder, qtbot,
-                                                      monkeypatch):
-    import napari_cuts.pipeline as pipeline
+# ------------------------------------------------------- the model, no Qt
 
-    from napari_cuts.images import check_cancel
+def test_model_background_is_the_outer_cluster_and_nested_levels_follow():
+    from napari_cuts._widget.model import LevelsDisplay
 
-    viewer, widget = docked
-    widget.run_sync = False
-    viewer.add_image(volume, name="vol")
-    widget.set_encoder(grey_encoder)
-    real = pipeline.segment_image
-    calls = []
+    base = np.zeros((6, 10, 10), np.int64)           # 0: air (4 fine clusters), 4: body, 5: core
+    base[:, :5, :5], base[:, :5, 5:], base[:, 5:, :5], base[:, 5:, 5:] = 0, 1, 2, 3
+    base[1:5, 2:8, 2:8] = 4
+    base[2:4, 4:6, 4:6] = 5
+    luts = [np.arange(6),                            # finest: air split 4 ways
+            np.array([0, 0, 0, 0, 1, 2]),            # air one cluster
+            np.array([0, 0, 0, 0, 0, 0])]            # one cluster
+    d = LevelsDisplay(base, luts)
+    assert d.background(1).tolist() == [True, False, False]
+    assert d.background(0).tolist() == [True, True, True, True, False, False]
+    assert not d.background(2).any()                 # the coarsest level hides nothing
+    v = d.values(0)
+    assert v[0].max() == 0 and set(np.unique(v[2:4, 4:6, 4:6])) == {6}
+    assert set(np.unique(v)) == {0, 5, 6}
+    assert d.values(0, hide_background=False).min() == 1
+    cut = d.values(1, cut=(2, 1))
+    assert not cut[3:].any() and cut[2].any()
+    cut = d.values(1, cut=(2, -1))
+    assert not cut[:2].any() and cut[2].any()
 
-    def slow_after_first(encoder, image, *, cancel=None, **kw):
-        calls.append(1)
-        if len(calls) > 1:                           # a long slice: waits for Cancel
-            while True:
-                check_cancel(cancel)
-                time.sleep(0.01)
-        return real(encoder, image, cancel=cancel, **kw)
 
-    monkeypatch.setattr(pipeline, "segment_image", slow_after_first)
-    assert widget.segment()
-    qtbot.waitUntil(lambda: len(widget.results) == 1, timeout=60000)
-    assert widget.busy and widget.cancel_btn.isEnabled()
-    widget.cancel()
-    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
-    assert widget.last_message[0] == "info" and "ancel" in widget.last_message[1]
-    (z,) = widget.results
-    data = widget.levels_layer.data
-    h = widget.results[z].hierarchy
-    np.testing.assert_array_equal(data[z], np.asarray(h.labels(min(widget.level, h.n_levels - 1))) + 1)
-    others = [i for i in range(4) if i != z]
-    assert not data[others].any()
-    assert widget.segment_btn.isEnabled() and not widget.cancel_btn.isEnabled()
-    assert widget.export_labels_btn.isEnabled()
-    # the finished slice stays usable: slider and click
-    widget.set_level(0)
-    assert widget.click((z, 30, 30))
+def test_model_first_hit_and_mask():
+    from napari_cuts._widget.model import MaskModel, cut_side, first_hit
+
+    occ = np.zeros((10, 10, 10), bool)
+    occ[4:, 3, 3] = True
+    hit = first_hit(lambda idx: occ[tuple(idx.T)], (-5.0, 3.0, 3.0), (20.0, 3.0, 3.0), occ.shape)
+    assert hit == (4, 3, 3)
+    assert first_hit(lambda idx: occ[tuple(idx.T)], (0, 0, 0), (9, 0, 0), occ.shape) is None
+    assert first_hit(lambda idx: occ[tuple(idx.T)], None, None, occ.shape) is None
+    assert cut_side((1.0, 0, 0)) == -1 and cut_side((-1.0, 0, 0)) == 1
+    lab = np.zeros((4, 5, 5), np.uint16)
+    lab[1:3, 1:4, 1:4] = 1
+    lab[:, 4, :] = 2
+    m = MaskModel(lab.shape)
+    m.click(lambda z: lab, (1, 2, 2), "replace")
+    np.testing.assert_array_equal(m.mask, lab == 1)
+    m.click(lambda z: lab, (0, 4, 0), "add")
+    np.testing.assert_array_equal(m.mask, (lab == 1) | (lab == 2))
+    m.click(lambda z: lab, (2, 2, 2), "remove")
+    np.testing.assert_array_equal(m.mask, lab == 2)
+    assert m.centre_slice() == 1
+    assert m.stats((2.0, 1.0, 1.0), True)["ml"] == pytest.approx((lab == 2).sum() * 2 / 1000)
+    lab2 = (lab > 0).astype(np.uint16)
+    m.replay(lambda z: lab2)
+    assert not m.mask.any()                          # replace 1, add 1, remove 1

@@ -1,7 +1,7 @@
 """The PHATE view of the CUTS dock widget: a sample of pixel embeddings in 2D.
 
 :func:`phate_job` is the background computation (a job for
-:class:`~napari_cuts._widget_jobs.JobRunner`); :class:`PhatePanel` draws the points
+:class:`~napari_cuts._widget.jobs.JobRunner`); :class:`PhatePanel` draws the points
 with matplotlib, coloured by the current level's clusters, and emits
 ``picked(index, modifiers)`` when the user clicks near a point.
 """
@@ -12,10 +12,10 @@ import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from .images import check_cancel, report
+from ..images import check_cancel, report
 
 
-def sample_pixels(embeddings: np.ndarray, pool: int, shape: tuple[int, int], n: int,
+def sample_pixels(embeddings: np.ndarray, pool, shape: tuple[int, int], n: int,
                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Pick ``n`` grid cells of ``embeddings`` (h, w, D) at random.
 
@@ -24,12 +24,13 @@ def sample_pixels(embeddings: np.ndarray, pool: int, shape: tuple[int, int], n: 
     of a pooled embedding stands for the centre of its ``pool x pool`` block.
     """
     h, w, d = embeddings.shape
+    py, px = (int(pool), int(pool)) if np.isscalar(pool) else (int(pool[0]), int(pool[1]))
     rng = np.random.default_rng(seed)
     n = min(int(n), h * w)
     flat = rng.choice(h * w, size=n, replace=False)
     gy, gx = np.divmod(flat, w)
-    rows = np.minimum(gy * pool + pool // 2, shape[0] - 1)
-    cols = np.minimum(gx * pool + pool // 2, shape[1] - 1)
+    rows = np.minimum(gy * py + py // 2, shape[0] - 1)
+    cols = np.minimum(gx * px + px // 2, shape[1] - 1)
     X = embeddings.reshape(-1, d)[flat].astype(np.float32)
     return X, np.stack([rows, cols], axis=1).astype(np.int64)
 

@@ -1,27 +1,29 @@
 """The CUTS dock widget: train or load an encoder, segment, slide, click, export.
 
-A thin front end over :mod:`napari_cuts.pipeline`. It gathers the settings
-(:class:`Settings`), runs the core in a napari ``thread_worker`` through
-:class:`~napari_cuts._widget_jobs.JobRunner` (progress and cancel cross the thread
-boundary as the core's ``progress``/``cancel`` callbacks) and shows the results:
+A thin front end over :mod:`napari_cuts.pipeline`, in parts composed by
+:class:`CutsWidget` (the panel): the controls (:mod:`.ui`), the settings and source
+(:mod:`.settings`), the jobs in a napari ``thread_worker`` (:mod:`.jobs`: progress and
+cancel cross the thread boundary as the core's ``progress``/``cancel`` callbacks), the
+display model (:mod:`.model`, numpy only), objects and clicks (:mod:`.clicks`), the 3D
+view (:mod:`.view3d`), export (:mod:`.export`) and the PHATE view (:mod:`.phate`).
 
+- A 2D image gets one hierarchy; a grey 3D layer ``(Z, Y, X)`` is ONE volume: Train
+  trains a 2.5D encoder on it (``pipeline.train_volume_encoder``, the layer's scale as
+  voxel spacing) and Segment makes one hierarchy for the whole volume
+  (``pipeline.segment_volume``) in the worker. A stack of colour images
+  ``(N, H, W, 3)`` is segmented image by image (the slice under ``viewer.dims``
+  first), each slice filled as it arrives.
 - ``"CUTS levels"``: a Labels layer with the image's scale, translate, affine and
-  metadata. Displayed values are cluster id + 1 (0 is napari's transparent
-  background). The granularity slider runs from coarse (left) to fine (right) and
-  only swaps precomputed levels (``Hierarchy.labels(level)``).
-- For a stack or a volume (``(Z, Y, X)`` grey or ``(N, H, W, C)`` colour) every slice
-  gets its own hierarchy: the slice under ``viewer.dims`` first, the rest in the
-  background, each slice of the 3D Labels layer filled as it arrives. The slider
-  chooses a level index counted from the finest level (0); a slice with fewer levels
-  shows its coarsest level instead (the index is clipped per slice). The cluster
-  count shown is the current slice's.
-- ``"CUTS mask"``: click a pixel to make the cluster under it the mask; shift-click
-  adds a cluster, alt-click (or ctrl-click: many Linux desktops take alt-click)
-  removes one. The mask stays put when the slider moves, unless "mask follows
-  slider" is on: then the stored clicks are replayed at the new level.
-- Export writes the mask or the shown labels through the plugin's npe2 writer
-  (``napari_cuts._writer.write_labels``): NIfTI keeps the source geometry, PNG is
-  0/255 for a mask.
+  metadata; values are cluster id + 1, and for a volume the background (outside the
+  body) is 0, transparent (see :mod:`.model`). The granularity slider (coarse left,
+  fine right) rewrites the whole layer in place through one lookup table.
+- ``"CUTS mask"``: click a pixel (a voxel in any slice, or on the rendered volume in
+  the 3D view) to make the cluster under it the mask (the 3D structure for a volume);
+  shift-click adds, alt-click (or ctrl-click) removes. The mask stays put when the
+  slider moves, unless "mask follows slider" is on. The size is shown in mm\u00b2 or mL
+  from the layer's scale.
+- Export writes the mask or the labels through the plugin's npe2 writer: NIfTI keeps
+  the source geometry, PNG is 0/255 for a mask.
 
 For tests: ``widget.run_sync = True`` runs jobs on the calling thread; the methods
 :meth:`CutsWidget.train`, :meth:`~CutsWidget.segment`, :meth:`~CutsWidget.load_weights`,
@@ -39,20 +41,23 @@ from typing import Optional
 import numpy as np
 from qtpy.QtWidgets import QFileDialog, QWidget
 
-from . import pipeline
-from ._widget_jobs import JobRunner
-from ._widget_mask import MaskMixin
-from ._widget_model import (DEVICES, LEVELS_NAME, MASK_NAME, NO_IMAGE_HINT, UNITS,  # noqa: F401
+from .. import pipeline
+from . import export as _export
+from .clicks import Objects
+from .jobs import JobRunner
+from .model import LevelsDisplay
+from .settings import (DEVICES, LEVELS_NAME, MASK_NAME, NO_IMAGE_HINT, UNITS,  # noqa: F401
                             Settings, Source, click_mode, default_level, source_from_layer)
-from ._widget_ui import build_controls
-from .errors import Cancelled, CutsError, InputError, WeightsError
-from .images import check_cancel, check_image
+from .ui import build_controls
+from .view3d import View3D
+from ..errors import Cancelled, CutsError, InputError, WeightsError
+from ..images import check_cancel, check_image
 
 log = logging.getLogger(__name__)
 
 
 
-class CutsWidget(MaskMixin, QWidget):
+class CutsWidget(QWidget):
     """The dock widget (the manifest's ``napari-cuts.make_widget``)."""
 
     def __init__(self, napari_viewer, parent: Optional[QWidget] = None) -> None:
@@ -63,9 +68,10 @@ class CutsWidget(MaskMixin, QWidget):
         self.results: dict = {}          # slice index -> pipeline.SegmentResult
         self._persistent: dict = {}      # slice index -> persistent map (cached)
         self.levels_layer = None
-        self.mask_layer = None
-        self.mask: Optional[np.ndarray] = None   # bool (H, W) or (Z, H, W)
-        self.clicks: list = []                    # (mode, z, (row, col))
+        self.display: Optional[LevelsDisplay] = None   # one hierarchy: the display model
+        self._display_persistent: Optional[LevelsDisplay] = None
+        self._labels_cache: Optional[tuple] = None     # (key, labels of the shown level)
+        self.objects = Objects(self)
         self.level = 0                            # hierarchy level, 0 = finest
         self.shown_clusters: Optional[int] = None
         self.last_message: Optional[tuple[str, str]] = None
@@ -73,6 +79,7 @@ class CutsWidget(MaskMixin, QWidget):
         self._phate = None                        # (Y, pixels, slice index)
         self.runner = JobRunner(self._on_progress)
         build_controls(self)
+        self.view3d = View3D(self)
         self.settings = Settings()
         self.destroyed.connect(self.runner.state.stop)
         try:
@@ -100,6 +107,48 @@ class CutsWidget(MaskMixin, QWidget):
         self.seed_spin.setValue(int(s.seed))
         self.device_combo.setCurrentText(s.device)
         self._phate_samples, self._phate_knn = int(s.phate_samples), int(s.phate_knn)
+
+    @property
+    def mask(self) -> Optional[np.ndarray]:
+        """The mask, bool (H, W) or (Z, Y, X); None before the first click."""
+        return self.objects.mask
+
+    @property
+    def clicks(self) -> list:
+        """The clicks that made the mask: (mode, point)."""
+        return self.objects.clicks
+
+    @property
+    def mask_layer(self):
+        return self.objects.layer
+
+    def click(self, point, mode: str = "replace") -> bool:
+        """Binarise at ``point``: data coordinates of the result layers, (row, col) or
+        (z, row, col). ``mode``: "replace", "add" or "remove". False if outside."""
+        return self.objects.click(point, mode)
+
+    def _on_mouse(self, layer, event):
+        return self.objects.on_mouse(layer, event)
+
+    def mask_stats(self) -> dict:
+        """Mask size: ``pixels``, and ``mm2`` (2D) or ``ml`` (3D) from the layer scale."""
+        return self.objects.stats()
+
+    def export(self, path, what: str = "mask") -> list[str]:
+        """Write the mask (``what="mask"``) or the labels (``"labels"``) to ``path``
+        (.nii.gz/.nii keep the source geometry; .png). [] after a notification on failure."""
+        return _export.export(self, path, what)
+
+    def _export_dialog(self, what: str) -> None:
+        _export.export_dialog(self, what)
+
+    def _has_physical_scale(self) -> bool:
+        """True when the layer scale is a voxel size (NIfTI/DICOM source, or a scale the
+        user set), not the pixel grid of a photograph."""
+        md = self.source.layer.metadata or {}
+        if md.get("format") in ("nifti", "dicom"):
+            return True
+        return bool(np.any(np.asarray(self.source.layer.scale, float) != 1.0))
 
     @property
     def run_sync(self) -> bool:
@@ -231,6 +280,8 @@ class CutsWidget(MaskMixin, QWidget):
 
     # --------------------------------------------------------------- encoder
     def _train_images(self, src: Source) -> list:
+        if src.one_volume:
+            return []
         if not src.volume:
             return src.slices
         keep = [s for s in src.slices if pipeline.informative(s)]
@@ -251,25 +302,62 @@ class CutsWidget(MaskMixin, QWidget):
             return False
 
         def job(progress, cancel):
-            enc, _ = pipeline.get_encoder(images, seed=s.seed, device=s.device,
-                                          progress=progress, cancel=cancel, **s.budget_kwargs())
-            return enc
+            return self._train_job(src, images, s, progress, cancel)
             yield  # noqa: unreachable - a generator job
 
         return self._start("training", job, on_return=self.set_encoder)
+
+    @staticmethod
+    def _train_job(src: Source, images, s: Settings, progress, cancel):
+        """Train an encoder for ``src`` (worker thread): a 2.5D one for a volume."""
+        if src.one_volume:
+            return pipeline.train_volume_encoder(src.array, spacing=src.spacing, seed=s.seed,
+                                                 device=s.device, progress=progress,
+                                                 cancel=cancel, **s.budget_kwargs())
+        enc, _ = pipeline.get_encoder(images, seed=s.seed, device=s.device,
+                                      progress=progress, cancel=cancel, **s.budget_kwargs())
+        return enc
+
+    def _check_encoder(self, enc, src: Source) -> Optional[str]:
+        """Why ``enc`` cannot segment ``src`` (a message), or None."""
+        from ..encoder import is_volume_encoder
+
+        if enc is None:
+            return None
+        if is_volume_encoder(enc):
+            k = int(enc.metadata.get("context_slices", 0) or 0)
+            if not src.one_volume:
+                return str(WeightsError(
+                    f"the encoder was trained on volumes (each slice with {k} neighbour(s) on "
+                    f"each side) but layer '{src.layer.name}' is a 2D image or a stack of "
+                    "colour images; Train a new encoder on it or load 2D weights."))
+            if enc.in_channels != (2 * k + 1) * src.channels:
+                return str(WeightsError(
+                    f"the volume encoder expects {enc.in_channels // (2 * k + 1)}-channel "
+                    f"volumes but layer '{src.layer.name}' has {src.channels} channel(s)."))
+            return None
+        if enc.in_channels != src.channels:
+            return str(WeightsError(
+                f"the encoder expects {enc.in_channels}-channel images but layer "
+                f"'{src.layer.name}' has {src.channels} channel(s); Train a new encoder or "
+                "load weights trained on this kind of image."))
+        return None
 
     def set_encoder(self, encoder, origin: str = "trained") -> None:
         self.encoder = encoder
         md = getattr(encoder, "metadata", {}) or {}
         extra = ", ".join(([f"{md['steps']} steps"] if "steps" in md else [])
                           + ([f"{float(md['seconds']):.1f} s"] if "seconds" in md else []))
-        self.encoder_label.setText(f"Encoder {origin}: {encoder.in_channels} channel(s)"
+        from ..encoder import is_volume_encoder
+
+        kind = "2.5D volume encoder, " if is_volume_encoder(encoder) else ""
+        self.encoder_label.setText(f"Encoder {origin}: {kind}{encoder.in_channels} channel(s)"
                                    + (f"; {extra}" if extra else "") + ".")
         self._update_buttons()
 
     def load_weights(self, path) -> bool:
         """Load encoder weights from ``path``; False (and a notification) on failure."""
-        from .encoder import load_encoder
+        from ..encoder import load_encoder
 
         try:
             enc = load_encoder(path, device=self.settings.device)
@@ -315,7 +403,8 @@ class CutsWidget(MaskMixin, QWidget):
         return int(np.clip(round(float(z)), 0, len(src.slices) - 1))
 
     def segment(self) -> bool:
-        """Segment the chosen image (every slice of a volume, the current one first).
+        """Segment the chosen image: one hierarchy for a 2D image or a grey volume, one
+        per image (the current one first) for a stack of colour images.
 
         Trains an encoder first (with the widget's budget) when there is none.
         """
@@ -324,29 +413,48 @@ class CutsWidget(MaskMixin, QWidget):
             return False
         s = self.settings
         enc = self.encoder
-        if enc is not None and enc.in_channels != src.channels:
-            self._notify("error", str(WeightsError(
-                f"the encoder expects {enc.in_channels}-channel images but layer "
-                f"'{src.layer.name}' has {src.channels} channel(s); Train a new encoder or "
-                "load weights trained on this kind of image.")))
+        problem = self._check_encoder(enc, src)
+        if problem:
+            self._notify("error", problem)
             return False
         try:
             train_images = self._train_images(src) if enc is None else None
         except CutsError as exc:
             self._notify("error", str(exc))
             return False
+        self._reset_results(src)
+
+        def train(progress, cancel):
+            def tprog(d, t, m):
+                progress(d, t, f"training: {m}")
+            return self._train_job(src, train_images, s, tprog, cancel)
+
+        if src.one_volume:
+            def job(progress, cancel):
+                encoder = enc
+                if encoder is None:
+                    encoder = train(progress, cancel)
+                    yield ("encoder", encoder)
+                res = pipeline.segment_volume(encoder, src.array, spacing=src.spacing,
+                                              seed=s.seed, progress=progress, cancel=cancel)
+                check_cancel(cancel)
+                # the display model and the first level are made here, off the GUI thread
+                display = LevelsDisplay.from_hierarchy(res.hierarchy)
+                level = default_level(np.asarray(res.hierarchy.n_clusters))
+                first = display.values(level)
+                check_cancel(cancel)
+                return ("volume", res, display, level, first)
+
+            return self._start("segmenting", job, on_yield=self._on_segment_item,
+                               on_return=self._on_volume_done)
+
         first = self._current_slice(src)
         order = [first] + [i for i in range(len(src.slices)) if i != first]
-        self._reset_results(src)
 
         def job(progress, cancel):
             encoder = enc
             if encoder is None:
-                def tprog(d, t, m):
-                    progress(d, t, f"training: {m}")
-                encoder, _ = pipeline.get_encoder(train_images, seed=s.seed, device=s.device,
-                                                  progress=tprog, cancel=cancel,
-                                                  **s.budget_kwargs())
+                encoder = train(progress, cancel)
                 yield ("encoder", encoder)
             n = len(order)
             for j, i in enumerate(order):
@@ -374,17 +482,22 @@ class CutsWidget(MaskMixin, QWidget):
         self.source = src
         self.results = {}
         self._persistent = {}
-        self.clicks = []
-        self.mask = None
+        self.display = self._display_persistent = None
+        self._labels_cache = None
         self._phate = None
         self.phate_panel.clear()
         for lay in (self.levels_layer, self.mask_layer):
             if lay is not None and lay in self.viewer.layers:
                 self.viewer.layers.remove(lay)
-        self.levels_layer = self.mask_layer = None
+        self.levels_layer = None
+        self.objects.reset()
         self._unhook()
         self.level_label.setText("Segmenting...")
         self.area_label.setText("Mask: empty")
+
+    def _result_shape(self) -> tuple:
+        src = self.source
+        return ((len(src.slices),) if src.volume else ()) + src.shape
 
     def _on_segment_item(self, item) -> None:
         kind = item[0]
@@ -397,13 +510,31 @@ class CutsWidget(MaskMixin, QWidget):
         first = not self.results
         self.results[i] = res
         if first:
-            self._make_levels_layer()
+            self.objects.reset(self._result_shape(), per_slice=self.source.volume)
+            self._make_levels_layer(np.zeros(self._result_shape(), np.uint32))
             counts = np.asarray(res.hierarchy.n_clusters)
             self.level = default_level(counts)
         self._sync_slider()
         self._fill_slice(i)
         self.levels_layer.refresh()
         self._show_level_info()
+        self._update_buttons()
+
+    def _on_volume_done(self, result) -> None:
+        _, res, display, level, first = result
+        self.results = {0: res}
+        self.display = display
+        self.level = level
+        self.objects.reset(self._result_shape(), per_slice=False)
+        self._make_levels_layer(first)
+        self._sync_slider()
+        if self.view3d.cut() is not None or self.persistent_check.isChecked():
+            self._refresh_levels()
+        self.view3d.shown(self.view3d.cut())
+        self._show_level_info()
+        for note in res.notes:
+            self._notify("info", note)
+        self.progress_label.setText("Segmented the volume as one object.")
         self._update_buttons()
 
     def _on_segment_done(self, n) -> None:
@@ -421,11 +552,12 @@ class CutsWidget(MaskMixin, QWidget):
         return {"scale": tuple(lay.scale), "translate": tuple(lay.translate),
                 "affine": lay.affine.affine_matrix, "metadata": dict(lay.metadata)}
 
-    def _make_levels_layer(self) -> None:
+    def _make_levels_layer(self, data: np.ndarray) -> None:
         src = self.source
-        shape = ((len(src.slices),) if src.volume else ()) + src.shape
-        self.levels_layer = self.viewer.add_labels(np.zeros(shape, np.uint32), name=LEVELS_NAME,
+        self.levels_layer = self.viewer.add_labels(data, name=LEVELS_NAME,
                                                    opacity=0.5, **self._geometry())
+        if src.one_volume:
+            self.view3d.style_levels(self.levels_layer)
         self._hook(src.layer)
         self._hook(self.levels_layer)
         self.viewer.layers.selection.active = self.levels_layer
@@ -441,23 +573,41 @@ class CutsWidget(MaskMixin, QWidget):
                 lay.mouse_drag_callbacks.remove(self._on_mouse)
         self._hooked = []
 
+    def _n_levels(self) -> int:
+        return max(r.hierarchy.n_levels for r in self.results.values())
+
     def _sync_slider(self) -> None:
-        n_max = max(r.hierarchy.n_levels for r in self.results.values())
+        n_max = self._n_levels()
         self.slider.blockSignals(True)
         self.slider.setRange(0, n_max - 1)
         self.level = min(self.level, n_max - 1)
         self.slider.setValue(n_max - 1 - self.level)
         self.slider.blockSignals(False)
 
-    def cluster_labels(self, i: int) -> np.ndarray:
-        """The cluster map (H, W) shown for slice ``i``: the current level (clipped to the
-        slice's levels) or the persistent structures."""
+    def cluster_labels(self, i: int = 0) -> np.ndarray:
+        """The cluster map a click reads: ``(Z, Y, X)`` for a volume (``i`` ignored),
+        ``(H, W)`` of image ``i`` otherwise: the current level (clipped to the image's
+        levels) or the persistent structures."""
+        if self.source.one_volume:
+            i = 0
         hier = self.results[i].hierarchy
-        if self.persistent_check.isChecked():
+        key = (i, "persistent") if self.persistent_check.isChecked() else \
+            (i, min(self.level, hier.n_levels - 1))
+        if self._labels_cache is not None and self._labels_cache[0] == key:
+            return self._labels_cache[1]
+        if key[1] == "persistent":
             if i not in self._persistent:
                 self._persistent[i] = np.asarray(hier.persistent())
-            return self._persistent[i]
-        return np.asarray(hier.labels(min(self.level, hier.n_levels - 1)))
+            lab = self._persistent[i]
+        else:
+            lab = np.asarray(hier.labels(key[1]))
+        self._labels_cache = (key, lab)
+        return lab
+
+    def slice_labels(self, i: int) -> np.ndarray:
+        """The ``(H, W)`` cluster map of slice (or image) ``i``."""
+        lab = self.cluster_labels(i)
+        return lab[i] if self.source.one_volume else lab
 
     def _fill_slice(self, i: int) -> None:
         lab = self.cluster_labels(i).astype(np.uint32) + 1
@@ -465,6 +615,32 @@ class CutsWidget(MaskMixin, QWidget):
             self.levels_layer.data[i] = lab
         else:
             self.levels_layer.data = lab
+
+    def _persistent_display(self) -> LevelsDisplay:
+        if self._display_persistent is None:
+            self._display_persistent = LevelsDisplay.from_map(self.cluster_labels(0))
+        return self._display_persistent
+
+    def _refresh_levels(self) -> None:
+        """Rewrite the volume's levels layer in place: the shown level (or persistent),
+        background hidden, the 3D cut-away when in the 3D view."""
+        cut = self.view3d.cut()
+        hide = self.background_check.isChecked()
+        if self.persistent_check.isChecked():
+            disp, lv = self._persistent_display(), 0
+        else:
+            disp, lv = self.display, self.level
+        data = self.levels_layer.data
+        if data.dtype != disp.dtype or data.shape != disp.shape:
+            self.levels_layer.data = disp.values(lv, cut=cut, hide_background=hide)
+        else:
+            disp.fill(data, lv, cut=cut, hide_background=hide)
+            self.levels_layer.refresh()
+        self.view3d.shown(cut)
+
+    def _on_follow(self, on: bool) -> None:
+        if on and self.clicks:
+            self.objects.replay()
 
     def _on_slider(self, value: int) -> None:
         if not self.results:
@@ -482,12 +658,15 @@ class CutsWidget(MaskMixin, QWidget):
         if not self.results or self.levels_layer is None:
             self._update_buttons()
             return
-        for i in self.results:
-            self._fill_slice(i)
-        if self.source.volume:
-            self.levels_layer.refresh()
+        if self.source.one_volume:
+            self._refresh_levels()
+        else:
+            for i in self.results:
+                self._fill_slice(i)
+            if self.source.volume:
+                self.levels_layer.refresh()
         if self.follow_check.isChecked() and self.clicks:
-            self._replay_clicks()
+            self.objects.replay()
         self._show_level_info()
         self._recolor_phate()
         self._update_buttons()
@@ -496,15 +675,21 @@ class CutsWidget(MaskMixin, QWidget):
         if not self.results:
             return None
         z = self._current_slice(self.source)
+        if self.source.one_volume:
+            return z
         return z if z in self.results else next(iter(self.results))
 
     def _show_level_info(self) -> None:
         i = self._shown_slice()
         if i is None:
             return
-        hier = self.results[i].hierarchy
-        where = f" (slice {i}; {len(self.results)}/{len(self.source.slices)} done)" \
-            if self.source.volume else ""
+        hier = self.results[0 if self.source.one_volume else i].hierarchy
+        if self.source.one_volume:
+            where = " (one hierarchy for the volume)"
+        elif self.source.volume:
+            where = f" (slice {i}; {len(self.results)}/{len(self.source.slices)} done)"
+        else:
+            where = ""
         if self.persistent_check.isChecked():
             k = len(np.unique(self.cluster_labels(i)))
             self.level_label.setText(f"Persistent structures: {k} segments{where}")
@@ -517,22 +702,33 @@ class CutsWidget(MaskMixin, QWidget):
     def _on_step(self, *_args) -> None:
         try:
             if self.results and self.source is not None and self.source.volume:
-                self._show_level_info()
+                if not self.source.one_volume:
+                    self._show_level_info()
+                else:
+                    self.view3d.refresh_if_changed()
         except RuntimeError:
             pass
+
     # ----------------------------------------------------------------- PHATE
     def compute_phate(self) -> bool:
         """Compute the PHATE view of the shown slice's pixel embeddings (in the background)."""
-        from ._widget_phate import phate_job
+        from .phate import phate_job
 
         i = self._shown_slice()
         if i is None:
             self._notify("error", "Segment an image first.")
             return False
-        res = self.results[i]
         s = self.settings
-        job = phate_job(np.asarray(res.embeddings), res.pool, self.source.shape,
-                        n=s.phate_samples, knn=s.phate_knn, seed=s.seed)
+        if self.source.one_volume:
+            res = self.results[0]
+            pz, py, px = res.pool
+            emb = np.asarray(res.embeddings[min(i // pz, res.embeddings.shape[0] - 1)])
+            job = phate_job(emb, (py, px), self.source.shape, n=s.phate_samples,
+                            knn=s.phate_knn, seed=s.seed)
+        else:
+            res = self.results[i]
+            job = phate_job(np.asarray(res.embeddings), res.pool, self.source.shape,
+                            n=s.phate_samples, knn=s.phate_knn, seed=s.seed)
         self.phate_section.expand(animate=False)
 
         def done(result):
@@ -544,16 +740,18 @@ class CutsWidget(MaskMixin, QWidget):
 
     def _phate_colors(self) -> np.ndarray:
         Y, pixels, i = self._phate
-        ids = self.cluster_labels(i)[pixels[:, 0], pixels[:, 1]].astype(np.int64) + 1
+        ids = self.slice_labels(i)[pixels[:, 0], pixels[:, 1]].astype(np.int64) + 1
         try:
             return np.asarray(self.levels_layer.colormap.map(ids))
         except Exception:  # noqa: BLE001 - older napari: colour by id
             return ids
 
     def _recolor_phate(self) -> None:
-        if self._phate is None or self._phate[2] not in self.results:
+        if self._phate is None:
             return
         Y, pixels, i = self._phate
+        if not self.source.one_volume and i not in self.results:
+            return
         hl = None
         if self.mask is not None:
             m = self.mask[i] if self.source.volume else self.mask

@@ -1,7 +1,8 @@
 """Settings and small helpers of the CUTS dock widget (no widgets here).
 
 :class:`Settings` is what the user chose; :class:`Source` is the chosen image layer
-as 2D slices; :func:`click_mode` maps mouse modifiers to a selection mode.
+(a 2D image, a grey volume segmented as one object, or a stack of colour images
+segmented one by one); :func:`click_mode` maps mouse modifiers to a selection mode.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import pipeline
-from .errors import InputError
+from .. import pipeline
+from ..errors import InputError
 
 LEVELS_NAME = "CUTS levels"
 MASK_NAME = "CUTS mask"
@@ -42,11 +43,26 @@ class Settings:
 
 @dataclass
 class Source:
-    """The image layer being segmented, as 2D slices ``(H, W)`` or ``(H, W, C)``."""
+    """The image layer being segmented.
+
+    ``kind``: ``"image"`` (one 2D image ``(H, W[, C])``), ``"volume"`` (a grey
+    ``(Z, Y, X)`` volume: ONE hierarchy, ``array`` and voxel ``spacing`` (sz, sy, sx)
+    from the layer's scale) or ``"stack"`` (``(N, H, W, 3)`` colour images, one
+    hierarchy each). ``slices`` are the 2D images (views); ``volume`` is True for both
+    3D kinds (the result layers are 3D).
+    """
 
     layer: object
     slices: list
     volume: bool
+    kind: str = "image"
+    array: object = None
+    spacing: tuple = (1.0, 1.0, 1.0)
+
+    @property
+    def one_volume(self) -> bool:
+        """True when the layer is segmented as one 3D object."""
+        return self.kind == "volume"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -65,8 +81,16 @@ def source_from_layer(layer) -> Source:
     ndim = data.ndim - (1 if rgb else 0)
     if ndim == 2:
         return Source(layer, [np.asarray(data)], False)
+    if ndim == 3 and rgb:
+        return Source(layer, pipeline.volume_slices(np.asarray(data), layer.name), True,
+                      kind="stack")
     if ndim == 3:
-        return Source(layer, pipeline.volume_slices(np.asarray(data), layer.name), True)
+        from ..volume import check_volume
+
+        arr = np.asarray(data)
+        check_volume(arr, f"layer '{layer.name}'")
+        spacing = tuple(abs(float(v)) for v in np.asarray(layer.scale, float)[-3:])
+        return Source(layer, list(arr), True, kind="volume", array=arr, spacing=spacing)
     raise InputError(f"layer '{layer.name}' has shape {tuple(data.shape)}: CUTS segments 2D "
                      "images (grey or RGB) and 3D stacks or volumes ((Z, Y, X) or (N, H, W, 3)); "
                      "take a 3D subset of it first.")

@@ -7,7 +7,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, Q
                             QHBoxLayout, QLabel, QProgressBar, QPushButton, QSlider, QSpinBox,
                             QVBoxLayout, QWidget)
 
-from ._widget_model import DEVICES, NO_IMAGE_HINT, UNITS
+from .settings import DEVICES, NO_IMAGE_HINT, UNITS
 
 
 def build_controls(w) -> None:
@@ -15,7 +15,7 @@ def build_controls(w) -> None:
     methods (``w.train``, ``w.segment``, ``w.cancel``, ...)."""
     from superqt import QCollapsible
 
-    from ._widget_phate import PhatePanel
+    from .phate import PhatePanel
 
     root = QVBoxLayout(w)
     form = QFormLayout()
@@ -94,11 +94,17 @@ def build_controls(w) -> None:
     rl.addWidget(w.level_label)
     w.persistent_check = QCheckBox("Persistent structures (one map, no slider)")
     w.persistent_check.toggled.connect(lambda *_: w._apply_level())
+    w.background_check = QCheckBox("Hide background (volumes: outside the body)")
+    w.background_check.setChecked(True)
+    w.background_check.setToolTip("The cluster covering most of the volume's outer faces is "
+                                  "shown transparent, so the 3D view shows the body.")
+    w.background_check.toggled.connect(lambda *_: w._apply_level())
     w.follow_check = QCheckBox("Mask follows slider")
     w.follow_check.toggled.connect(w._on_follow)
     rl.addWidget(w.persistent_check)
+    rl.addWidget(w.background_check)
     rl.addWidget(w.follow_check)
-    help_ = QLabel("Click: cluster -> mask; shift-click: add; alt/ctrl-click: remove.")
+    help_ = QLabel("Click (a slice, or the volume in 3D): cluster -> mask; shift-click: add; alt/ctrl-click: remove.")
     help_.setWordWrap(True)
     rl.addWidget(help_)
     w.area_label = QLabel("Mask: empty")

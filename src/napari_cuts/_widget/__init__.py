@@ -1,0 +1,15 @@
+"""The CUTS dock widget (napari contribution ``napari-cuts.make_widget``).
+
+Parts, composed by the panel :class:`CutsWidget` (:mod:`.panel`): :mod:`.ui` (the
+controls), :mod:`.settings` (what the user chose, the source layer), :mod:`.jobs`
+(thread workers), :mod:`.model` (the state model: display values, background, cut-away,
+mask; numpy only, no Qt), :mod:`.clicks` (objects and clicks), :mod:`.view3d` (the
+3D view), :mod:`.export` and :mod:`.phate` (the PHATE view).
+"""
+
+from .panel import CutsWidget
+from .settings import (DEVICES, LEVELS_NAME, MASK_NAME, NO_IMAGE_HINT, UNITS, Settings, Source,
+                       click_mode, default_level, source_from_layer)
+
+__all__ = ["CutsWidget", "Settings", "Source", "source_from_layer", "click_mode",
+           "default_level", "LEVELS_NAME", "MASK_NAME", "NO_IMAGE_HINT", "UNITS", "DEVICES"]
