@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="run the benchmark suite in benchmarks/")
     b.add_argument("which", nargs="?", default="all", help="a benchmark name (e.g. encoder, "
-                   "condense) or 'all'")
+                   "condense, volume) or 'all'")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--quick", action="store_true", help="a small, fast version of each benchmark")
     b.add_argument("--benchmarks-dir", default=None, help="where the bench_*.py files are")
