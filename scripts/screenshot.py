@@ -1,11 +1,18 @@
-"""Take docs/screenshot.png: the CUTS widget docked next to a segmented fundus image.
+"""Take the screenshots of docs/: the CUTS widget docked in a real napari viewer.
 
-Opens the plugin's sample fundus photograph in a real napari viewer, docks the
-widget (through the plugin manifest), trains a tiny encoder, segments in the
-widget's thread worker, clicks the brightest blob (the optic disc, lesion-like), computes the
-PHATE view and saves a screenshot of the whole window. Needs a display, e.g.::
+- ``docs/screenshot.png``: the sample fundus photograph; a tiny encoder trained and the
+  image segmented in the widget's thread worker, the brightest blob (the optic disc,
+  lesion-like) clicked, the PHATE view computed.
+- ``docs/screenshot_volume_2d.png`` and ``docs/screenshot_volume_3d.png``: the sample
+  MNI T1 volume segmented as ONE hierarchy (a 2.5D encoder trained briefly), a lateral
+  ventricle clicked (the innermost voxel of the bundled pseudo ground truth, at the
+  level whose cluster there matches it best), in the 2D slice view and in the 3D view.
+  The slider, click and 3D-click latencies of the real viewer (layer update, and layer
+  update plus the redraw) are printed.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshot.py
+Needs a display, e.g.::
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshot.py [--only volume]
 """
 
 from __future__ import annotations
@@ -45,25 +52,17 @@ def bright_spot(image: np.ndarray) -> tuple[int, int]:
     return int(r), int(c)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(REPO / "docs" / "screenshot.png"))
-    ap.add_argument("--seconds", type=float, default=20.0, help="training budget")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--timeout", type=float, default=600.0)
-    args = ap.parse_args(argv)
+def settle(app, n: int = 50) -> None:
+    for _ in range(n):
+        app.processEvents()
+        time.sleep(0.02)
 
-    import napari
-    from qtpy.QtWidgets import QApplication
 
+def fundus_shot(viewer, app, widget, args, out: Path) -> int:
     from napari_cuts._widget import Settings
 
-    viewer = napari.Viewer(title="napari-cuts", show=True)
-    app = QApplication.instance()
-    qt_window = viewer.window._qt_window
-    qt_window.resize(1600, 1000)
-    _dock, widget = viewer.window.add_plugin_dock_widget("napari-cuts", "CUTS segmentation")
     (image_layer,) = viewer.open_sample("napari-cuts", "fundus")
+    widget.image_combo.setCurrentText(image_layer.name)
     widget.settings = Settings(budget=args.seconds, unit="seconds", seed=args.seed,
                                phate_samples=1500)
     t0 = time.time()
@@ -89,15 +88,151 @@ def main(argv=None) -> int:
     widget.progress_label.setText("Done: slide for coarser or finer clusters, click to select.")
     viewer.layers.selection.active = widget.levels_layer
     viewer.reset_view()
-    for _ in range(50):
-        app.processEvents()
-        time.sleep(0.02)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    settle(app)
     viewer.screenshot(str(out), canvas_only=False, flash=False)
     print(f"wrote {out}")
-    viewer.close()
     return 0
+
+
+def timed(app, fn, n: int = 1) -> tuple[float, float]:
+    """(ms of ``fn()``, ms of ``fn()`` plus the redraw), medians over ``n`` calls."""
+    a, b = [], []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        t1 = time.perf_counter()
+        app.processEvents()
+        t2 = time.perf_counter()
+        a.append((t1 - t0) * 1e3)
+        b.append((t2 - t0) * 1e3)
+    return float(np.median(a)), float(np.median(b))
+
+
+def volume_shots(viewer, app, widget, args, out2d: Path, out3d: Path) -> int:
+    from napari_cuts._widget import Settings
+    from napari_cuts.io import read_image
+    from napari_cuts.selection import innermost_point
+
+    sample = REPO / "src" / "napari_cuts" / "sample_data"
+    (image_layer,) = viewer.open_sample("napari-cuts", "mri_volume")
+    widget.image_combo.setCurrentText(image_layer.name)
+    widget.settings = Settings(budget=args.seconds, unit="seconds", seed=args.seed)
+    t0 = time.time()
+    widget.train()
+    wait(app, widget, args.timeout)
+    print(f"volume: trained in {time.time() - t0:.1f} s: {widget.encoder_label.text()}")
+    t0 = time.time()
+    widget.segment()
+    wait(app, widget, args.timeout)
+    if not widget.results:
+        print("volume segmentation failed:", widget.last_message, file=sys.stderr)
+        return 1
+    hier = widget.results[0].hierarchy
+    print(f"volume: segmented in {time.time() - t0:.1f} s: {hier.shape}, {hier.n_levels} "
+          f"levels, clusters {list(map(int, hier.n_clusters))}")
+    gt = np.rint(np.asarray(read_image(sample / "mri_volume_seg.nii.gz").data)) == 1
+    if gt.shape != hier.shape:
+        print(f"pseudo ground truth {gt.shape} != volume {hier.shape}", file=sys.stderr)
+        return 1
+    pt = innermost_point(gt)
+
+    def dice(m):
+        return 2 * np.count_nonzero(m & gt) / max(1, np.count_nonzero(m) + np.count_nonzero(gt))
+
+    scores = [dice((lab := hier.labels(lv)) == lab[pt]) for lv in range(hier.n_levels)]
+    level = int(np.argmax(scores))
+    print(f"volume: ventricle at {pt}; click Dice by level {[round(s, 2) for s in scores]}")
+
+    # latencies in the real viewer, 2D view: slider (every level) and click
+    levels = list(range(hier.n_levels))
+    sl = [timed(app, lambda lv=lv: widget.set_level(lv)) for lv in levels + levels[::-1]]
+    print("volume 2D view: slider %.1f ms (with redraw %.1f ms), max %.1f / %.1f ms" % (
+        np.median([a for a, _ in sl]), np.median([b for _, b in sl]),
+        max(a for a, _ in sl), max(b for _, b in sl)))
+    widget.set_level(level)
+    viewer.dims.set_current_step(0, pt[0])
+    settle(app, 5)
+    ck = timed(app, lambda: widget.click(pt), n=5)
+    print("volume 2D view: click %.1f ms (with redraw %.1f ms); %s; Dice %.3f" % (
+        ck[0], ck[1], widget.area_label.text(), dice(widget.mask)))
+    widget.progress_label.setText("One hierarchy for the volume; a lateral ventricle clicked.")
+    viewer.layers.selection.active = widget.levels_layer
+    viewer.reset_view()
+    settle(app)
+    viewer.screenshot(str(out2d), canvas_only=False, flash=False)
+    print(f"wrote {out2d}")
+
+    # the 3D view
+    viewer.dims.ndisplay = 3
+    cam = widget.view3d.camera
+    cam.angles = tuple(args.angles)
+    settle(app, 20)
+    viewer.reset_view()
+    cam.angles = tuple(args.angles)
+    settle(app)
+    sl3 = [timed(app, lambda lv=lv: widget.set_level(lv)) for lv in (level - 1, level + 1, level)
+           if 0 <= lv < hier.n_levels]
+    print("volume 3D view: slider %.1f ms (with redraw %.1f ms)" % (
+        np.median([a for a, _ in sl3]), np.median([b for _, b in sl3])))
+    # a 3D click through the ventricle: the ray from the camera through its voxel
+    vd = np.asarray(cam.view_direction, float)
+    world = np.asarray(widget.levels_layer.data_to_world(np.asarray(pt, float)))
+
+    def click3d():
+        p = widget.objects.pick_3d(world - 300 * vd, vd, (0, 1, 2))
+        if p is not None:
+            widget.click(p)
+        return p
+
+    hit = [None]
+
+    def run3d():
+        hit[0] = click3d()
+
+    c3 = timed(app, run3d, n=3)
+    print("volume 3D view: 3D click %.1f ms (with redraw %.1f ms), hit %s; %s" % (
+        c3[0], c3[1], hit[0], widget.area_label.text()))
+    if widget.mask is None or dice(widget.mask) < 0.5:   # keep the screenshot on the ventricle
+        widget.click(pt)
+    settle(app)
+    viewer.screenshot(str(out3d), canvas_only=False, flash=False)
+    print(f"wrote {out3d}")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(REPO / "docs" / "screenshot.png"))
+    ap.add_argument("--out-volume-2d", default=str(REPO / "docs" / "screenshot_volume_2d.png"))
+    ap.add_argument("--out-volume-3d", default=str(REPO / "docs" / "screenshot_volume_3d.png"))
+    ap.add_argument("--only", choices=("fundus", "volume"), default=None)
+    ap.add_argument("--seconds", type=float, default=20.0, help="training budget")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--angles", type=float, nargs=3, default=(-20.0, 30.0, 150.0),
+                    help="3D camera angles (degrees)")
+    ap.add_argument("--timeout", type=float, default=900.0)
+    args = ap.parse_args(argv)
+
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    rc = 0
+    for what in ("fundus", "volume"):
+        if args.only not in (None, what):
+            continue
+        viewer = napari.Viewer(title="napari-cuts", show=True)
+        app = QApplication.instance()
+        viewer.window._qt_window.resize(1600, 1000)
+        _dock, widget = viewer.window.add_plugin_dock_widget("napari-cuts", "CUTS segmentation")
+        for p in (args.out, args.out_volume_2d, args.out_volume_3d):
+            Path(p).parent.mkdir(parents=True, exist_ok=True)
+        if what == "fundus":
+            rc |= fundus_shot(viewer, app, widget, args, Path(args.out))
+        else:
+            rc |= volume_shots(viewer, app, widget, args, Path(args.out_volume_2d),
+                               Path(args.out_volume_3d))
+        viewer.close()
+    return rc
 
 
 if __name__ == "__main__":

@@ -154,6 +154,16 @@ def test_volume_one_hierarchy_slider_click_3d_structure(segmented, blob, tmp_pat
     assert "Persistent" in widget.level_label.text()
 
 
+def _event3d(position, view_direction, modifiers=()):
+    """A 3D-view mouse event (press; the callback reads it again as the release)."""
+    from test_widget import FakeEvent
+
+    ev = FakeEvent(position, modifiers)
+    ev.view_direction = tuple(view_direction)
+    ev.dims_displayed = (0, 1, 2)
+    return ev
+
+
 @pytest.mark.gui
 def test_volume_click_in_the_3d_view(segmented, blob):
     viewer, widget = segmented
@@ -172,24 +182,27 @@ def test_volume_click_in_the_3d_view(segmented, blob):
     vd = np.asarray(widget.view3d.camera.view_direction, float)
     centre_world = np.asarray(levels.data_to_world(np.asarray(CENTRE, float)))
     ev_pos = centre_world - 60 * vd
-    from test_widget import FakeEvent
-
-    ev = FakeEvent(ev_pos)
-    ev.view_direction = tuple(vd)
-    ev.dims_displayed = (0, 1, 2)
-    gen = widget._on_mouse(levels, ev)
+    gen = widget._on_mouse(levels, _event3d(ev_pos, vd))
     next(gen)
-    ev.type = "mouse_release"
     with pytest.raises(StopIteration):
         next(gen)
     assert widget.mask is not None
     assert dice(widget.mask, blob_mask) >= 0.8, dice(widget.mask, blob_mask)
-    # the mask is its own layer, rendered as a surface; the cut follows it
+    # the mask is its own layer, rendered as a surface; the cut follows its middle slice
     assert widget.mask_layer.rendering == "iso_categorical"
-    # back to 2D: no cut
+    assert widget.view3d.cut()[0] == widget.objects.model.centre_slice()
+    assert not viewer.layers["vol"].visible           # no MIP fog over the 3D view
+    # a ray through the mask picks the mask (it is drawn over the levels): alt-click removes
+    gen = widget._on_mouse(levels, _event3d(ev_pos, vd, ("Alt",)))
+    next(gen)
+    with pytest.raises(StopIteration):
+        next(gen)
+    assert not widget.mask.any()
+    # back to 2D: no cut, the image shown again
     viewer.dims.ndisplay = 2
     assert widget.view3d.cut() is None
     assert np.asarray(levels.data)[gone].any()
+    assert viewer.layers["vol"].visible
 
 
 @pytest.mark.gui

@@ -6,9 +6,9 @@
 cluster under it, shift-click adds one, alt-click (or ctrl-click: many Linux desktops
 take alt-click) removes one. In the 2D view the click is the data point under the
 cursor (any slice of a volume: the mask is the 3D structure); in the 3D view it is the
-first voxel along the view ray that shows something (:func:`model.first_hit`). The
-mask layer is one colour; in 3D it is rendered as an iso surface on top of the
-cut-away levels.
+voxel the user sees along the view ray (:func:`model.first_hit`): the first mask voxel
+when the ray crosses the mask (the mask layer is drawn over the levels, one colour, as
+an iso surface), else the first voxel of the cut-away levels that is not background.
 """
 
 from __future__ import annotations
@@ -81,15 +81,13 @@ class Objects:
                                                list(dims_displayed), world=True)
         shown = lay.data
         mask = self.mask
-
-        def occupied(idx):
-            i = tuple(idx.T)
-            hit = np.asarray(shown[i]) != 0
-            if mask is not None:
-                hit |= mask[i]
-            return hit
-
-        return first_hit(occupied, start, end, shown.shape)
+        if mask is not None:
+            # the mask is drawn over the levels (no depth test): a ray through it picks it
+            hit = first_hit(lambda idx: mask[tuple(idx.T)], start, end, shown.shape)
+            if hit is not None:
+                return hit
+        return first_hit(lambda idx: np.asarray(shown[tuple(idx.T)]) != 0, start, end,
+                         shown.shape)
 
     # ---------------------------------------------------------------- click
     def click(self, point, mode: str = "replace") -> bool:

@@ -531,6 +531,7 @@ class CutsWidget(QWidget):
         if self.view3d.cut() is not None or self.persistent_check.isChecked():
             self._refresh_levels()
         self.view3d.shown(self.view3d.cut())
+        self.view3d.sync_image()
         self._show_level_info()
         for note in res.notes:
             self._notify("info", note)

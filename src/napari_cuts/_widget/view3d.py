@@ -6,8 +6,11 @@ What the 3D view shows (the rules are in :mod:`napari_cuts._widget.model`):
   transparent), rendered as iso surfaces, with a cut-away: the half of the volume on
   the camera's side of one axial slice is removed (the middle slice of the mask, else
   the slice the 2D view showed), so the levels are read on the cut face;
-- the mask as its own layer, one colour, iso surface, not cut: the selected
-  structure stands out of the cut face in 3D.
+- the mask as its own layer, one colour, iso surface, not cut, drawn over the levels
+  (no depth test): the selected structure is seen whole, in 3D, through the cut face;
+- the grey image layer is hidden while the 3D view shows a segmented volume (its
+  maximum-intensity rendering is a white fog over everything) and shown again in 2D
+  (unless the user changed its visibility in between).
 
 The cut is recomputed when the view switches between 2D and 3D, when the mask moves
 to other slices, and when the camera turns to the other side of the volume (only
@@ -30,6 +33,7 @@ class View3D:
     def __init__(self, w) -> None:
         self.w = w
         self._cut: Optional[tuple[int, int]] = None
+        self._hidden_image = None          # the image layer hidden for the 3D view
         try:
             w.viewer.dims.events.ndisplay.connect(self._on_ndisplay)
             self.camera.events.angles.connect(self._on_camera)
@@ -90,8 +94,21 @@ class View3D:
     def mask_changed(self) -> None:
         self.refresh_if_changed()
 
+    def sync_image(self) -> None:
+        w = self.w
+        if self.active and w.results:
+            lay = w.source.layer
+            if lay.visible and lay in w.viewer.layers:
+                lay.visible = False
+                self._hidden_image = lay
+        elif self._hidden_image is not None:
+            lay, self._hidden_image = self._hidden_image, None
+            if lay in w.viewer.layers:
+                lay.visible = True
+
     def _on_ndisplay(self, *_args) -> None:
         try:
+            self.sync_image()
             self.refresh_if_changed()
         except RuntimeError:  # the widget is gone
             pass
