@@ -6,7 +6,7 @@
 - ``docs/screenshot_volume_2d.png`` and ``docs/screenshot_volume_3d.png``: the sample
   MNI T1 volume segmented as ONE hierarchy (a 2.5D encoder trained briefly), a lateral
   ventricle clicked (the innermost voxel of the bundled pseudo ground truth, at the
-  level whose cluster there matches it best), in the 2D slice view and in the 3D view.
+  coarsest level whose cluster there is within 0.02 Dice of the best match), in the 2D slice view and in the 3D view.
   The slider, click and 3D-click latencies of the real viewer (layer update, and layer
   update plus the redraw) are printed.
 
@@ -140,7 +140,8 @@ def volume_shots(viewer, app, widget, args, out2d: Path, out3d: Path) -> int:
         return 2 * np.count_nonzero(m & gt) / max(1, np.count_nonzero(m) + np.count_nonzero(gt))
 
     scores = [dice((lab := hier.labels(lv)) == lab[pt]) for lv in range(hier.n_levels)]
-    level = int(np.argmax(scores))
+    # the coarsest level within 0.02 of the best click (fewer clusters, easier to read)
+    level = int(max(lv for lv, sc in enumerate(scores) if sc >= max(scores) - 0.02))
     print(f"volume: ventricle at {pt}; click Dice by level {[round(s, 2) for s in scores]}")
 
     # latencies in the real viewer, 2D view: slider (every level) and click
@@ -149,6 +150,8 @@ def volume_shots(viewer, app, widget, args, out2d: Path, out3d: Path) -> int:
     print("volume 2D view: slider %.1f ms (with redraw %.1f ms), max %.1f / %.1f ms" % (
         np.median([a for a, _ in sl]), np.median([b for _, b in sl]),
         max(a for a, _ in sl), max(b for _, b in sl)))
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas
+    print("volume 2D view: a redraw alone (no data change) %.1f ms" % timed(app, canvas.update, n=5)[1])
     widget.set_level(level)
     viewer.dims.set_current_step(0, pt[0])
     settle(app, 5)
@@ -172,6 +175,7 @@ def volume_shots(viewer, app, widget, args, out2d: Path, out3d: Path) -> int:
     settle(app)
     sl3 = [timed(app, lambda lv=lv: widget.set_level(lv)) for lv in (level - 1, level + 1, level)
            if 0 <= lv < hier.n_levels]
+    print("volume 3D view: a redraw alone (no data change) %.1f ms" % timed(app, canvas.update)[1])
     print("volume 3D view: slider %.1f ms (with redraw %.1f ms)" % (
         np.median([a for a, _ in sl3]), np.median([b for _, b in sl3])))
     # a 3D click through the ventricle: the ray from the camera through its voxel

@@ -344,3 +344,15 @@ def test_model_first_hit_and_mask():
     lab2 = (lab > 0).astype(np.uint16)
     m.replay(lambda z: lab2)
     assert not m.mask.any()                          # replace 1, add 1, remove 1
+
+
+def test_model_from_map_relabels_sparse_ids():
+    from napari_cuts._widget.model import LevelsDisplay
+
+    lab = np.zeros((3, 20, 20), np.uint16)
+    lab[:, 5:15, 5:15] = 40
+    lab[1, 8:12, 8:12] = 7
+    d = LevelsDisplay.from_map(lab)
+    v = d.values(0)
+    assert v[:, 0, 0].max() == 0                     # the outer cluster is background
+    assert len(np.unique(v)) == 3 and (v[1, 8:12, 8:12] == v[1, 10, 10]).all()

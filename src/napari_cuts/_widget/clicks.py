@@ -128,6 +128,7 @@ class Objects:
             single_colour(self.layer)
             w._hook(self.layer)
             w.view3d.style_mask(self.layer)
+            w.view3d.sync_image()
             # keep clicks going to the levels layer, not the new mask layer
             w.viewer.layers.selection.active = w.levels_layer
         else:

@@ -86,8 +86,13 @@ class LevelsDisplay:
 
     @classmethod
     def from_map(cls, labels: np.ndarray, **kw) -> "LevelsDisplay":
-        uniq, inv = np.unique(np.asarray(labels), return_inverse=True)
-        return cls(inv.reshape(np.shape(labels)), [np.arange(uniq.size)], **kw)
+        lab = np.asarray(labels)
+        if lab.dtype.kind in "ui" and lab.size and 0 <= int(lab.min()) and int(lab.max()) < 2**24:
+            used = np.bincount(lab.ravel()) > 0          # ids in use, without a sort
+            remap = (np.cumsum(used) - 1).astype(np.int64)
+            return cls(remap[lab], [np.arange(int(used.sum()))], **kw)
+        uniq, inv = np.unique(lab, return_inverse=True)
+        return cls(inv.reshape(lab.shape), [np.arange(uniq.size)], **kw)
 
     @property
     def n_levels(self) -> int:

@@ -7,7 +7,8 @@ What the 3D view shows (the rules are in :mod:`napari_cuts._widget.model`):
   the camera's side of one axial slice is removed (the middle slice of the mask, else
   the slice the 2D view showed), so the levels are read on the cut face;
 - the mask as its own layer, one colour, iso surface, not cut, drawn over the levels
-  (no depth test): the selected structure is seen whole, in 3D, through the cut face;
+  (no depth test), opaque in 3D: the selected structure is seen whole, in 3D, through
+  the cut face;
 - the grey image layer is hidden while the 3D view shows a segmented volume (its
   maximum-intensity rendering is a white fog over everything) and shown again in 2D
   (unless the user changed its visibility in between).
@@ -95,7 +96,11 @@ class View3D:
         self.refresh_if_changed()
 
     def sync_image(self) -> None:
+        """Hide the grey image in 3D (shown again in 2D); the mask opaque in 3D."""
         w = self.w
+        mask = w.mask_layer
+        if mask is not None and mask in w.viewer.layers:
+            mask.opacity = 1.0 if self.active else 0.7
         if self.active and w.results:
             lay = w.source.layer
             if lay.visible and lay in w.viewer.layers:
