@@ -95,6 +95,8 @@ DEFAULTS: dict[str, Any] = {
     # side stacked as channels (napari_cuts.volume.context_stack); 0 for 2D images.
     # Recorded so that embedding a volume builds the same input.
     "context_slices": 0,
+    # Dilation of each conv block: (1, 1, 1, 1) is Table S1 (17 x 17 view).
+    "dilations": (1, 1, 1, 1),
 }
 
 
@@ -137,15 +139,18 @@ def _use_all_cores(num_threads: Optional[int] = None) -> None:
 
 
 class _Net(nn.Module):
-    """Table S1: 4 x [Conv2d 5x5 'same', BatchNorm2d, LeakyReLU], 16-32-64-128."""
+    """Table S1: 4 x [Conv2d 5x5 'same', BatchNorm2d, LeakyReLU], 16-32-64-128.
 
-    def __init__(self, in_channels: int) -> None:
+    ``dilations`` (one per block; Table S1 is all 1) widen what each output pixel sees
+    without adding weights or compute: (1, 2, 4, 8) sees 61 x 61 pixels instead of 17 x 17."""
+
+    def __init__(self, in_channels: int, dilations=(1, 1, 1, 1)) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         prev = in_channels
-        for ch in CHANNELS:
+        for ch, dil in zip(CHANNELS, dilations):
             layers += [
-                nn.Conv2d(prev, ch, KERNEL, padding="same"),
+                nn.Conv2d(prev, ch, KERNEL, padding="same", dilation=int(dil)),
                 nn.BatchNorm2d(ch),
                 nn.LeakyReLU(),
             ]
@@ -285,7 +290,7 @@ def load_encoder(path, device: str = "auto") -> Encoder:
         state = payload["state"]
         in_channels = int(meta["in_channels"])
         patch = int(meta.get("params", {}).get("patch_size", DEFAULTS["patch_size"]))
-        net = _Net(in_channels)
+        net = _Net(in_channels, _dilations(meta.get("params", {}).get("dilations")))
         net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
         head_state = {k[5:]: v for k, v in state.items() if k.startswith("head.")}
         head = None
@@ -448,7 +453,27 @@ def _check_options(options: dict) -> dict:
         raise InputError(f"percentiles must be (low, high) with 0 <= low < high <= 100, "
                          f"got {opts['percentiles']!r}.")
     opts["percentiles"] = [float(lo), float(hi)]
+    opts["dilations"] = list(_dilations(opts["dilations"]))
     return opts
+
+
+def _dilations(value) -> tuple[int, ...]:
+    """Validated per-block dilations (None: Table S1's all ones)."""
+    if value is None:
+        return (1,) * len(CHANNELS)
+    try:
+        dil = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise InputError(f"dilations must be {len(CHANNELS)} positive integers, got {value!r}.") from None
+    if len(dil) != len(CHANNELS) or min(dil) < 1:
+        raise InputError(f"dilations must be {len(CHANNELS)} positive integers, got {value!r}.")
+    return dil
+
+
+def receptive_margin(encoder=None) -> int:
+    """Pixels each output depends on, either side (8 for Table S1)."""
+    dil = _dilations(None if encoder is None else encoder.metadata.get("params", {}).get("dilations"))
+    return int(sum(d * (KERNEL // 2) for d in dil))
 
 
 def train_encoder(images, *, epochs: Optional[float] = None, seconds: Optional[float] = None,
@@ -510,7 +535,7 @@ def train_encoder(images, *, epochs: Optional[float] = None, seconds: Optional[f
     steps_per_epoch = max(1, int(math.ceil(crops_per_epoch / sampler.batch)))
     max_steps = int(math.ceil(float(epochs) * steps_per_epoch)) if epochs is not None else None
 
-    net = _Net(in_channels).to(dev)
+    net = _Net(in_channels, opts["dilations"]).to(dev)
     head = _ReconHead(in_channels, opts["patch_size"]).to(dev)
     params = list(net.parameters()) + list(head.parameters())
     optim = torch.optim.AdamW(params, lr=opts["lr"], weight_decay=opts["weight_decay"])
@@ -691,7 +716,7 @@ def embed(encoder: Encoder, image, *, pool: int = 1, batch_tiles: int = 4,
     _, h, w = x.shape
     tile = max(int(tile_size), 1)
     tile = int(math.ceil(tile / pool) * pool)
-    m = RECEPTIVE_MARGIN
+    m = receptive_margin(encoder)
     d = encoder.embedding_dim
     oh, ow = -(-h // pool), -(-w // pool)
     out = np.empty((oh, ow, d), np.float32)

@@ -206,8 +206,10 @@ class Hierarchy:
             while j + 1 < len(ok) and ok[j + 1] == ok[j] + 1 and lin[ok[j + 1]][2] <= base * (1 + tolerance):
                 j += 1
             end = ok[j]
+            # the last merge (two clusters into one) joins complements, not structures:
+            # surviving until then counts as dying at two clusters
             n_death = counts[end + 1] if end + 1 < self.n_levels else 1.0
-            pers = float(np.log(counts[start] / max(n_death, 1.0)))
+            pers = float(np.log(counts[start] / max(n_death, 2.0)))
             if pers > best_p + 1e-12:
                 best_lv, best_p = start, pers
             i = j + 1
