@@ -1,0 +1,186 @@
+"""Volumes as one object: working grid, 2.5D encoder, one hierarchy, one click in 3D."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_cuts.condensation import _grid_edges, condense
+from napari_cuts.errors import InputError, ResourceError, WeightsError
+from napari_cuts.hierarchy import Hierarchy
+from napari_cuts.metrics import dice
+from napari_cuts.pipeline import (check_fits_volume, segment_volume, train_volume_encoder,
+                                  volume_grid)
+from napari_cuts.selection import innermost_point
+from napari_cuts.volume import (block_reduce, check_volume, context_stack, refine_finest,
+                                volume_plan)
+
+
+def blob_volume(shape=(16, 40, 40), seed=0):
+    """A bright ellipsoid spanning several slices in a noisy, textured background."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    blob = ((z - 8) / 5.0) ** 2 + ((y - 20) / 9.0) ** 2 + ((x - 18) / 8.0) ** 2 <= 1.0
+    vol = 60 + 20 * np.sin(x / 3.0) + rng.normal(0, 4, shape)
+    vol[blob] = 190 + rng.normal(0, 4, int(blob.sum()))
+    return vol.astype(np.float32), blob
+
+
+@pytest.fixture(scope="module")
+def blob_result():
+    vol, blob = blob_volume()
+    enc = train_volume_encoder(vol, epochs=1, seed=0)
+    res = segment_volume(enc, vol, seed=0)
+    return vol, blob, enc, res
+
+
+def test_one_click_finds_the_blob_in_3d(blob_result):
+    vol, blob, enc, res = blob_result
+    h = res.hierarchy
+    assert h.shape == vol.shape
+    assert res.embeddings.shape == vol.shape + (enc.embedding_dim,)
+    pt = innermost_point(blob)
+    best = max(dice(h.labels(lv) == h.labels(lv)[pt], blob) for lv in range(h.n_levels))
+    assert best >= 0.9
+    # the tool's own level (no labels) gives the blob as ONE 3D structure over its slices
+    mask = h.click_mask(pt)
+    assert dice(mask, blob) >= 0.8   # its core; the boundary voxels join at the 2-cluster level
+    zs = np.nonzero(mask.any(axis=(1, 2)))[0]
+    assert zs.min() <= np.nonzero(blob.any(axis=(1, 2)))[0].min() + 1
+    assert zs.max() >= np.nonzero(blob.any(axis=(1, 2)))[0].max() - 1
+
+
+def test_labels_are_one_structure_across_slices_and_nested(blob_result):
+    _, _, _, res = blob_result
+    h = res.hierarchy
+    assert np.all(np.diff(h.n_clusters) <= 0) and h.n_clusters[-1] == 1
+    for lv in range(1, h.n_levels):
+        fine, coarse = h.labels(lv - 1).ravel(), h.labels(lv).ravel()
+        parent = np.zeros(int(h.n_clusters[lv - 1]), np.int64)
+        parent[fine] = coarse
+        assert np.array_equal(parent[fine], coarse)     # every fine cluster in one coarse one
+    assert h.persistent().shape == h.shape
+
+
+def test_volume_hierarchy_round_trips_with_4d_labels(tmp_path, blob_result):
+    _, _, _, res = blob_result
+    h = res.hierarchy
+    h.save(tmp_path / "hierarchy.npz")
+    with np.load(tmp_path / "hierarchy.npz") as z:
+        assert z["labels"].shape == (h.n_levels,) + h.shape
+    back = Hierarchy.load(tmp_path / "hierarchy.npz")
+    assert np.array_equal(back.labels(2), h.labels(2))
+
+
+def test_2_5d_encoder_sees_neighbour_slices(blob_result):
+    vol, _, enc, _ = blob_result
+    assert enc.metadata["context_slices"] == 1 and enc.in_channels == 3
+    ctx = context_stack(vol[..., None], 1)
+    assert ctx.shape == vol.shape + (3,)
+    assert np.array_equal(ctx[5, ..., 0], vol[4]) and np.array_equal(ctx[5, ..., 2], vol[6])
+    assert np.array_equal(ctx[0, ..., 0], vol[0])                 # edges repeated
+    # a 2D image is refused by a volume encoder with a message, not a crash
+    from napari_cuts.encoder import embed
+
+    with pytest.raises((InputError, WeightsError), match="volume"):
+        embed(enc, vol[0])
+
+
+def test_anisotropic_spacing_weights_cross_slice_edges():
+    u, v, f = _grid_edges((3, 4, 5), (3.0, 1.0, 1.0))
+    assert u.size == 2 * 4 * 5 + 3 * 3 * 5 + 3 * 4 * 4            # 6-connected grid
+    dz = (v - u) == 20
+    assert np.allclose(f[dz], 3.0) and np.allclose(f[~dz], 1.0)
+    # two slices that differ a little: pre-merged across slices at 1 mm, kept apart at 5 mm
+    rng = np.random.default_rng(1)
+    emb = np.zeros((2, 24, 24, 4), np.float32)
+    emb[1] += 0.1
+    emb += rng.normal(0, 0.1, emb.shape).astype(np.float32)
+    params = dict(normalize=False, n_components=None, premerge_points=2,
+                  max_premerge_threshold=3.0)
+    iso = condense(emb, spacing=(1.0, 1.0, 1.0), **params)
+    thick = condense(emb, spacing=(5.0, 1.0, 1.0), **params)
+
+    def mixed(h, lv):      # clusters present in both slices
+        lab = h.labels(lv)
+        return np.intersect1d(lab[0], lab[1]).size
+
+    assert mixed(iso, 1) > 20 and mixed(iso, 2) > 10
+    assert mixed(thick, 1) == 0 and mixed(thick, 2) == 0
+    assert thick.metadata["spacing"] == [5.0, 1.0, 1.0]
+
+
+def test_plan_chooses_a_near_isotropic_grid_and_refuses_what_will_not_fit(monkeypatch):
+    brain = volume_plan((189, 233, 197), (1.0, 1.0, 1.0))
+    assert brain.pools == (2, 2, 2) and brain.points <= 1_200_000
+    thick = volume_plan((60, 512, 512), (5.0, 0.5, 0.5))
+    assert thick.pools[0] == 1 and thick.pools[1] == thick.pools[2] > 1
+    assert thick.grid_spacing[1] <= 5.0
+    small = volume_plan((35, 50, 40), (1.0, 1.0, 1.0))
+    assert small.pools == (1, 1, 1)
+    import napari_cuts.pipeline as pl
+
+    monkeypatch.setattr(pl, "available_memory_mb", lambda: 100.0)
+    with pytest.raises(ResourceError, match="max-points"):
+        check_fits_volume(brain)
+
+
+def test_block_reduce_and_refinement_follow_the_image():
+    vol = np.zeros((4, 8, 8), np.float32)
+    vol[:, :, 3:] = 1.0                   # an edge inside the second 2x2 block column
+    g = block_reduce(vol, (2, 2, 2))
+    assert g.shape == (2, 4, 4) and np.isclose(g[0, 0, 1], 0.5)
+    grid_ids = (g[..., None] > 0.4).astype(np.int64)[..., 0]     # block col 1 counted bright
+    near = grid_ids[np.ix_(np.arange(4) // 2, np.arange(8) // 2, np.arange(8) // 2)]
+    refined = refine_finest(grid_ids, vol[..., None], (2, 2, 2))
+    assert dice(near == 1, vol > 0) < 1.0
+    assert dice(refined == 1, vol > 0) == 1.0
+
+
+@pytest.mark.parametrize("vol, match", [
+    (np.full((6, 32, 32), 7.0), "constant"),
+    (np.ones((1, 32, 32)), "1 slice"),
+    (np.ones((2, 2, 2)), "at least 17"),
+    (np.where(np.eye(32)[None].repeat(4, 0) > 0, np.nan, 1.0), "NaN"),
+])
+def test_bad_volumes_get_clear_messages(vol, match):
+    with pytest.raises(InputError, match=match):
+        check_volume(vol)
+    with pytest.raises(InputError, match=match):
+        train_volume_encoder(vol, epochs=1)
+
+
+def test_segment_cli_writes_one_volume_hierarchy(tmp_path):
+    from napari_cuts.cli import main
+
+    vol, blob = blob_volume((12, 32, 32))
+    affine = np.diag([1.0, 1.0, 3.0, 1.0])
+    affine[:3, 3] = (-10, 5, 2)
+    # nibabel arrays are (x, y, z); the reader gives (z, y, x)
+    nib.save(nib.Nifti1Image(np.transpose(vol, (2, 1, 0)), affine), tmp_path / "vol.nii.gz")
+    out = tmp_path / "out"
+    rc = main(["segment", str(tmp_path / "vol.nii.gz"), "--out", str(out), "--epochs", "1"])
+    assert rc == 0
+    with np.load(out / "hierarchy.npz") as z:
+        labels = z["labels"]
+        assert labels.ndim == 4 and labels.shape[1:] == vol.shape
+        assert z["n_clusters"].shape == (labels.shape[0],)
+    pers = nib.load(out / "persistent.nii.gz")
+    assert np.allclose(pers.affine, affine) and pers.shape == (32, 32, 12)
+    assert (out / "levels.png").stat().st_size > 1000
+    run = json.loads((out / "run.json").read_text())
+    assert run["volume"] is True and run["encoder_2_5d"] is True
+    assert not (out / "slices").exists()
+    # --slices keeps the per-slice run
+    rc = main(["segment", str(tmp_path / "vol.nii.gz"), "--out", str(tmp_path / "sl"),
+               "--epochs", "1", "--slices", "5"])
+    assert rc == 0 and (tmp_path / "sl" / "slices" / "z0005" / "hierarchy.npz").exists()
+
+
+def test_volume_grid_matches_the_plan():
+    vol, _ = blob_volume((20, 40, 40))
+    p, grid = volume_grid(vol, (1.0, 1.0, 1.0), max_points=8000)
+    assert grid.shape[:3] == p.grid_shape and p.points <= 8000
