@@ -163,8 +163,13 @@ def get_encoder(images, *, weights=None, epochs=None, seconds=None, seed: int = 
 
 
 def segment_image(encoder, image, *, seed: int = 0, max_points: int = MAX_POINTS,
-                  progress: Progress = None, cancel: Cancel = None, **condense_params) -> SegmentResult:
-    """Embed one 2D image ``(H, W[, C])`` and condense it into a coarse-to-fine hierarchy."""
+                  progress: Progress = None, cancel: Cancel = None,
+                  image_weight: float = IMAGE_WEIGHT, use_embeddings: bool = True,
+                  **condense_params) -> SegmentResult:
+    """Embed one 2D image ``(H, W[, C])`` and condense it into a coarse-to-fine hierarchy.
+
+    For the ablations: ``use_embeddings=False`` condenses the encoder-normalised image
+    channels alone (no network), ``image_weight=0`` the unit embeddings alone."""
     from .condensation import condense
     from .encoder import embed, normalised_image
 
@@ -174,7 +179,7 @@ def segment_image(encoder, image, *, seed: int = 0, max_points: int = MAX_POINTS
     times = {}
     t0 = time.perf_counter()
     report(progress, 0, 2, "embedding")
-    emb = embed(encoder, img, pool=p.pool, cancel=cancel)
+    emb = embed(encoder, img, pool=p.pool, cancel=cancel) if use_embeddings else None
     times["embed"] = time.perf_counter() - t0
     check_cancel(cancel)
 
@@ -182,13 +187,21 @@ def segment_image(encoder, image, *, seed: int = 0, max_points: int = MAX_POINTS
         report(progress, 1, 2, f"condensing: {message}")
 
     t0 = time.perf_counter()
-    feats = clustering_features(emb, block_mean(normalised_image(encoder, img), p.pool))
+    img01 = block_mean(normalised_image(encoder, img), p.pool)
+    if not use_embeddings:
+        w = image_weight if image_weight > 0 else IMAGE_WEIGHT
+        feats = ((w / np.sqrt(img01.shape[-1])) * img01).astype(np.float32)
+    elif image_weight > 0:
+        feats = clustering_features(emb, img01, image_weight)
+    else:
+        feats = emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
     condense_params.setdefault("normalize", False)  # the embedding part is unit length already
     hier = condense(feats, seed=seed, progress=cond_progress, cancel=cancel, **condense_params)
     times["condense"] = time.perf_counter() - t0
     if p.pool > 1:
         hier = hier.upsampled(img.shape[:2], p.pool)
-    hier.metadata.update({"napari_cuts_version": __version__, "seed": int(seed), "pool": p.pool, "image_weight": IMAGE_WEIGHT,
+    hier.metadata.update({"napari_cuts_version": __version__, "seed": int(seed), "pool": p.pool,
+                          "image_weight": image_weight, "use_embeddings": bool(use_embeddings),
                           "encoder": {k: encoder.metadata.get(k) for k in
                                       ("in_channels", "seed", "version") if k in encoder.metadata}})
     report(progress, 2, 2, "done")
