@@ -215,6 +215,26 @@ class Hierarchy:
             i = j + 1
         return int(best_lv)
 
+    def step_level(self, point, level: int, step: int) -> int:
+        """Walk the structure under ``point`` along its lineage from ``level``.
+
+        ``step = +1``: the next real merge, the first coarser level whose cluster holding
+        ``point`` is strictly larger; ``-1``: the largest strictly smaller structure,
+        the first finer level whose cluster is strictly smaller. ``|step| > 1`` repeats.
+        Returns ``level`` itself where no such level exists (the root, the finest)."""
+        lv = int(level) % self.n_levels
+        lin = self.lineage(point)
+        for _ in range(abs(int(step))):
+            size = lin[lv][2]
+            if step > 0:
+                nxt = next((lin[k][0] for k in range(lv + 1, self.n_levels) if lin[k][2] > size), lv)
+            else:
+                nxt = next((lin[k][0] for k in range(lv - 1, -1, -1) if lin[k][2] < size), lv)
+            if nxt == lv:
+                break
+            lv = nxt
+        return int(lv)
+
     def click_mask(self, point, **kw) -> np.ndarray:
         """The structure under ``point`` at :meth:`click_level`, as a bool mask."""
         lv = self.click_level(point, **kw)
