@@ -1,4 +1,4 @@
-"""The ``napari-cuts`` command: segment, evaluate, bench.
+"""The ``napari-cuts`` command: segment, batch, evaluate, bench.
 
 Errors the user can act on (:class:`~napari_cuts.errors.CutsError`) print one line
 and exit with status 2; ``--debug`` shows the traceback. Long work shows a progress
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"napari-cuts {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = p.add_subparsers(dest="command", metavar="{segment,evaluate,bench}")
+    sub = p.add_subparsers(dest="command", metavar="{segment,batch,evaluate,bench}")
 
     s = sub.add_parser("segment", help="train (or load) the encoder on an image and write its "
                        "coarse-to-fine hierarchy")
@@ -78,6 +78,27 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-points", type=int, default=None,
                    help="condense larger images on a pooled grid of at most this many points "
                         "(default 262144 = 512 x 512 for 2D, 1200000 for a volume)")
+
+    c = sub.add_parser("batch", help="a cohort on dask.distributed: one encoder, a hierarchy per "
+                       "input, and optionally one reference click matched in every input")
+    c.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and folders (a folder: "
+                   "its supported image files, sorted; a DICOM series folder is one input)")
+    c.add_argument("--out", required=True, help="output folder (OUT/<stem>/, OUT/summary.csv, "
+                   "OUT/encoder.pt)")
+    cg = c.add_mutually_exclusive_group()
+    cg.add_argument("--weights", help="encoder weights to load instead of training")
+    cg.add_argument("--epochs", type=int, help="training epochs")
+    cg.add_argument("--seconds", type=float, help="training budget in seconds (default 60)")
+    c.add_argument("--reference", metavar="IMAGE", help="the image clicked on (may be one of the "
+                   "inputs); with --point")
+    c.add_argument("--point", type=float, nargs="+", metavar="C", help="the click on the reference: "
+                   "Y X (2D) or Z Y X (volume), array indices from 0")
+    wg = c.add_mutually_exclusive_group()
+    wg.add_argument("--scheduler", metavar="ADDRESS", help="an existing dask scheduler, e.g. "
+                    "tcp://host:8786 (workers started with `dask worker ADDRESS`)")
+    wg.add_argument("--workers", type=int, help="worker processes of the local cluster "
+                    "(default: the CPU cores, at most one per input)")
+    c.add_argument("--seed", type=int, default=0)
 
     e = sub.add_parser("evaluate", help="score CUTS and the baselines on a labelled folder")
     e.add_argument("--data", required=True, help="folder like shared/data/retina, NIfTI "
@@ -184,6 +205,28 @@ def cmd_segment(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from .cohort import run_batch
+
+    bar = _Bar()
+    try:
+        res = run_batch(args.inputs, args.out, weights=args.weights, epochs=args.epochs,
+                        seconds=args.seconds, reference=args.reference, point=args.point,
+                        scheduler=args.scheduler, workers=args.workers, seed=args.seed,
+                        progress=bar, log=lambda m: print(m, file=sys.stderr, flush=True))
+    finally:
+        bar.close()
+    out = Path(args.out)
+    n = len(res["rows"])
+    print(f"wrote {out / 'summary.csv'}: {res['computed']} computed, {res['skipped']} already "
+          f"complete, {res['failed']} failed of {n} inputs in {res['seconds_total']:.1f} s")
+    if res["failed"]:
+        print(f"napari-cuts: error: {res['failed']} of {n} inputs failed; their errors are in "
+              f"{out / 'summary.csv'}.", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from .evaluation import run_evaluation
 
@@ -213,7 +256,8 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handler = {"segment": cmd_segment, "evaluate": cmd_evaluate, "bench": cmd_bench}[args.command]
+    handler = {"segment": cmd_segment, "batch": cmd_batch, "evaluate": cmd_evaluate,
+               "bench": cmd_bench}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -1,0 +1,839 @@
+"""A cohort on dask.distributed: ``napari-cuts batch``, and one click matched in every image.
+
+One encoder for the cohort (trained in the client process on a sample of the inputs, or
+loaded with ``weights``) goes to the workers ONCE (``client.scatter`` of the file's
+bytes); each task gets a path and writes its input's outputs itself, so no pixel array
+travels. Per input ``OUT/<stem>/``:
+
+* ``hierarchy.npz`` (:meth:`~napari_cuts.hierarchy.Hierarchy.save`);
+* the persistent map: ``persistent.png`` (pictures) or ``persistent.nii.gz`` (NIfTI and
+  DICOM input, source geometry);
+* with a reference click, ``mask.png`` / ``mask.nii.gz``: the structure matching it;
+* ``done.json``: what was computed from what (input size and time, encoder SHA-256,
+  seed, reference), the files and their sizes, the summary row.
+
+A task writes everything into ``OUT/.partial-<stem>-<random>/`` and publishes the folder
+with one ``os.replace``: ``OUT/<stem>/`` either holds a finished input or does not
+exist, whatever kills the worker or the client. A rerun skips every input whose
+``done.json`` matches the current settings and whose files are all there (nothing is
+recomputed or rewritten) and removes leftover ``.partial-*`` folders. A failed input
+is a row with status ``error`` in ``OUT/summary.csv``; the others go on.
+
+One click for all: the structure under the reference point at
+:meth:`~napari_cuts.hierarchy.Hierarchy.click_level` is the prototype: the mean of the
+features condensation saw (:attr:`~napari_cuts.pipeline.SegmentResult.features`, the
+pooled embeddings joined to the image channels) over the structure. In every input, the
+cluster (any level) covering between :data:`MIN_MATCH_AREA` and :data:`MAX_MATCH_AREA`
+of the image whose mean feature has the largest cosine similarity to the prototype is
+the match. Per input the work is deterministic (seeded, one torch thread per task), so
+1 worker and 2 workers give the same results.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from . import __version__
+from .errors import CutsError, InputError
+
+__all__ = ["CSV_COLUMNS", "CohortInput", "expand_inputs", "run_batch", "structure_means",
+           "match_structure", "prototype_at", "check_reference_point", "is_done",
+           "MIN_MATCH_AREA", "MAX_MATCH_AREA", "MAX_TRAIN_IMAGES"]
+
+#: Columns of ``summary.csv``, in this order.
+CSV_COLUMNS = ("image", "status", "level", "n_clusters", "mask_pixels", "area_mm2",
+               "volume_ml", "seconds", "error")
+#: The encoder of a cohort is trained on at most this many of its images (evenly spaced).
+MAX_TRAIN_IMAGES = 16
+#: Clusters that compete as the match of the reference structure cover this fraction
+#: of the image, at least and at most.
+MIN_MATCH_AREA = 0.0005
+MAX_MATCH_AREA = 0.5
+#: A constant area that reaches the border and covers at least this fraction of the
+#: reference image is padding or background, not a structure to click.
+CONSTANT_AREA_FRACTION = 0.05
+#: Format version of ``done.json`` (a change makes reruns recompute).
+DONE_VERSION = 1
+DONE = "done.json"
+#: Names in the output folder that no input's folder may take.
+RESERVED_NAMES = ("encoder.pt", "summary.csv", "reference.json")
+PARTIAL_PREFIX = ".partial-"
+SCHEDULER_TIMEOUT = "5s"
+WORKER_WAIT_SECONDS = 60.0
+
+Log = Optional[Callable[[str], None]]
+Progress = Optional[Callable[[int, int, str], None]]
+
+
+# ------------------------------------------------------------------------ inputs
+
+@dataclass(frozen=True)
+class CohortInput:
+    """One input of a cohort: a file or a DICOM series folder, and its output stem."""
+
+    path: Path      #: absolute (what the workers get)
+    stem: str       #: the output folder's name, unique in the cohort
+    name: str = ""  #: the path as given (the ``image`` column of ``summary.csv``)
+
+
+def _has_dicom_files(folder: Path) -> bool:
+    """True if ``folder`` itself (not its subfolders) holds DICOM files."""
+    from .io._base import DICOM_EXTS, FORMAT, extension, has_dicm_magic
+
+    for f in sorted(folder.iterdir()):
+        if f.name.startswith(".") or not f.is_file():
+            continue
+        ext = extension(f)
+        if ext in DICOM_EXTS or (ext not in FORMAT and has_dicm_magic(f)):
+            return True
+    return False
+
+
+def _folder_inputs(folder: Path) -> list[Path]:
+    """The inputs a folder stands for: itself if it is a DICOM series folder, else its
+    supported image files and its DICOM-series subfolders, sorted by name."""
+    from .io import is_supported
+    from .io.dicom import looks_like_dicom_folder
+
+    if _has_dicom_files(folder):
+        return [folder]
+    out = []
+    for f in sorted(folder.iterdir(), key=lambda p: p.name):
+        if f.name.startswith("."):
+            continue
+        if f.is_dir():
+            if looks_like_dicom_folder(f):
+                out.append(f)
+        elif is_supported(f):
+            out.append(f)
+    return out
+
+
+def expand_inputs(paths: Sequence) -> list[CohortInput]:
+    """Files and folders -> the cohort's inputs, in the order given (a folder: its
+    supported image files sorted; a DICOM series folder is one input). Output stems are
+    the file names without extension, made unique with ``_2``, ``_3``... in order.
+    Raises :class:`InputError` when a path does not exist or nothing is left."""
+    from .io._base import stem
+
+    if not paths:
+        raise InputError("no inputs given; name image files or folders of them.")
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(os.fspath(raw)).expanduser()
+        if not p.exists():
+            raise InputError(f"{p}: no such file or folder; check the path.")
+        if p.is_dir():
+            sub = _folder_inputs(p)
+            if not sub:
+                raise InputError(f"{p} holds no supported image files (PNG/JPEG/TIFF, NIfTI, "
+                                 "DICOM) and no DICOM series.")
+            found += sub
+        else:
+            found.append(p)
+    seen_paths = set()
+    used = {n.lower() for n in RESERVED_NAMES}
+    out = []
+    for p in found:
+        key = os.path.abspath(p)
+        if key in seen_paths:
+            continue
+        seen_paths.add(key)
+        base = (stem(p) if p.is_file() else p.name).strip() or "image"
+        if base.startswith("."):
+            base = "_" + base.lstrip(".")
+        name, k = base, 1
+        while name.lower() in used:
+            k += 1
+            name = f"{base}_{k}"
+        used.add(name.lower())
+        out.append(CohortInput(Path(key), name, str(p)))
+    return out
+
+
+def input_signature(path: Path) -> dict:
+    """Size and modification time of a file (or of the files of a folder): a changed
+    input is recomputed on a rerun."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            n, size, mtime = 0, 0, 0
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for f in files:
+                    if f.startswith("."):
+                        continue
+                    st = os.stat(os.path.join(root, f))
+                    n, size, mtime = n + 1, size + st.st_size, max(mtime, st.st_mtime_ns)
+            return {"files": n, "bytes": size, "mtime_ns": mtime}
+        st = p.stat()
+        return {"files": 1, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    except OSError:
+        return {"files": 0, "bytes": -1, "mtime_ns": 0}
+
+
+def is_volume(src) -> bool:
+    """True for an input segmented as one 3D object (as ``napari-cuts segment`` does)."""
+    data = src.data
+    return (data.ndim == 3 and not src.rgb) or data.ndim == 4
+
+
+def _physical(src) -> bool:
+    return src.format in ("nifti", "dicom") and src.affine is not None
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------- reference point
+
+def check_reference_point(src, point, name: str = "the reference image") -> tuple[int, ...]:
+    """Validate a reference click on an image read by :func:`napari_cuts.io.read_image`.
+
+    Returns the point as integer indices. Raises :class:`InputError` (one line) when the
+    point has the wrong number of coordinates, lies outside the image, or lies on a
+    constant area: the whole image constant, or a region of one exact value that
+    reaches the border and covers at least :data:`CONSTANT_AREA_FRACTION` of the image
+    (padding, a black frame, empty background): there is no structure to match there.
+    """
+    from scipy import ndimage
+
+    data = np.asarray(src.data)
+    vol = is_volume(src)
+    spatial = tuple(int(s) for s in data.shape[: 3 if vol else 2])
+    axes = "Z Y X" if vol else "Y X"
+    try:
+        coords = [float(v) for v in point]
+    except (TypeError, ValueError):
+        raise InputError(f"--point {point!r} must be numbers ({axes}).") from None
+    if len(coords) != len(spatial):
+        raise InputError(f"--point has {len(coords)} coordinates but {name} is a "
+                         f"{'volume' if vol else '2D image'} of {' x '.join(map(str, spatial))}: "
+                         f"give {len(spatial)} ({axes}).")
+    if not all(math.isfinite(v) for v in coords):
+        raise InputError(f"--point {point!r} must be finite numbers ({axes}).")
+    idx = tuple(int(round(v)) for v in coords)
+    if not all(0 <= i < n for i, n in zip(idx, spatial)):
+        raise InputError(f"--point {' '.join(f'{v:g}' for v in coords)} lies outside {name} "
+                         f"({' x '.join(map(str, spatial))}, {axes} from 0); give a point "
+                         "inside the image.")
+    flat = data.reshape(spatial + (-1,))
+    if not np.isfinite(flat).all() or np.all(flat == flat.reshape(-1, flat.shape[-1])[0]):
+        raise InputError(f"{name} is constant: it has no structure to click; choose another "
+                         "reference image.")
+    value = flat[idx]
+    same = np.all(flat == value, axis=-1)
+    lab, _ = ndimage.label(same)
+    comp = lab == lab[idx]
+    frac = float(comp.mean())
+    border = any(np.take(comp, 0, axis=a).any() or np.take(comp, -1, axis=a).any()
+                 for a in range(comp.ndim))
+    if border and frac >= CONSTANT_AREA_FRACTION or frac >= MAX_MATCH_AREA:
+        shown = ", ".join(f"{v:g}" for v in np.ravel(value)[:4])
+        raise InputError(f"--point {' '.join(str(i) for i in idx)} lies on a constant area of "
+                         f"{name} ({frac:.0%} of the image has the value {shown} there): "
+                         "there is no structure under it to find in the other images; click "
+                         "inside a structure.")
+    return idx
+
+
+# ---------------------------------------------------------- structure features
+
+def _grid_cells(shape, grid_shape, pools) -> np.ndarray:
+    """Flat index of the grid cell of every pixel (voxel), ``(prod(shape),)`` int64."""
+    pools = (int(pools),) * len(shape) if np.ndim(pools) == 0 else tuple(int(p) for p in pools)
+    idx = [np.minimum(np.arange(n) // p, g - 1) for n, p, g in zip(shape, pools, grid_shape)]
+    return np.ravel_multi_index(np.ix_(*idx), tuple(grid_shape)).reshape(-1).astype(np.int64)
+
+
+def structure_means(hierarchy, features: np.ndarray, pools):
+    """Mean feature and area of every cluster of every level.
+
+    ``features``: the grid features ``(h, w, F)`` / ``(z, y, x, F)`` the hierarchy was
+    condensed from (:attr:`SegmentResult.features`); ``pools``: the block size (int or one
+    per axis) mapping pixels to grid cells. A cluster's mean is the pixel-weighted mean of
+    the features of the grid cells its pixels lie in. Returns ``(means, areas)``: lists
+    over levels of ``(n_l, F)`` float64 and ``(n_l,)`` fractions of the image."""
+    from scipy import sparse
+
+    feats = np.asarray(features, dtype=np.float64)
+    grid_shape = feats.shape[:-1]
+    fl = feats.reshape(-1, feats.shape[-1])
+    shape = tuple(hierarchy.shape)
+    cell = _grid_cells(shape, grid_shape, pools)
+    base = np.asarray(hierarchy.finest).reshape(-1).astype(np.int64)
+    n0 = int(hierarchy.lut(0).shape[0])
+    m = sparse.csr_matrix((np.ones(base.size), (base, cell)), shape=(n0, fl.shape[0]))
+    sums0 = m @ fl                                    # (n0, F)
+    counts0 = np.bincount(base, minlength=n0).astype(np.float64)
+    total = float(base.size)
+    means, areas = [], []
+    for lv in range(int(hierarchy.n_levels)):
+        lut = np.asarray(hierarchy.lut(lv)).astype(np.int64)
+        n = int(hierarchy.n_clusters[lv])
+        agg = sparse.csr_matrix((np.ones(n0), (lut, np.arange(n0))), shape=(n, n0))
+        s = agg @ sums0
+        c = np.bincount(lut, weights=counts0, minlength=n)
+        means.append(s / np.maximum(c, 1.0)[:, None])
+        areas.append(c / total)
+    return means, areas
+
+
+def prototype_at(hierarchy, features, pools, point) -> dict:
+    """The reference structure under ``point``: at ``hierarchy.click_level(point)``, its
+    cluster's mean feature (the prototype) and size."""
+    lv = int(hierarchy.click_level(point))
+    lab = hierarchy.labels(lv)
+    idx = tuple(int(round(float(v))) for v in point)
+    cid = int(lab[idx])
+    means, areas = structure_means(hierarchy, features, pools)
+    return {"level": lv, "cluster": cid, "n_clusters": int(hierarchy.n_clusters[lv]),
+            "area_fraction": float(areas[lv][cid]), "mask_pixels": int(np.count_nonzero(lab == cid)),
+            "prototype": [float(v) for v in means[lv][cid]]}
+
+
+def match_structure(hierarchy, features, pools, prototype, *, min_area: float = MIN_MATCH_AREA,
+                    max_area: float = MAX_MATCH_AREA) -> tuple[int, int, float]:
+    """The ``(level, cluster, cosine similarity)`` of the cluster most similar to
+    ``prototype`` among the clusters of all levels covering ``min_area``..``max_area``
+    of the image (ties: the finest level, then the lowest id). Raises
+    :class:`InputError` when no cluster has a size in that range."""
+    proto = np.asarray(prototype, dtype=np.float64)
+    pn = proto / max(float(np.linalg.norm(proto)), 1e-12)
+    means, areas = structure_means(hierarchy, features, pools)
+    best = (-1, -1, -np.inf)
+    for lv, (mu, a) in enumerate(zip(means, areas)):
+        ok = (a >= min_area) & (a <= max_area)
+        if not ok.any():
+            continue
+        sim = (mu @ pn) / np.maximum(np.linalg.norm(mu, axis=1), 1e-12)
+        sim = np.where(ok, sim, -np.inf)
+        c = int(np.argmax(sim))
+        if sim[c] > best[2] + 1e-12:
+            best = (lv, c, float(sim[c]))
+    if best[0] < 0:
+        raise InputError(f"no structure covers between {min_area:.2%} and {max_area:.0%} of "
+                         "the image; nothing to match the reference to.")
+    return best
+
+
+# -------------------------------------------------------------- worker side
+
+_ENCODERS: dict = {}
+_ENC_LOCK = threading.Lock()
+
+
+def _single_thread_torch() -> None:
+    """One torch thread per task: tasks of a worker's threads run side by side, and a
+    fixed thread count keeps the results independent of the engine. (The encoder
+    module sets torch to every core before each embedding; here that means the
+    worker's share.)"""
+    import torch
+
+    from . import encoder as E
+
+    if getattr(E._use_all_cores, "_cohort", False):
+        torch.set_num_threads(1)
+        return
+
+    def one(num_threads=None):
+        if torch.get_num_threads() != 1:
+            torch.set_num_threads(1)
+
+    one._cohort = True
+    E._use_all_cores = one
+    torch.set_num_threads(1)
+
+
+def _encoder_from_bytes(payload: bytes, sha: str):
+    """The encoder of these weights, loaded once per worker process."""
+    from .encoder import load_encoder
+
+    with _ENC_LOCK:
+        enc = _ENCODERS.get(sha)
+        if enc is None:
+            fd, tmp = tempfile.mkstemp(prefix="napari_cuts_encoder_", suffix=".pt")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(payload)
+                enc = load_encoder(tmp, device="auto")
+            finally:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+            _ENCODERS.clear()
+            _ENCODERS[sha] = enc
+        return enc
+
+
+def _segment(enc, src, seed: int):
+    """Segment one input read by ``read_image`` with the cohort encoder."""
+    from .encoder import is_volume_encoder
+    from .pipeline import segment_image, segment_volume
+
+    data = np.asarray(src.data)
+    vol = is_volume(src)
+    if vol != is_volume_encoder(enc):
+        raise InputError(f"{'a volume' if vol else 'a 2D image'} of shape {data.shape}, but the "
+                         f"cohort encoder is for {'volumes' if is_volume_encoder(enc) else '2D images'}; "
+                         "segment 2D images and volumes in separate batches.")
+    if vol:
+        spacing = tuple(float(v) for v in src.spacing[:3])
+        return segment_volume(enc, data, spacing=spacing, seed=seed), spacing
+    return segment_image(enc, data, seed=seed), tuple(float(v) for v in src.spacing[:2])
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, CutsError):
+        text = f"{type(exc).__name__}: {text}"
+    return text[:limit]
+
+
+def _empty_row(image: str) -> dict:
+    return {k: "" for k in CSV_COLUMNS} | {"image": image}
+
+
+def reference_task(path: str, point, enc_payload: bytes, enc_sha: str, seed: int) -> dict:
+    """Worker: segment the reference image and return its prototype (or ``{"error"}``)."""
+    from .io import read_image
+
+    _single_thread_torch()
+    try:
+        enc = _encoder_from_bytes(enc_payload, enc_sha)
+        src = read_image(path)
+        idx = check_reference_point(src, point, Path(path).name)
+        res, _ = _segment(enc, src, seed)
+        out = prototype_at(res.hierarchy, res.features, res.pool, idx)
+        out["point"] = list(idx)
+        return out
+    except Exception as exc:  # noqa: BLE001 - the client raises it as an InputError
+        return {"error": _one_line(exc)}
+
+
+def process_input(path: str, stem: str, out_dir: str, enc_payload: bytes, enc_sha: str,
+                  seed: int, expect: dict, reference: Optional[dict] = None,
+                  _crash_once: Optional[tuple] = None) -> dict:
+    """Worker: segment one input and publish ``out_dir/stem/`` atomically.
+
+    Returns the summary row (``status`` ``ok`` or ``error``, ``error`` its one-line
+    message); never raises for a bad input."""
+    from .fileutil import write_json
+    from .io import read_image, write_labels, write_mask
+
+    t0 = time.perf_counter()
+    row = _empty_row(path)
+    out = Path(out_dir)
+    partial = out / f"{PARTIAL_PREFIX}{stem}-{uuid.uuid4().hex[:10]}"
+    try:
+        _single_thread_torch()
+        enc = _encoder_from_bytes(enc_payload, enc_sha)
+        src = read_image(path)
+        res, spacing = _segment(enc, src, seed)
+        hier = res.hierarchy
+        hier.metadata.update({"input": str(path)})
+        partial.mkdir(parents=True)
+        medical = src.format in ("nifti", "dicom")
+        vol = is_volume(src)
+        files = ["hierarchy.npz"]
+        hier.save(partial / "hierarchy.npz")
+        if _crash_once is not None and _crash_once[0] == stem and not Path(_crash_once[1]).exists():
+            Path(_crash_once[1]).write_text("crashed once\n")   # tests: die mid-write, once
+            os.kill(os.getpid(), 9)
+        pers = hier.persistent()
+        pname = "persistent.nii.gz" if (medical or vol) else "persistent.png"
+        write_labels(partial / pname, pers, like=src if medical else None)
+        files.append(pname)
+        info = {"shape": list(np.asarray(src.data).shape), "n_levels": int(hier.n_levels),
+                "n_clusters": [int(c) for c in hier.n_clusters], "format": src.format,
+                "volume": bool(vol)}
+        if reference is not None:
+            lv, cid, sim = match_structure(hier, res.features, res.pool, reference["prototype"])
+            mask = hier.labels(lv) == cid
+            mname = "mask.nii.gz" if (medical or vol) else "mask.png"
+            write_mask(partial / mname, mask, like=src if medical else None)
+            files.append(mname)
+            px = int(np.count_nonzero(mask))
+            row.update({"level": lv, "n_clusters": int(hier.n_clusters[lv]), "mask_pixels": px})
+            if vol:
+                row["volume_ml"] = round(px * float(np.prod(spacing)) / 1000.0, 6)
+            elif _physical(src):
+                row["area_mm2"] = round(px * float(np.prod(spacing)), 6)
+            info.update({"match_level": lv, "match_cluster": cid, "match_similarity": sim})
+        row.update({"status": "ok", "seconds": round(time.perf_counter() - t0, 3)})
+        done = dict(expect)
+        done.update({"stem": stem, "files": {f: (partial / f).stat().st_size for f in files},
+                     "row": row, "info": info, "napari_cuts_version": __version__})
+        write_json(partial / DONE, done)
+        _publish(partial, out / stem)
+        return row
+    except Exception as exc:  # noqa: BLE001 - one bad input is a row, the others go on
+        shutil.rmtree(partial, ignore_errors=True)
+        row.update({"status": "error", "error": _one_line(exc),
+                    "seconds": round(time.perf_counter() - t0, 3)})
+        return row
+
+
+def _publish(partial: Path, final: Path) -> None:
+    """Move a finished ``partial`` folder onto ``final`` (one rename when ``final`` does
+    not exist; an older ``final`` is moved aside first and removed after)."""
+    try:
+        os.replace(partial, final)
+        return
+    except OSError:
+        if not final.exists():
+            raise
+    old = final.with_name(f"{PARTIAL_PREFIX}old-{final.name}-{uuid.uuid4().hex[:10]}")
+    try:
+        os.replace(final, old)
+    except FileNotFoundError:
+        pass
+    os.replace(partial, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# -------------------------------------------------------------- client side
+
+def is_done(folder: Path, expect: dict) -> Optional[dict]:
+    """``done.json`` of a finished input folder when it matches ``expect`` (same input
+    signature, encoder, seed, reference) and every file it lists is there with its
+    size; else None (the input is recomputed)."""
+    try:
+        done = json.loads((Path(folder) / DONE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(done, dict) or any(done.get(k) != v for k, v in expect.items()):
+        return None
+    files = done.get("files")
+    if not isinstance(files, dict) or not files:
+        return None
+    for name, size in files.items():
+        try:
+            if (Path(folder) / name).stat().st_size != size:
+                return None
+        except OSError:
+            return None
+    return done
+
+
+def _write_summary(path: Path, rows: list[dict]) -> None:
+    from .fileutil import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS), extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in CSV_COLUMNS})
+
+
+def _clean_partials(out: Path) -> None:
+    for p in out.glob(f"{PARTIAL_PREFIX}*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _training_sample(inputs: list[CohortInput], log) -> tuple[list, list, bool]:
+    """Read up to MAX_TRAIN_IMAGES evenly spaced inputs (unreadable ones skipped).
+    Returns ``(arrays, spacings, volumes)``; InputError for a 2D/volume or channel mix."""
+    from .io import read_image
+
+    n = len(inputs)
+    order = list(np.linspace(0, n - 1, min(n, MAX_TRAIN_IMAGES)).round().astype(int))
+    order += [i for i in range(n) if i not in set(order)]
+    arrays, spacings, kinds, names = [], [], [], []
+    for i in order:
+        if len(arrays) >= MAX_TRAIN_IMAGES:
+            break
+        try:
+            src = read_image(inputs[i].path)
+        except CutsError as exc:
+            log(f"not used for training: {_one_line(exc)}")
+            continue
+        data = np.asarray(src.data)
+        vol = is_volume(src)
+        chans = (data.shape[3] if data.ndim == 4 else 1) if vol else (
+            data.shape[2] if data.ndim == 3 else 1)
+        kinds.append((vol, chans))
+        names.append(inputs[i].path.name)
+        arrays.append(data)
+        spacings.append(tuple(float(v) for v in src.spacing[:3]) if vol else None)
+    if not arrays:
+        raise InputError("no input could be read to train the cohort encoder; see the errors "
+                         "above, or give --weights.")
+    vols = {k[0] for k in kinds}
+    if len(vols) > 1:
+        a = names[[k[0] for k in kinds].index(True)]
+        b = names[[k[0] for k in kinds].index(False)]
+        raise InputError(f"the cohort mixes volumes ({a}) and 2D images ({b}); one encoder "
+                         "serves one kind: run them as separate batches.")
+    chans = {k[1] for k in kinds}
+    if len(chans) > 1:
+        by = {}
+        for k, nm in zip(kinds, names):
+            by.setdefault(k[1], nm)
+        raise InputError("the cohort mixes channel counts ("
+                         + ", ".join(f"{c} in {nm}" for c, nm in sorted(by.items()))
+                         + "); one encoder needs one channel count: convert them or run "
+                           "separate batches.")
+    return arrays, spacings, vols.pop()
+
+
+def _connect(scheduler: Optional[str], workers: Optional[int], n_tasks: int, log):
+    """``(client, cluster)``: a Client of the scheduler at ``scheduler`` (cluster None),
+    or of a new LocalCluster of ``workers`` single-threaded worker processes."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout=SCHEDULER_TIMEOUT, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise CutsError(f"cannot reach a dask scheduler at {scheduler} within "
+                            f"{SCHEDULER_TIMEOUT} ({_one_line(exc, 160)}); start one with "
+                            f"`dask scheduler` and workers with `dask worker {scheduler}`, or "
+                            "leave out --scheduler for a local cluster.") from None
+        n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        if n == 0:
+            log(f"waiting up to {WORKER_WAIT_SECONDS:.0f} s for workers at {scheduler} ...")
+            try:
+                client.wait_for_workers(1, timeout=WORKER_WAIT_SECONDS)
+            except (TimeoutError, OSError):
+                client.close()
+                raise CutsError(f"the dask scheduler at {scheduler} has no workers; start "
+                                f"some with `dask worker {scheduler}`.") from None
+        log(f"dask scheduler {scheduler}: "
+            f"{len(client.scheduler_info(n_workers=-1).get('workers', {}))} worker(s)"
+            + (f"; dashboard {client.dashboard_link}" if _has_bokeh() else ""))
+        return client, None
+    if workers is not None and int(workers) < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}.")
+    n = int(workers) if workers else max(1, min(os.cpu_count() or 1, n_tasks))
+    bokeh = _has_bokeh()
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                           dashboard_address=":8787" if bokeh else None)
+    client = Client(cluster, set_as_default=False)
+    log(f"local dask cluster: {n} worker process(es), 1 thread each"
+        + (f"; dashboard {client.dashboard_link}" if bokeh else
+           " (pip install bokeh for the dashboard)"))
+    return client, cluster
+
+
+def _has_bokeh() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None
+
+
+def _reference_key(ref_path: Path, point, enc_sha: str, seed: int) -> dict:
+    return {"reference": str(ref_path), "reference_signature": input_signature(ref_path),
+            "point": [float(v) for v in point], "encoder_sha256": enc_sha, "seed": int(seed)}
+
+
+def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, reference=None,
+              point=None, scheduler: Optional[str] = None, workers: Optional[int] = None,
+              seed: int = 0, client=None, progress: Progress = None, log: Log = None,
+              _crash_once: Optional[tuple] = None) -> dict:
+    """The ``napari-cuts batch`` job (module doc). ``inputs``: files and folders.
+
+    ``client``: an existing :class:`distributed.Client` to use (tests, benchmarks);
+    else ``scheduler`` (an address) or a LocalCluster of ``workers`` processes.
+    Returns ``{"rows", "computed", "skipped", "failed", "encoder", "trained",
+    "reference", "seconds_total", "seconds_tasks"}``; ``OUT/summary.csv`` holds the rows."""
+    from .fileutil import make_output_dir, write_json
+    from .io import read_image
+
+    log = log or (lambda m: None)
+    t_start = time.perf_counter()
+    items = expand_inputs(inputs)
+    out = make_output_dir(out_dir)
+    _clean_partials(out)
+    if weights is not None and (epochs is not None or seconds is not None):
+        raise InputError("give --weights or a training budget (--epochs / --seconds), not both.")
+    if (reference is None) != (point is None):
+        raise InputError("--reference and --point go together: the image and the point "
+                         "clicked on it.")
+    ref_path = None
+    if reference is not None:
+        ref_path = Path(os.path.abspath(Path(os.fspath(reference)).expanduser()))
+        ref_src = read_image(ref_path)
+        point = list(check_reference_point(ref_src, point, ref_path.name))
+        del ref_src
+
+    # the encoder: given, or trained earlier into OUT/encoder.pt (reused), or to train
+    enc_file = out / "encoder.pt"
+    trained = False
+    if weights is not None:
+        enc_file = Path(weights).expanduser()
+        if not enc_file.is_file():
+            raise InputError(f"encoder weights {enc_file} do not exist (or are not a file).")
+        from .encoder import load_encoder
+
+        load_encoder(enc_file, device="cpu")        # a clear WeightsError now, not per task
+    elif enc_file.is_file():
+        log(f"reusing the cohort encoder {enc_file} (delete it to train a new one)")
+    else:
+        enc_file = None
+
+    def expectation(enc_sha, ref_key):
+        return {"done_version": DONE_VERSION, "encoder_sha256": enc_sha, "seed": int(seed),
+                "reference": None if ref_key is None else hashlib.sha256(
+                    json.dumps(ref_key, sort_keys=True).encode()).hexdigest()}
+
+    def plan(enc_sha, ref_key):
+        rows, todo = [None] * len(items), []
+        base = expectation(enc_sha, ref_key)
+        for i, it in enumerate(items):
+            exp = dict(base, input=str(it.path), input_signature=input_signature(it.path))
+            done = is_done(out / it.stem, exp) if enc_sha else None
+            if done is not None:
+                r = _empty_row(it.name) | {k: done["row"].get(k, "") for k in CSV_COLUMNS}
+                rows[i] = r | {"image": it.name, "status": "skipped"}
+            else:
+                todo.append((i, exp))
+        return rows, todo
+
+    def cached_reference(enc_sha):
+        if ref_path is None or enc_sha is None:
+            return None, None
+        key = _reference_key(ref_path, point, enc_sha, seed)
+        try:
+            ref = json.loads((out / "reference.json").read_text())
+            if ref.get("key") == key and isinstance(ref.get("prototype"), list):
+                return key, ref
+        except (OSError, ValueError):
+            pass
+        return key, None
+
+    enc_sha = _sha256_file(enc_file) if enc_file is not None else None
+    ref_key, ref = cached_reference(enc_sha)
+    rows, todo = plan(enc_sha, ref_key)
+    result = {"rows": rows, "computed": 0, "skipped": len(items) - len(todo), "failed": 0,
+              "encoder": str(enc_file) if enc_file else None, "trained": False,
+              "reference": None, "seconds_tasks": 0.0}
+    if not todo and (ref_path is None or ref is not None):
+        _write_summary(out / "summary.csv", rows)
+        log(f"all {len(items)} inputs are complete in {out}; nothing to do")
+        result.update(reference=ref, seconds_total=round(time.perf_counter() - t_start, 3))
+        return result
+
+    own = client is None
+    cluster = None
+    if own:
+        client, cluster = _connect(scheduler, workers, len(todo), log)
+    try:
+        if enc_file is None:
+            from .pipeline import get_encoder, train_volume_encoder
+
+            arrays, spacings, vols = _training_sample(items, log)
+            log(f"training the cohort encoder on {len(arrays)} of {len(items)} inputs"
+                f"{' (volumes)' if vols else ''} ...")
+            stage = None if progress is None else (lambda d, t, m: progress(d, t, f"training: {m}"))
+            if epochs is None and seconds is None:
+                from .pipeline import DEFAULT_SECONDS
+
+                seconds_ = DEFAULT_SECONDS
+            else:
+                seconds_ = seconds
+            if vols:
+                enc = train_volume_encoder(arrays, spacing=spacings, epochs=epochs,
+                                           seconds=seconds_, seed=seed, progress=stage)
+            else:
+                enc, _ = get_encoder(arrays, epochs=epochs, seconds=seconds_, seed=seed,
+                                     progress=stage)
+            del arrays
+            enc_file = out / "encoder.pt"
+            enc.save(enc_file)
+            trained = True
+            enc_sha = _sha256_file(enc_file)
+            ref_key, ref = cached_reference(enc_sha)
+            rows, todo = plan(enc_sha, ref_key)
+            result.update(rows=rows, skipped=len(items) - len(todo), encoder=str(enc_file),
+                          trained=True)
+        payload = enc_file.read_bytes()
+        enc_future = client.scatter(payload, broadcast=True, hash=False)
+        run_id = uuid.uuid4().hex[:8]
+
+        if ref_path is not None and ref is None:
+            log(f"segmenting the reference {ref_path.name} at {tuple(point)} ...")
+            fut = client.submit(reference_task, str(ref_path), point, enc_future, enc_sha, seed,
+                                key=f"cuts-reference-{run_id}", pure=False)
+            got = fut.result()
+            if "error" in got:
+                raise InputError(f"reference {ref_path.name}: {got['error']}")
+            ref = dict(got, key=ref_key)
+            write_json(out / "reference.json", ref)
+        if ref is not None:
+            log(f"reference structure: level {ref['level']} ({ref['n_clusters']} clusters), "
+                f"{ref['mask_pixels']} pixels ({ref['area_fraction']:.2%} of the image)")
+        result["reference"] = ref
+        reference_arg = None if ref is None else {"prototype": ref["prototype"]}
+
+        from distributed import as_completed
+
+        def _pending(rows):
+            return [r or _empty_row(items[j].name) | {"status": "pending"}
+                    for j, r in enumerate(rows)]
+
+        t_tasks = time.perf_counter()
+        futures = {}
+        for i, exp in todo:
+            it = items[i]
+            f = client.submit(process_input, str(it.path), it.stem, str(out), enc_future, enc_sha,
+                              int(seed), exp, reference_arg, _crash_once,
+                              key=f"cuts-{it.stem}-{run_id}", pure=False)
+            futures[f] = i
+        total, done_n = len(items), len(items) - len(todo)
+        if progress is not None:
+            progress(done_n, total, f"batch: {done_n}/{total} done")
+        _write_summary(out / "summary.csv", _pending(rows))
+        for f in as_completed(list(futures), loop=client.loop):
+            i = futures[f]
+            try:
+                row = f.result()
+            except Exception as exc:  # noqa: BLE001 - a lost task (its workers kept dying)
+                row = _empty_row("") | {"status": "error", "error": _one_line(exc)}
+            row = dict(row, image=items[i].name)
+            rows[i] = row
+            done_n += 1
+            if row["status"] == "ok":
+                result["computed"] += 1
+            else:
+                result["failed"] += 1
+                log(f"{items[i].path.name}: error: {row['error']}")
+            if progress is not None:
+                progress(done_n, total, f"batch: {items[i].stem} {row['status']}")
+            else:
+                log(f"[{done_n}/{total}] {items[i].stem}: {row['status']}")
+            _write_summary(out / "summary.csv", _pending(rows))
+        result["seconds_tasks"] = round(time.perf_counter() - t_tasks, 3)
+    finally:
+        if own:
+            try:
+                client.close()
+            finally:
+                if cluster is not None:
+                    cluster.close()
+    _clean_partials(out)
+    _write_summary(out / "summary.csv", rows)
+    result.update(rows=rows, trained=trained, seconds_total=round(time.perf_counter() - t_start, 3))
+    return result
