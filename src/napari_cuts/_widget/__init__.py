@@ -8,8 +8,8 @@ mask; numpy only, no Qt), :mod:`.clicks` (objects and clicks), :mod:`.view3d` (t
 """
 
 from .panel import CutsWidget
-from .settings import (DEVICES, LEVELS_NAME, MASK_NAME, NO_IMAGE_HINT, UNITS, Settings, Source,
+from .settings import (DEVICES, LABELS_NAME, LEVELS_NAME, MASK_NAME, NO_IMAGE_HINT, UNITS, Settings, Source,
                        click_mode, default_level, source_from_layer)
 
 __all__ = ["CutsWidget", "Settings", "Source", "source_from_layer", "click_mode",
-           "default_level", "LEVELS_NAME", "MASK_NAME", "NO_IMAGE_HINT", "UNITS", "DEVICES"]
+           "default_level", "LEVELS_NAME", "LABELS_NAME", "MASK_NAME", "NO_IMAGE_HINT", "UNITS", "DEVICES"]

@@ -1,14 +1,22 @@
-"""Objects and clicks of the CUTS dock widget: the "CUTS mask" layer.
+"""Objects and clicks of the CUTS dock widget: the "CUTS labels" and "CUTS mask" layers.
 
 :class:`Objects` is composed into :class:`~napari_cuts._widget.panel.CutsWidget`
-(``widget.objects``). It turns mouse clicks on the result layers into mask updates
-(:class:`~napari_cuts._widget.model.MaskModel`): a click replaces the mask with the
-cluster under it, shift-click adds one, alt-click (or ctrl-click: many Linux desktops
-take alt-click) removes one. In the 2D view the click is the data point under the
-cursor (any slice of a volume: the mask is the 3D structure); in the 3D view it is the
-voxel the user sees along the view ray (:func:`model.first_hit`): the first mask voxel
-when the ray crosses the mask (the mask layer is drawn over the levels, one colour, as
-an iso surface), else the first voxel of the cut-away levels that is not background.
+(``widget.objects``). Its model is an :class:`~napari_cuts._widget.objects.ObjectSet`
+(numpy only): several objects, each with its own id, name, colour, clicks and whole
+mask, and an undo/redo history. Mouse clicks on the result layers write the structure
+under the pointer into the current object: a click replaces the object's mask with it,
+shift-click adds, alt-click (or ctrl-click: many Linux desktops take alt-click) removes.
+In the 2D view the click is the data point under the cursor (any slice of a volume:
+the structure is 3D); in the 3D view it is the voxel the user sees along the view ray
+(:func:`model.first_hit`): the first mask voxel when the ray crosses the mask, else the
+first voxel of the cut-away levels that is not background.
+
+Layers: "CUTS labels" shows every object (its id, its colour; a later object on top
+where objects overlap); "CUTS mask" is the current object's own mask (one colour,
+yellow), which export-as-mask writes. Grow (``]``) and shrink (``[``) move each clicked
+structure of the current object one step along its own lineage; ctrl+z / ctrl+shift+z
+undo and redo, bound on the viewer and on the result layers (a Labels layer's own
+ctrl+z would otherwise take the key).
 """
 
 from __future__ import annotations
@@ -18,30 +26,53 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InputError
-from .model import MaskModel, first_hit
-from .settings import MASK_NAME, click_mode, single_colour
+from .model import first_hit
+from .objects import HierarchyStructures, ObjectSet, measure
+from .settings import LABELS_NAME, MASK_NAME, click_mode, single_colour
+
+#: Keys (napari key-binding names) -> what they do.
+KEYS = {"Control-Z": "undo", "Control-Shift-Z": "redo", "]": "grow", "[": "shrink"}
 
 
 class Objects:
-    """Clicks -> mask, the mask layer and its size label, for widget ``w``."""
+    """Objects, clicks -> masks, the mask and labels layers, for widget ``w``."""
 
     def __init__(self, w) -> None:
         self.w = w
-        self.model: Optional[MaskModel] = None
-        self.layer = None
+        self.model: Optional[ObjectSet] = None
+        self.layer = None            # "CUTS mask": the current object
+        self.labels_layer = None     # "CUTS labels": every object
+        self._keyed: list = []
 
     # ---------------------------------------------------------------- state
     def reset(self, shape=None, per_slice: bool = False) -> None:
-        self.model = MaskModel(shape, per_slice) if shape is not None else None
+        self.model = ObjectSet(shape, per_slice) if shape is not None else None
         self.layer = None
+        self.labels_layer = None
+
+    @property
+    def current(self):
+        return None if self.model is None else self.model.current
 
     @property
     def mask(self) -> Optional[np.ndarray]:
-        return None if self.model is None else self.model.mask
+        obj = self.current
+        return None if obj is None else obj.mask
 
     @property
     def clicks(self) -> list:
-        return [] if self.model is None else self.model.clicks
+        obj = self.current
+        return [] if obj is None else [(c.mode, c.point) for c in obj.clicks]
+
+    def structures(self) -> HierarchyStructures:
+        w = self.w
+        per_slice = bool(self.model is not None and self.model.per_slice)
+        return HierarchyStructures(lambda z: w.results[0 if not per_slice else z].hierarchy,
+                                   per_slice, persistent_for=w.persistent_map)
+
+    def _click_level(self) -> Optional[int]:
+        w = self.w
+        return None if w.persistent_check.isChecked() else int(w.level)
 
     # ---------------------------------------------------------------- mouse
     def on_mouse(self, layer, event):
@@ -89,9 +120,10 @@ class Objects:
         return first_hit(lambda idx: np.asarray(shown[tuple(idx.T)]) != 0, start, end,
                          shown.shape)
 
-    # ---------------------------------------------------------------- click
+    # ------------------------------------------------------------- changes
     def click(self, point, mode: str = "replace") -> bool:
-        """Binarise at ``point`` (data coordinates of the result layers). False if outside."""
+        """Write the structure at ``point`` (data coordinates of the result layers) into
+        the current object. False if outside."""
         w = self.w
         if mode not in ("replace", "add", "remove"):
             raise InputError(f"mode must be 'replace', 'add' or 'remove', not {mode!r}.")
@@ -103,30 +135,177 @@ class Objects:
             return False
         if self.model.per_slice and idx[0] not in w.results:
             return False
-        self.model.click(w.cluster_labels, idx, mode)
+        self.model.click(self.structures(), idx, mode, self._click_level())
+        self.show()
+        return True
+
+    def step(self, step: int) -> bool:
+        """Grow (+1) or shrink (-1) each clicked structure of the current object along
+        its own lineage (the global slider stays). False when nothing moves."""
+        if self.model is None or self.current is None or not self.w.results:
+            return False
+        moved = self.model.step(self.structures(), int(step))
+        if moved:
+            self.show()
+        else:
+            self.w.progress_label.setText(
+                "Nothing to " + ("grow: the structure is the whole image." if step > 0 else
+                                 "shrink: the structure is the finest.") if self.current.clicks
+                else "Click a structure first.")
+        return moved
+
+    def new_object(self, name: Optional[str] = None) -> Optional[int]:
+        if self.model is None:
+            self.w._notify("error", "Segment an image (or open a session) first.")
+            return None
+        i = self.model.new_object(name)
+        self.show()
+        return i
+
+    def delete(self, label_id: Optional[int] = None) -> bool:
+        if self.model is None:
+            return False
+        ok = self.model.delete(self.model.current_id if label_id is None else int(label_id))
+        if ok:
+            self.show()
+        return ok
+
+    def rename(self, label_id: int, name: str) -> None:
+        if self.model is not None:
+            self.model.rename(int(label_id), str(name))
+            self.show()
+
+    def select(self, label_id: int) -> None:
+        if self.model is not None and self.model.get(int(label_id)) is not None:
+            self.model.select(int(label_id))
+            self.show()
+
+    def undo(self) -> bool:
+        if self.model is None or not self.model.undo():
+            return False
+        self.show()
+        return True
+
+    def redo(self) -> bool:
+        if self.model is None or not self.model.redo():
+            return False
         self.show()
         return True
 
     def replay(self) -> None:
-        """Replay the stored clicks at the current level ("mask follows slider")."""
-        if self.model is None or not self.model.clicks:
+        """The current object's clicks at the current level ("mask follows slider")."""
+        if self.model is None or self.current is None or not self.current.clicks:
             return
-        w = self.w
-        self.model.replay(w.cluster_labels,
-                          (lambda p: p[0] in w.results) if self.model.per_slice else
-                          (lambda p: True))
-        self.show()
+        if self.model.relevel(self.structures(), self._click_level()):
+            self.show()
 
-    # ----------------------------------------------------------------- layer
-    def show(self) -> None:
-        """Put the mask into the "CUTS mask" layer (made on first use) and the size label."""
+    # ---------------------------------------------------------------- keys
+    def bind_keys(self, layers=()) -> None:
+        """ctrl+z, ctrl+shift+z, [ and ] on the viewer and on ``layers`` (the active
+        layer's key map comes first in napari: a Labels layer binds ctrl+z and [ ])."""
         w = self.w
-        mask = self.model.mask
-        if self.layer is None or self.layer not in w.viewer.layers:
+
+        def action(name):
+            def run(*_args):
+                try:
+                    {"undo": w.undo, "redo": w.redo, "grow": w.grow,
+                     "shrink": w.shrink}[name]()
+                except RuntimeError:    # the widget is gone
+                    pass
+            run.__name__ = f"napari_cuts_{name}"
+            return run
+
+        for target in (w.viewer, *layers):
+            if target is None or any(t is target for t in self._keyed):
+                continue
+            for key, name in KEYS.items():
+                try:
+                    target.bind_key(key, action(name), overwrite=True)
+                except Exception:  # noqa: BLE001 - a missing binding is not fatal
+                    pass
+            self._keyed.append(target)
+
+    # ----------------------------------------------------------------- layers
+    def _layer_gone(self, layer) -> bool:
+        return layer is None or layer not in self.w.viewer.layers
+
+    def adopt_labels_layer(self, layer) -> None:
+        """Use ``layer`` (a "CUTS labels" layer read from a session) as the labels layer."""
+        self.labels_layer = layer
+        self.w._hook(layer)
+        self.bind_keys([layer])
+
+    def show(self) -> None:
+        """Put the objects into the layers (made on first use), the list and the labels."""
+        w = self.w
+        if self.model is None:
+            return
+        self._show_labels()
+        self._show_mask()
+        w.view3d.mask_changed()
+        obj = self.current
+        stats = self.stats()
+        physical = w._has_physical_scale()
+        who = f"{obj.name} (id {obj.id})" if obj is not None else "Mask"
+        if obj is None or obj.mask is None:
+            w.area_label.setText(f"{who}: empty")
+        elif w.source.volume:
+            w.area_label.setText(f"{who}: {stats['pixels']} voxels"
+                                 + (f", {stats['ml']:.2f} mL" if physical else ""))
+        else:
+            w.area_label.setText(f"{who}: {stats['pixels']} pixels"
+                                 + (f", {stats['mm2']:.2f} mm\u00b2" if physical else ""))
+        w.object_list.show_objects(self)
+        w._recolor_phate()
+        w._update_buttons()
+
+    def _show_labels(self) -> None:
+        w = self.w
+        model = self.model
+        dtype = model.label_dtype()
+        if self._layer_gone(self.labels_layer):
+            if not model.objects:
+                return
+            self.labels_layer = w.viewer.add_labels(model.labels(), name=LABELS_NAME,
+                                                    opacity=0.55, **w._geometry())
+            w._hook(self.labels_layer)
+            self.bind_keys([self.labels_layer])
+            w.view3d.style_levels(self.labels_layer)
+            w.viewer.layers.selection.active = w.levels_layer
+        else:
+            data = self.labels_layer.data
+            if isinstance(data, np.ndarray) and data.shape == model.shape and data.dtype == dtype:
+                model.labels(out=data)     # in place: no new layer data
+                self.labels_layer.refresh()
+            else:
+                self.labels_layer.data = model.labels()
+        self._colour_labels()
+
+    def _colour_labels(self) -> None:
+        try:
+            from napari.utils.colormaps import DirectLabelColormap
+
+            colours = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+            colours.update({o.id: tuple(o.colour) for o in self.model.objects})
+            self.labels_layer.colormap = DirectLabelColormap(color_dict=colours)
+        except Exception:  # noqa: BLE001 - cosmetic only
+            pass
+
+    def _show_mask(self) -> None:
+        w = self.w
+        obj = self.current
+        if obj is None or obj.mask is None:
+            mask = np.zeros(self.model.shape, bool)
+            if self._layer_gone(self.layer):
+                return
+        else:
+            mask = obj.mask
+        if self._layer_gone(self.layer):
             self.layer = w.viewer.add_labels(mask.astype(np.uint8), name=MASK_NAME,
                                              opacity=0.7, **w._geometry())
             single_colour(self.layer)
             w._hook(self.layer)
+            self.bind_keys([self.layer])
             w.view3d.style_mask(self.layer)
             w.view3d.sync_image()
             # keep clicks going to the levels layer, not the new mask layer
@@ -138,23 +317,13 @@ class Objects:
                 self.layer.refresh()
             else:
                 self.layer.data = mask.astype(np.uint8)
-        w.view3d.mask_changed()
-        stats = self.stats()
-        physical = w._has_physical_scale()
-        if w.source.volume:
-            w.area_label.setText(f"Mask: {stats['pixels']} voxels"
-                                 + (f", {stats['ml']:.2f} mL" if physical else ""))
-        else:
-            w.area_label.setText(f"Mask: {stats['pixels']} pixels"
-                                 + (f", {stats['mm2']:.2f} mm\u00b2" if physical else ""))
-        w._recolor_phate()
-        w._update_buttons()
 
-    def stats(self) -> dict:
-        """Mask size: ``pixels``, and ``mm2`` (2D) or ``ml`` (3D) from the layer scale."""
+    def stats(self, label_id: Optional[int] = None) -> dict:
+        """Size of an object's own mask (the current one by default): ``pixels``, and
+        ``mm2`` (2D) or ``ml`` (3D) from the layer scale."""
         w = self.w
         scale = w.levels_layer.scale if w.levels_layer is not None else (1.0, 1.0, 1.0)
         volume = w.source is not None and w.source.volume
-        if self.model is None:
-            return {"pixels": 0, "ml" if volume else "mm2": 0.0}
-        return self.model.stats(scale, volume)
+        obj = None if self.model is None else self.model.get(
+            self.model.current_id if label_id is None else label_id)
+        return measure(None if obj is None else obj.mask, scale, volume)

@@ -22,8 +22,15 @@ view (:mod:`.view3d`), export (:mod:`.export`) and the PHATE view (:mod:`.phate`
   shift-click adds, alt-click (or ctrl-click) removes. The mask stays put when the
   slider moves, unless "mask follows slider" is on. The size is shown in mm\u00b2 or mL
   from the layer's scale.
+- Objects (:mod:`.clicks`, :mod:`.objects`, :mod:`.objectlist`): "New object" starts
+  the next label id, clicks write into the selected object; "CUTS labels" shows every
+  object (later on top), "CUTS mask" the selected one; grow ``]`` / shrink ``[`` walk
+  each clicked structure along its own lineage; ctrl+z / ctrl+shift+z undo and redo.
 - Export writes the mask or the labels through the plugin's npe2 writer: NIfTI keeps
-  the source geometry, PNG is 0/255 for a mask.
+  the source geometry, PNG is 0/255 for a mask; "objects" is one label map keeping the
+  ids (names in a JSON beside it), or a DICOM SEG with one segment per object.
+- Sessions (:mod:`.session`): "Save session" writes a folder that the plugin's reader
+  opens again as image, levels and labels; the widget adopts those layers.
 
 For tests: ``widget.run_sync = True`` runs jobs on the calling thread; the methods
 :meth:`CutsWidget.train`, :meth:`~CutsWidget.segment`, :meth:`~CutsWidget.load_weights`,
@@ -44,6 +51,7 @@ from qtpy.QtWidgets import QFileDialog, QWidget
 from .. import pipeline
 from . import export as _export
 from .clicks import Objects
+from .session import Sessions
 from .jobs import JobRunner
 from .model import LevelsDisplay
 from .settings import (DEVICES, LEVELS_NAME, MASK_NAME, NO_IMAGE_HINT, UNITS,  # noqa: F401
@@ -72,6 +80,7 @@ class CutsWidget(QWidget):
         self._display_persistent: Optional[LevelsDisplay] = None
         self._labels_cache: Optional[tuple] = None     # (key, labels of the shown level)
         self.objects = Objects(self)
+        self.sessions = Sessions(self)
         self.level = 0                            # hierarchy level, 0 = finest
         self.shown_clusters: Optional[int] = None
         self.last_message: Optional[tuple[str, str]] = None
@@ -90,6 +99,8 @@ class CutsWidget(QWidget):
         except Exception:  # noqa: BLE001 - a constructor never raises
             log.exception("napari-cuts: could not follow the layer list")
         self._refresh_layers()
+        self.objects.bind_keys()
+
     # ------------------------------------------------------------- settings
     @property
     def settings(self) -> Settings:
@@ -129,6 +140,83 @@ class CutsWidget(QWidget):
 
     def _on_mouse(self, layer, event):
         return self.objects.on_mouse(layer, event)
+
+    # ------------------------------------------------------------- objects
+    def new_object(self, name: Optional[str] = None) -> Optional[int]:
+        """Start the next object (the next label id); clicks then write into it."""
+        return self.objects.new_object(name)
+
+    def delete_object(self, label_id: Optional[int] = None) -> bool:
+        """Delete an object (the selected one by default)."""
+        return self.objects.delete(label_id)
+
+    def rename_object(self, label_id: int, name: str) -> None:
+        self.objects.rename(label_id, name)
+
+    def select_object(self, label_id: int) -> None:
+        """Make ``label_id`` the object that clicks write into."""
+        self.objects.select(label_id)
+
+    def grow(self) -> bool:
+        """Each clicked structure of the selected object one step up its lineage."""
+        return self.objects.step(+1)
+
+    def shrink(self) -> bool:
+        """Each clicked structure of the selected object one step down its lineage."""
+        return self.objects.step(-1)
+
+    def undo(self) -> bool:
+        """Undo the last change of the objects (labels and list together)."""
+        return self.objects.undo()
+
+    def redo(self) -> bool:
+        return self.objects.redo()
+
+    @property
+    def labels_layer(self):
+        """The "CUTS labels" layer (every object), or None."""
+        return self.objects.labels_layer
+
+    def persistent_map(self, i: int = 0) -> np.ndarray:
+        """The persistent structures of hierarchy ``i`` (cached)."""
+        if self.source is not None and self.source.one_volume:
+            i = 0
+        if i not in self._persistent:
+            self._persistent[i] = np.asarray(self.results[i].hierarchy.persistent())
+        return self._persistent[i]
+
+    # ------------------------------------------------------------- sessions
+    def save_session(self, folder) -> Optional[Path]:
+        """Write a session folder (hierarchy, encoder, objects, labels, source, geometry)
+        that opens again through the plugin's reader; None on failure."""
+        return self.sessions.save(folder)
+
+    def _save_session_dialog(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Save session into folder")
+        if path:
+            self.save_session(path)
+
+    def adopt_results(self, res, display, level: int, levels_layer, persistent: bool) -> None:
+        """Show a hierarchy read from disk (a session) in ``levels_layer``, as if it had
+        just been segmented: slider, clicks and objects work at once."""
+        self.results = {0: res}
+        self.display = display
+        self.level = int(level)
+        self.objects.reset(self._result_shape(), per_slice=False)
+        self.levels_layer = levels_layer
+        if self.source.one_volume:
+            self.view3d.style_levels(levels_layer)
+        self._hook(self.source.layer)
+        self._hook(levels_layer)
+        self.objects.bind_keys([levels_layer])
+        self.viewer.layers.selection.active = levels_layer
+        self._sync_slider()
+        self.persistent_check.blockSignals(True)
+        self.persistent_check.setChecked(bool(persistent))
+        self.persistent_check.blockSignals(False)
+        self._apply_level()
+        self.view3d.sync_image()
+        self.objects.show()
 
     def mask_stats(self) -> dict:
         """Mask size: ``pixels``, and ``mm2`` (2D) or ``ml`` (3D) from the layer scale."""
@@ -181,7 +269,13 @@ class CutsWidget(QWidget):
             self.image_combo.blockSignals(False)
             self._update_buttons()
         except RuntimeError:  # the widget is gone; napari still held the callback
+            return
+        try:
+            self.sessions.scan()
+        except RuntimeError:
             pass
+        except Exception:  # noqa: BLE001 - a layer event never raises
+            log.exception("napari-cuts: could not adopt a session's layers")
 
     @property
     def image_layer(self):
@@ -197,11 +291,24 @@ class CutsWidget(QWidget):
         has_image = self.image_layer is not None
         has_result = bool(self.results)
         self.hint.setVisible(not has_image)
+        model = self.objects.model
+        cur = self.objects.current
+        ol = self.object_list
+        ol.new_btn.setEnabled(has_result and not busy)
+        ol.delete_btn.setEnabled(cur is not None and not busy)
+        ol.grow_btn.setEnabled(cur is not None and bool(cur.clicks) and not busy)
+        ol.shrink_btn.setEnabled(cur is not None and bool(cur.clicks) and not busy)
+        ol.undo_btn.setEnabled(model is not None and model.can_undo and not busy)
+        ol.redo_btn.setEnabled(model is not None and model.can_redo and not busy)
+        ol.export_btn.setEnabled(model is not None and any(o.mask is not None
+                                                           for o in model.objects))
+        ol.session_btn.setEnabled(has_result and not busy)
         self.image_combo.setEnabled(not busy)
         self.train_btn.setEnabled(has_image and not busy)
         self.segment_btn.setEnabled(has_image and not busy)
         self.load_btn.setEnabled(not busy)
-        self.save_btn.setEnabled(self.encoder is not None and not busy)
+        self.save_btn.setEnabled((self.encoder is not None
+                                  or self.sessions.encoder_path is not None) and not busy)
         self.cancel_btn.setEnabled(busy)
         self.slider.setEnabled(has_result and not self.persistent_check.isChecked())
         self.persistent_check.setEnabled(has_result)
@@ -369,7 +476,7 @@ class CutsWidget(QWidget):
 
     def save_weights(self, path) -> bool:
         """Save the current encoder to ``path``."""
-        if self.encoder is None:
+        if self.sessions.resolve_encoder() is None:
             self._notify("error", "No encoder to save: Train one first.")
             return False
         try:
@@ -412,7 +519,7 @@ class CutsWidget(QWidget):
         if src is None:
             return False
         s = self.settings
-        enc = self.encoder
+        enc = self.sessions.resolve_encoder()
         problem = self._check_encoder(enc, src)
         if problem:
             self._notify("error", problem)
@@ -486,7 +593,7 @@ class CutsWidget(QWidget):
         self._labels_cache = None
         self._phate = None
         self.phate_panel.clear()
-        for lay in (self.levels_layer, self.mask_layer):
+        for lay in (self.levels_layer, self.mask_layer, self.objects.labels_layer):
             if lay is not None and lay in self.viewer.layers:
                 self.viewer.layers.remove(lay)
         self.levels_layer = None
@@ -561,6 +668,7 @@ class CutsWidget(QWidget):
             self.view3d.style_levels(self.levels_layer)
         self._hook(src.layer)
         self._hook(self.levels_layer)
+        self.objects.bind_keys([self.levels_layer])
         self.viewer.layers.selection.active = self.levels_layer
 
     def _hook(self, layer) -> None:
@@ -597,9 +705,7 @@ class CutsWidget(QWidget):
         if self._labels_cache is not None and self._labels_cache[0] == key:
             return self._labels_cache[1]
         if key[1] == "persistent":
-            if i not in self._persistent:
-                self._persistent[i] = np.asarray(hier.persistent())
-            lab = self._persistent[i]
+            lab = self.persistent_map(i)
         else:
             lab = np.asarray(hier.labels(key[1]))
         self._labels_cache = (key, lab)
@@ -720,6 +826,10 @@ class CutsWidget(QWidget):
             self._notify("error", "Segment an image first.")
             return False
         s = self.settings
+        if any(r.embeddings is None for r in self.results.values()):
+            self._notify("error", "The PHATE view needs the embeddings, which a session does "
+                                  "not keep: Segment again to compute them.")
+            return False
         if self.source.one_volume:
             res = self.results[0]
             pz, py, px = res.pool

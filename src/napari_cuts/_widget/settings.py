@@ -16,6 +16,7 @@ from ..errors import InputError
 
 LEVELS_NAME = "CUTS levels"
 MASK_NAME = "CUTS mask"
+LABELS_NAME = "CUTS labels"
 UNITS = ("epochs", "seconds", "minutes")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 NO_IMAGE_HINT = ("Open an image to start (File > Open, or File > Open Sample > "

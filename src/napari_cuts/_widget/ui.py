@@ -15,6 +15,7 @@ def build_controls(w) -> None:
     methods (``w.train``, ``w.segment``, ``w.cancel``, ...)."""
     from superqt import QCollapsible
 
+    from .objectlist import ObjectList
     from .phate import PhatePanel
 
     root = QVBoxLayout(w)
@@ -104,7 +105,9 @@ def build_controls(w) -> None:
     rl.addWidget(w.persistent_check)
     rl.addWidget(w.background_check)
     rl.addWidget(w.follow_check)
-    help_ = QLabel("Click (a slice, or the volume in 3D): cluster -> mask; shift-click: add; alt/ctrl-click: remove.")
+    help_ = QLabel("Click (a slice, or the volume in 3D): the structure -> the selected "
+                   "object; shift-click: add; alt/ctrl-click: remove; ] grow, [ shrink, "
+                   "ctrl+z undo.")
     help_.setWordWrap(True)
     rl.addWidget(help_)
     w.area_label = QLabel("Mask: empty")
@@ -116,6 +119,12 @@ def build_controls(w) -> None:
     row.addWidget(w.export_labels_btn)
     rl.addLayout(row)
     root.addWidget(res)
+
+    objs = QGroupBox("Objects")
+    ol = QVBoxLayout(objs)
+    w.object_list = ObjectList(w)
+    ol.addWidget(w.object_list)
+    root.addWidget(objs)
 
     w.phate_section = QCollapsible("PHATE view of the embeddings")
     inner = QWidget()

@@ -17,17 +17,25 @@ from .pictures import read_one, read_stack, stack_files
 def is_supported(path) -> bool:
     """True for a path the readers take: a supported extension, a DICOM file without
     one (``DICM`` magic), a folder that holds DICOM files, or a folder of PNG/TIFF
-    pictures (a stack). Never raises."""
+    pictures (a stack), or a napari-cuts session / ``segment`` output folder (which the
+    napari reader opens as a session, never as a stack of its PNG figures). Never raises."""
     try:
         p = as_path(path)
         if p.is_dir():
-            return looks_like_dicom_folder(p) or bool(stack_files(p))
+            return (_is_session(p) or looks_like_dicom_folder(p)
+                    or bool(stack_files(p)))
         ext = extension(p)
         if ext in SUPPORTED_EXTENSIONS or ext in DICOM_EXTS:
             return True
         return p.is_file() and has_dicm_magic(p)
     except Exception:  # noqa: BLE001 - a yes/no question never raises
         return False
+
+
+def _is_session(p) -> bool:
+    from ..session import is_session_folder
+
+    return is_session_folder(p)
 
 
 def read_image(path) -> ImageData:
@@ -59,6 +67,11 @@ def _read(path, *, all_series: bool) -> list[ImageData]:
         if p.is_dir():
             if p.name.lower().endswith(SUPPORTED_EXTENSIONS):
                 raise ReadError(f"{p} is a folder, not a file. Give the image file inside it.")
+            if _is_session(p):
+                raise ReadError(
+                    f"{p} is a napari-cuts session (or segment output) folder, not an image: "
+                    "open it in napari (File > Open Folder) to get the image, levels and "
+                    "objects back, or give the image it was made on.")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if looks_like_dicom_folder(p) or not stack_files(p):

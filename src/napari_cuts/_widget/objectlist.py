@@ -1,0 +1,131 @@
+"""The object list of the CUTS dock widget (Qt only; the objects live in the model).
+
+One row per object: its colour and name (double-click to rename), label id, level (of
+its clicked structures: "12", or "10-12" when they sit at several levels) and size (mm\u00b2
+or mL where the image has a voxel size, else pixels). The selected row is the object
+that clicks write into. Buttons: New object, Delete, Shrink ``[``, Grow ``]``, Undo,
+Redo, Export objects..., Save session...
+"""
+
+from __future__ import annotations
+
+from qtpy.QtGui import QColor, QIcon, QPixmap
+from qtpy.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QPushButton,
+                            QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+COLUMNS = ("Object", "Id", "Level", "Size")
+
+
+def _icon(rgba) -> QIcon:
+    pm = QPixmap(12, 12)
+    pm.fill(QColor.fromRgbF(*[float(v) for v in rgba]))
+    return QIcon(pm)
+
+
+class ObjectList(QWidget):
+    """Table of objects and its buttons; ``w`` is the CUTS widget (its methods act)."""
+
+    def __init__(self, w, parent=None) -> None:
+        super().__init__(parent)
+        self.w = w
+        self._filling = False
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.setMaximumHeight(150)
+        self.table.itemChanged.connect(self._on_item_changed)
+        self.table.itemSelectionChanged.connect(self._on_selection)
+        lay.addWidget(self.table)
+
+        def button(text, tip, slot):
+            b = QPushButton(text)
+            b.setToolTip(tip)
+            b.clicked.connect(lambda *_: slot())
+            return b
+
+        self.new_btn = button("New object", "Start the next object (the next label id); "
+                              "clicks then write into it.", w.new_object)
+        self.delete_btn = button("Delete", "Delete the selected object.", w.delete_object)
+        self.shrink_btn = button("Shrink [", "Each clicked structure of the object one step "
+                                 "down its lineage: the largest strictly smaller structure "
+                                 "that holds the click (key [).", w.shrink)
+        self.grow_btn = button("Grow ]", "Each clicked structure of the object one step up "
+                               "its lineage: the next merge that holds the click (key ]).",
+                               w.grow)
+        self.undo_btn = button("Undo", "Undo the last change (ctrl+z).", w.undo)
+        self.redo_btn = button("Redo", "Redo (ctrl+shift+z).", w.redo)
+        self.export_btn = button("Export objects...", "All objects as one label map keeping "
+                                 "their ids (NIfTI or PNG, names in a JSON beside it), or a "
+                                 "DICOM SEG with one segment per object.",
+                                 lambda: w._export_dialog("objects"))
+        self.session_btn = button("Save session...", "Write a folder that reopens through "
+                                  "File > Open: image, levels, objects, without recomputing.",
+                                  w._save_session_dialog)
+        for group in ((self.new_btn, self.delete_btn, self.shrink_btn, self.grow_btn),
+                      (self.undo_btn, self.redo_btn, self.export_btn, self.session_btn)):
+            row = QHBoxLayout()
+            for b in group:
+                row.addWidget(b)
+            lay.addLayout(row)
+
+    # ------------------------------------------------------------------ rows
+    def show_objects(self, objects) -> None:
+        """Fill the table from ``objects`` (the widget's :class:`Objects` part)."""
+        model = objects.model
+        self._filling = True
+        try:
+            self.table.setRowCount(0 if model is None else len(model.objects))
+            if model is None:
+                return
+            physical = self.w._has_physical_scale() if self.w.source is not None else False
+            volume = self.w.source is not None and self.w.source.volume
+            for r, obj in enumerate(model.objects):
+                st = objects.stats(obj.id)
+                if physical:
+                    size = f"{st['ml']:.2f} mL" if volume else f"{st['mm2']:.1f} mm\u00b2"
+                else:
+                    size = f"{st['pixels']} px"
+                name = QTableWidgetItem(_icon(obj.colour), obj.name)
+                self.table.setItem(r, 0, name)
+                for c, text in enumerate((str(obj.id), obj.level_text(), size), start=1):
+                    it = QTableWidgetItem(text)
+                    it.setFlags(it.flags() & ~_editable())
+                    self.table.setItem(r, c, it)
+                if obj.id == model.current_id:
+                    self.table.selectRow(r)
+        finally:
+            self._filling = False
+
+    def row_text(self, row: int) -> tuple:
+        return tuple(self.table.item(row, c).text() for c in range(len(COLUMNS)))
+
+    def _id_at(self, row: int):
+        it = self.table.item(row, 1)
+        return int(it.text()) if it is not None else None
+
+    def _on_item_changed(self, item) -> None:
+        if self._filling or item.column() != 0:
+            return
+        i = self._id_at(item.row())
+        if i is not None:
+            self.w.rename_object(i, item.text())
+
+    def _on_selection(self) -> None:
+        if self._filling:
+            return
+        rows = {ix.row() for ix in self.table.selectedIndexes()}
+        if len(rows) == 1:
+            i = self._id_at(rows.pop())
+            if i is not None:
+                self.w.select_object(i)
+
+
+def _editable():
+    from qtpy.QtCore import Qt
+
+    return Qt.ItemFlag.ItemIsEditable

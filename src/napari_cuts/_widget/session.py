@@ -1,0 +1,213 @@
+"""Sessions in the CUTS dock widget: "Save session", and picking up a session's layers.
+
+:meth:`Sessions.save` writes a session folder through :mod:`napari_cuts.session` (the
+hierarchy, the encoder, the objects with their clicks and levels, the labels, the
+source path with its size and hash, the geometry). The plugin's reader opens such a
+folder (or a ``napari-cuts segment`` output folder) as the image, a "CUTS levels"
+layer whose metadata says where the hierarchy is (:data:`LEVELS_KEY`) and a "CUTS
+labels" layer with the objects in its metadata (:data:`OBJECTS_KEY`).
+:meth:`Sessions.scan` (run when the widget is made and whenever a layer is added)
+finds such a levels layer and adopts it: the hierarchy is loaded (shared with the
+reader through :func:`napari_cuts.session.load_hierarchy`), the image layer chosen, and
+slider, grow/shrink and the object list work at once, without training or condensing.
+The encoder weights are loaded only when something needs them (Segment, Save weights).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import CutsError
+
+log = logging.getLogger(__name__)
+
+#: Metadata key of a levels layer read from a session (folder, hierarchy path, level).
+LEVELS_KEY = "napari_cuts_levels"
+#: Metadata key of a labels layer read from a session (objects, current id, folder).
+OBJECTS_KEY = "napari_cuts_objects"
+
+
+def _jsonable_metadata(md: dict) -> dict:
+    """The parts of a layer's metadata that a session keeps (its geometry and source)."""
+    keep = {}
+    for k, v in (md or {}).items():
+        if k in (LEVELS_KEY, OBJECTS_KEY, "napari_cuts"):
+            continue
+        if isinstance(v, (str, int, float, bool, type(None), list, tuple, dict)):
+            keep[k] = v
+    return keep
+
+
+class Sessions:
+    """Save and adopt sessions for widget ``w``."""
+
+    def __init__(self, w) -> None:
+        self.w = w
+        self.folder: Optional[Path] = None          # the session the results came from
+        self.hierarchy_file: Optional[Path] = None  # its hierarchy.npz (copied on save)
+        self.encoder_path: Optional[Path] = None    # weights not loaded yet
+        self._adopted: list = []
+
+    # ------------------------------------------------------------------ save
+    def save(self, folder) -> Optional[Path]:
+        """Write the session to ``folder``; None after a notification on failure."""
+        from .. import session as core
+
+        w = self.w
+        if not w.results or w.source is None:
+            w._notify("error", "Nothing to save: segment an image (or open a session) first.")
+            return None
+        if w.source.volume and not w.source.one_volume:
+            w._notify("error", "Sessions hold one hierarchy: a stack of colour images "
+                               "segmented image by image cannot be saved as a session yet.")
+            return None
+        lay = w.source.layer
+        md = dict(lay.metadata or {})
+        src = md.get("source")
+        model = w.objects.model
+        masks = {o.id: o.mask for o in model.objects if o.mask is not None} if model else {}
+        labels = model.labels() if model is not None and model.objects else None
+        geometry = {"scale": [float(v) for v in lay.scale],
+                    "translate": [float(v) for v in lay.translate],
+                    "affine": np.asarray(lay.affine.affine_matrix, float).tolist(),
+                    "metadata": _jsonable_metadata(md)}
+        data = lay.data[0] if getattr(lay, "multiscale", False) else lay.data
+        try:
+            out = core.write_session(
+                folder, hierarchy=w.results[0].hierarchy,
+                objects=model.to_json() if model is not None else [], labels=labels,
+                masks=masks, encoder=w.encoder if w.encoder is not None else self.encoder_path,
+                source_path=src if src and Path(str(src)).exists() else None,
+                source_shape=tuple(data.shape), geometry=geometry,
+                level=None if w.persistent_check.isChecked() else int(w.level),
+                persistent=w.persistent_check.isChecked(),
+                current=None if model is None else model.current_id,
+                hierarchy_file=self.hierarchy_file, kind=w.source.kind)
+        except CutsError as exc:
+            w._notify("error", str(exc))
+            return None
+        if not (src and Path(str(src)).exists()):
+            w._notify("warning", f"Session saved to {out}, but layer '{lay.name}' was not read "
+                                 "from a file: open the image first, then the session folder.")
+        else:
+            w._notify("info", f"Session saved to {out}")
+        self.folder = Path(out)
+        self.hierarchy_file = Path(out) / core.HIERARCHY
+        return Path(out)
+
+    # ----------------------------------------------------------------- adopt
+    def scan(self) -> bool:
+        """Adopt a session's levels layer (and its labels layer) found in the viewer."""
+        w = self.w
+        done = False
+        for lay in list(w.viewer.layers):
+            md = getattr(lay, "metadata", None) or {}
+            if LEVELS_KEY in md and not any(lay is a for a in self._adopted) \
+                    and lay is not w.levels_layer:
+                done = self.adopt(lay) or done
+            elif OBJECTS_KEY in md and not any(lay is a for a in self._adopted) \
+                    and self.folder is not None \
+                    and Path(md[OBJECTS_KEY].get("folder", "")) == self.folder \
+                    and w.objects.model is not None:
+                self._adopt_labels(lay)
+                done = True
+        return done
+
+    def _image_for(self, hier, info: dict):
+        from napari.layers import Image
+
+        want = tuple(hier.shape)
+        cands = []
+        for lay in self.w.viewer.layers:
+            if not isinstance(lay, Image):
+                continue
+            data = lay.data[0] if getattr(lay, "multiscale", False) else lay.data
+            spatial = tuple(data.shape[:-1]) if getattr(lay, "rgb", False) else tuple(data.shape)
+            if spatial == want:
+                cands.append(lay)
+        src = info.get("source")
+        same = [c for c in cands if src and (c.metadata or {}).get("source") == src]
+        return (same or cands or [None])[0]
+
+    def adopt(self, levels_layer) -> bool:
+        """Take a session's levels layer: its hierarchy, image, level and objects."""
+        from .. import session as core
+        from ..pipeline import SegmentResult
+        from .model import LevelsDisplay
+        from .settings import default_level, source_from_layer
+
+        w = self.w
+        info = dict(levels_layer.metadata.get(LEVELS_KEY) or {})
+        self._adopted.append(levels_layer)
+        try:
+            hier = core.load_hierarchy(info["hierarchy"])
+        except (CutsError, KeyError) as exc:
+            w._notify("error", f"napari-cuts: cannot use layer '{levels_layer.name}': {exc}")
+            return False
+        image = self._image_for(hier, info)
+        if image is None:
+            w._notify("error", f"napari-cuts: the session {info.get('folder')} needs its image "
+                               f"({info.get('source') or 'the image it was made on'}, "
+                               f"{' x '.join(map(str, hier.shape))}): open the image first "
+                               "(File > Open), then the session folder.")
+            return False
+        w.image_combo.setCurrentText(image.name)
+        try:
+            src = source_from_layer(image)
+        except CutsError as exc:
+            w._notify("error", str(exc))
+            return False
+        if len(hier.shape) == 3 and not src.one_volume:
+            w._notify("error", f"the session's hierarchy is 3D but layer '{image.name}' is not "
+                               "a grey volume.")
+            return False
+        w._reset_results(src)
+        self.folder = Path(info["folder"]) if info.get("folder") else None
+        self.hierarchy_file = Path(info["hierarchy"])
+        self.encoder_path = Path(info["encoder"]) if info.get("encoder") else None
+        res = SegmentResult(hier, None, 1, [], {})
+        level = info.get("level")
+        if level is None:
+            level = default_level(np.asarray(hier.n_clusters))
+        level = int(np.clip(int(level), 0, hier.n_levels - 1))
+        display = LevelsDisplay.from_hierarchy(hier) if src.one_volume else None
+        w.adopt_results(res, display, level, levels_layer, bool(info.get("persistent")))
+        for lay in list(w.viewer.layers):
+            md = getattr(lay, "metadata", None) or {}
+            if OBJECTS_KEY in md and Path(md[OBJECTS_KEY].get("folder", "")) == self.folder:
+                self._adopt_labels(lay)
+                break
+        w.progress_label.setText(f"Session {self.folder.name if self.folder else ''}: "
+                                 "levels and objects loaded, nothing recomputed.")
+        return True
+
+    def _adopt_labels(self, layer) -> None:
+        from .. import session as core
+
+        w = self.w
+        self._adopted.append(layer)
+        rec = dict(layer.metadata.get(OBJECTS_KEY) or {})
+        model = w.objects.model
+        masks = None
+        if self.folder is not None and (self.folder / core.MASKS).is_file():
+            try:
+                masks = core.read_session(self.folder).masks(model.shape)
+            except CutsError as exc:
+                w._notify("warning", f"{exc} The objects are rebuilt from their clicks.")
+        model.load(rec.get("objects") or [], masks, w.objects.structures(),
+                   rec.get("current"))
+        w.objects.adopt_labels_layer(layer)
+        w.objects.show()
+
+    def resolve_encoder(self):
+        """Load the session's encoder weights now (None if there are none)."""
+        w = self.w
+        if w.encoder is None and self.encoder_path is not None:
+            path, self.encoder_path = self.encoder_path, None
+            if w.load_weights(path):
+                return w.encoder
+        return w.encoder
