@@ -155,7 +155,9 @@ def test_full_run_on_retina_layout(retina_dir, tmp_path, cuts_backend):
                            progress=lambda d, t, m: calls.append((d, t, m)))
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(res))
-    assert set(on_disk["methods"]) == set(E.METHODS)
+    # the default rows: every method but the ablation rows (--ablation adds them)
+    assert set(on_disk["methods"]) == set(E.METHODS) - set(E.ABLATION_METHODS)
+    assert "cuts_click_refined" in on_disk["methods"]
     for name, r in on_disk["methods"].items():
         for k in METRICS:
             assert k in r and f"{k}_sem" in r, (name, k)
@@ -166,7 +168,7 @@ def test_full_run_on_retina_layout(retina_dir, tmp_path, cuts_backend):
     # the oracle level is at least as good as any single-map label hint
     assert m["cuts_best"]["dice"] >= m["cuts_persistent"]["dice"] - 1e-9
     md = (out / "results.md").read_text()
-    for name in E.METHODS:
+    for name in on_disk["methods"]:
         assert E.DISPLAY[name] in md
     assert "0.735" in md  # the paper's figure beside ours
     for fig in ("dice.png", "examples.png"):
@@ -200,3 +202,128 @@ def test_cancel_stops_and_writes_nothing(retina_dir, tmp_path):
     with pytest.raises(Cancelled):
         E.run_evaluation(retina_dir, out, seeds=(1,), methods=["slic", "random"], cancel=cancel)
     assert not (out / "results.json").exists()
+
+
+# --------------------------------------------------------------------------- ablation, refined click
+
+def _np_label_hint_dice(lab, gt):
+    lab = np.asarray(lab).astype(np.int64)
+    m = lab == int(np.argmax(np.bincount(lab[gt])))
+    return 2.0 * np.logical_and(m, gt).sum() / (m.sum() + gt.sum())
+
+
+def _np_dice(m, gt):
+    return 2.0 * np.logical_and(m, gt).sum() / (m.sum() + gt.sum())
+
+
+def _np_innermost(gt):
+    from scipy import ndimage
+
+    d = ndimage.distance_transform_edt(np.pad(gt, 1))[1:-1, 1:-1]
+    return np.unravel_index(int(np.argmax(d)), gt.shape)
+
+
+def test_2d_ablation_rows_come_from_their_own_hierarchies(retina_dir, tmp_path, monkeypatch,
+                                                          cuts_backend, capsys):
+    """``evaluate --ablation`` on 2D images: image_only_* on a hierarchy of
+    segment_image(use_embeddings=False), embedding_only_* on one of image_weight=0, the
+    same oracle and click as the CUTS rows, recomputed here with numpy; and the refined
+    click lies between the click and the best of its <= 7 lineage candidates."""
+    from napari_cuts import pipeline
+    from napari_cuts.cli import main
+
+    calls = []
+    real = pipeline.segment_image
+
+    def spy(encoder, image, **kw):
+        res = real(encoder, image, **kw)
+        calls.append((np.asarray(image).copy(), dict(kw), res.hierarchy))
+        return res
+
+    monkeypatch.setattr(pipeline, "segment_image", spy)
+    out = tmp_path / "abl"
+    rc = main(["evaluate", "--data", str(retina_dir), "--out", str(out), "--seeds", "1",
+               "--epochs", "1", "--ablation", "--methods", "cuts_best", "cuts_click",
+               "cuts_click_refined", *E.ABLATION_METHODS])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["methods"]) == {"cuts_best", "cuts_click", "cuts_click_refined",
+                                   *E.ABLATION_METHODS}
+    md = (out / "results.md").read_text()
+    for name in E.ABLATION_METHODS:
+        assert E.DISPLAY[name] in md
+    rows = {(r["method"], r["image"]): r for r in csv.DictReader(open(out / "per_image.csv"))}
+    ds = E.load_dataset(retina_dir)
+    variant = {"cuts": lambda kw: "use_embeddings" not in kw and "image_weight" not in kw,
+               "image_only": lambda kw: kw.get("use_embeddings") is False,
+               "embedding_only": lambda kw: kw.get("image_weight") == 0}
+    assert len(calls) == 3 * len(ds.samples)  # one hierarchy per image and variant
+    per_method = {m: [] for m in res["methods"]}
+    for smp in ds.samples:
+        gt = smp.mask
+        pt = _np_innermost(gt)
+        for prefix, is_it in variant.items():
+            (hier,) = [h for img, kw, h in calls
+                       if is_it(kw) and img.shape == smp.image.shape and np.allclose(img, smp.image)]
+            meta = hier.metadata
+            assert meta["use_embeddings"] is (prefix != "image_only")
+            if prefix == "embedding_only":
+                assert meta["image_weight"] == 0
+            best = max(_np_label_hint_dice(hier.labels(lv), gt) for lv in range(hier.n_levels))
+            got = float(rows[(f"{prefix}_best", smp.name)]["dice"])
+            assert got == pytest.approx(best, abs=1e-5), (prefix, smp.name)
+            # the click: the persistent map's cluster under the innermost point (2D rule)
+            assert E.CLICK_RULE == "persistent"
+            pers = np.asarray(hier.persistent())
+            click = pers == pers[pt]
+            d_click = _np_dice(click, gt)
+            got_click = float(rows[(f"{prefix}_click", smp.name)]["dice"])
+            assert got_click == pytest.approx(d_click, abs=1e-5), (prefix, smp.name)
+            per_method[f"{prefix}_best"].append(best)
+            per_method[f"{prefix}_click"].append(d_click)
+            if prefix != "cuts":
+                continue
+            # refined: >= the click, and the best of the click and its lineage candidates
+            start = int(rows[("cuts_click", smp.name)]["level"])
+            cands = {start}
+            for step in (+1, -1):
+                lv = start
+                for _ in range(3):
+                    lv = hier.step_level(pt, lv, step)
+                    cands.add(lv)
+            assert len(cands) <= 7
+            cand_d = [_np_dice(hier.labels(lv) == hier.labels(lv)[pt], gt) for lv in cands]
+            refined = float(rows[("cuts_click_refined", smp.name)]["dice"])
+            assert refined >= got_click - 1e-5  # per_image.csv: 6 significant digits
+            assert refined <= max(cand_d + [d_click]) + 1e-6
+            assert refined == pytest.approx(max(cand_d + [d_click]), abs=1e-5)
+            per_method["cuts_click_refined"].append(refined)
+    for m, vals in per_method.items():
+        assert res["methods"][m]["dice"] == pytest.approx(np.mean(vals), abs=1e-6), m
+
+
+def test_refine_candidates_walk_the_lineage():
+    """Candidates: the start level, then up to 3 real merges up and 3 strictly smaller
+    structures down, each a structure holding the click, no repeats."""
+    from napari_cuts.hierarchy import Hierarchy
+
+    # a 1 x 8 strip merged pairwise: 8 -> 4 -> 2 -> 1 clusters, with repeated levels
+    lab = np.array([
+        [[0, 1, 2, 3, 4, 5, 6, 7]],
+        [[0, 1, 2, 3, 4, 5, 6, 7]],
+        [[0, 0, 1, 1, 2, 2, 3, 3]],
+        [[0, 0, 0, 0, 1, 1, 1, 1]],
+        [[0, 0, 0, 0, 1, 1, 1, 1]],
+        [[0, 0, 0, 0, 0, 0, 0, 0]],
+    ])
+    h = Hierarchy.from_labels(lab)
+    pt = (0, 1)
+    levels = E.refine_candidates(h, pt, 2)
+    assert levels[0] == 2 and len(set(levels)) == len(levels)
+    sizes = [int((h.labels(lv) == h.labels(lv)[pt]).sum()) for lv in levels]
+    assert sizes[0] == 2 and sorted(sizes[1:]) == [1, 4, 8]
+    gt = np.zeros((1, 8), bool)
+    gt[0, :4] = True
+    start = h.labels(2) == h.labels(2)[pt]
+    m, info = E.refine_click(h, pt, gt, start, 2)
+    assert m.sum() == 4 and info["setting"].startswith("step +1")

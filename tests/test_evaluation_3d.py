@@ -245,3 +245,39 @@ def test_3d_argument_errors(decathlon_dir, tmp_path):
         E.run_evaluation(decathlon_dir, tmp_path / "o", methods=["slic"])
     assert main(["evaluate", "--data", str(decathlon_dir), "--out", str(tmp_path / "o2"),
                  "--methods", "slic3d", "--cases", "nosuch"]) == 2
+
+
+def test_3d_refined_click_and_embedding_only_rows(decathlon_dir, tmp_path, cases):
+    """cuts_click_refined: >= cuts_click on every case and the best of the click and its
+    <= 6 lineage steps; embedding_only_best on the image_weight=0 hierarchy."""
+    out = tmp_path / "refined"
+    res = E.run_evaluation(decathlon_dir, out, seeds=(1,), epochs=1,
+                           methods=["cuts_click", "cuts_click_refined", "embedding_only_best",
+                                    "embedding_only_click"], save_hierarchies=True)
+    assert set(res["methods"]) == {"cuts_click", "cuts_click_refined", "embedding_only_best",
+                                   "embedding_only_click"}
+    assert "cuts_click_refined" in (out / "results.md").read_text()
+    click, refined = _rows(out, "cuts_click"), _rows(out, "cuts_click_refined")
+    emb_best = _rows(out, "embedding_only_best")
+    for name, (_, lab) in cases.items():
+        gt = _gt(lab, [1, 2])
+        hier = Hierarchy.load(out / "hierarchies" / f"{name}_seed1.npz")
+        pt = E.innermost_point(gt)
+        start = hier.click_level(pt)  # the tool's own answer on volumes
+        assert int(click[name]["level"]) == start
+        d_click = _dice(hier.labels(start) == hier.labels(start)[pt], gt)
+        assert float(click[name]["dice"]) == pytest.approx(d_click, abs=1e-5)
+        cands = {start}
+        for step in (+1, -1):
+            lv = start
+            for _ in range(3):
+                lv = hier.step_level(pt, lv, step)
+                cands.add(lv)
+        best_cand = max(_dice(hier.labels(lv) == hier.labels(lv)[pt], gt) for lv in cands)
+        d_ref = float(refined[name]["dice"])
+        assert d_ref >= d_click - 1e-5  # per_case.csv keeps 6 significant digits
+        assert d_ref == pytest.approx(best_cand, abs=1e-5)
+        h_emb = Hierarchy.load(out / "hierarchies" / f"{name}_seed1_embedding_only.npz")
+        assert h_emb.metadata["image_weight"] == 0 and h_emb.metadata["use_embeddings"]
+        _, d_emb = _best_level_mask(h_emb, gt)
+        assert float(emb_best[name]["dice"]) == pytest.approx(d_emb, abs=1e-5)

@@ -43,8 +43,14 @@ under the ground truth, :func:`napari_cuts.selection.label_hint`).
     "best" Hausdorff/SSIM/ERGAS/RMSE slightly more optimistic than ours.
   - ``cuts_click``: no label hint; one click at the mask's innermost point (largest
     distance to the background, :func:`napari_cuts.selection.innermost_point`: where a
-    clinician would click) on the persistent-structures map, the single map a user
-    sees by default before choosing a level. The cluster under the click is the mask.
+    clinician would click), answered by the tool's own rule (:func:`one_click`,
+    :data:`CLICK_RULE`).
+  - ``cuts_click_refined``: the one-click structure and up to :data:`REFINE_STEPS`
+    grow / shrink steps along its lineage; the best Dice is kept (:func:`refine_click`).
+  - With ``ablation`` (``--ablation``): ``image_only_best`` / ``image_only_click`` on a
+    hierarchy of the image channels alone (``segment_image(use_embeddings=False)``) and
+    ``embedding_only_best`` / ``embedding_only_click`` on the unit embeddings alone
+    (``image_weight=0``); the same oracle and the same click rule as the CUTS rows.
 
 Statistics: for each method and seed, the mean and standard error (``std(ddof=1) /
 sqrt(n)``, NaNs ignored) over images; reported values are the means of these over
@@ -74,10 +80,36 @@ from .metrics import METRIC_KEYS, all_metrics
 from .metrics import dice as dice_score
 from .selection import innermost_point, label_hint, select_cluster
 
-#: Every method, in table order (the paper's rows first, then the extras).
+#: The rows that ``ablation=True`` (``--ablation``) adds, in 2D and in 3D: the same
+#: condensation and click on the image channels alone (``image_only_*``, no network)
+#: and on the unit embeddings alone (``embedding_only_*``, the image left out).
+ABLATION_METHODS = ("image_only_best", "image_only_click",
+                    "embedding_only_best", "embedding_only_click")
+#: Every method, in table order (the paper's rows first, then the extras, then the
+#: ablation rows).
 METHODS = ("random", "watershed", "felzenszwalb", "felzenszwalb_s200", "slic",
-           "cuts_kmeans", "cuts_persistent", "cuts_best", "cuts_click")
-CUTS_METHODS = ("cuts_kmeans", "cuts_persistent", "cuts_best", "cuts_click")
+           "cuts_kmeans", "cuts_persistent", "cuts_best", "cuts_click",
+           "cuts_click_refined", *ABLATION_METHODS)
+CUTS_METHODS = ("cuts_kmeans", "cuts_persistent", "cuts_best", "cuts_click",
+                "cuts_click_refined", *ABLATION_METHODS)
+#: The features each row family condenses: keyword arguments of
+#: :func:`napari_cuts.pipeline.segment_image` / ``segment_volume``.
+VARIANTS = {
+    "cuts": {},                                    # embeddings joined to the image
+    "image_only": {"use_embeddings": False},       # the image channels alone
+    "embedding_only": {"image_weight": 0.0},       # the unit embeddings alone
+}
+#: The one-click rule of every 2D ``*_click`` row (:func:`one_click`): "persistent" (the
+#: cluster of the persistent map under the click) or "click_level" (the most persistent
+#: structure along the clicked lineage, ``Hierarchy.click_level``). Measured on the 40
+#: development retina images (seed 1, 60 s training): persistent map 0.696 Dice,
+#: click_level 0.575 (too fine: under half the lesion's area in 45% of the images), the
+#: best fixed level for all images (an oracle) 0.690.
+CLICK_RULE = "persistent"
+#: The rule for volumes (3D hierarchies): click_level, the tool's answer on volumes.
+CLICK_RULE_3D = "click_level"
+#: How far ``cuts_click_refined`` walks the clicked lineage each way (grow / shrink).
+REFINE_STEPS = 3
 #: Names shown in results.md.
 DISPLAY = {
     "random": "random",
@@ -88,7 +120,12 @@ DISPLAY = {
     "cuts_kmeans": "CUTS + spectral k-means",
     "cuts_persistent": "CUTS + diffusion (persistent)",
     "cuts_best": "CUTS + diffusion (best granularity)",
-    "cuts_click": "CUTS + diffusion, one click (persistent map)",
+    "cuts_click": "CUTS + diffusion, one click (tool's own answer, no labels)",
+    "cuts_click_refined": "CUTS + diffusion, one click then <= 3 grow/shrink steps (best Dice)",
+    "image_only_best": "no encoder (image channels alone), best granularity",
+    "image_only_click": "no encoder (image channels alone), one click",
+    "embedding_only_best": "embeddings alone (no image channels), best granularity",
+    "embedding_only_click": "embeddings alone (no image channels), one click",
 }
 #: The paper's retina figures (Dice, Hausdorff in pixels) for the methods we run.
 PAPER_RETINA = {
@@ -374,45 +411,150 @@ def _upsample(labels: np.ndarray, pool: int, shape) -> np.ndarray:
     return big[: shape[0], : shape[1]]
 
 
+def _cluster_at(hier, level: int, point) -> np.ndarray:
+    lab = np.asarray(hier.labels(int(level)))
+    idx = tuple(int(round(float(v))) for v in point)
+    return lab == lab[idx]
+
+
+def _level_of_mask(hier, point, mask) -> int:
+    """The level whose cluster under ``point`` overlaps ``mask`` best (IoU; ties: the
+    finest): where a mask read off the persistent map sits in the lineage. No labels."""
+    best_lv, best_iou = 0, -1.0
+    m = np.asarray(mask, dtype=bool)
+    seen = -1
+    for lv, _, size in hier.lineage(point):
+        if size == seen:  # the same structure as one level finer: same IoU
+            continue
+        seen = size
+        c = _cluster_at(hier, lv, point)
+        iou = np.count_nonzero(c & m) / max(np.count_nonzero(c | m), 1)
+        if iou > best_iou + 1e-12:
+            best_lv, best_iou = lv, iou
+    return int(best_lv)
+
+
+def one_click(hier, point, rule: Optional[str] = None) -> tuple[np.ndarray, dict]:
+    """The tool's answer to one click at ``point``, without labels, by ``rule`` (default
+    :data:`CLICK_RULE`, :data:`CLICK_RULE_3D` for volumes): ``"click_level"`` the structure under the click at
+    :meth:`napari_cuts.hierarchy.Hierarchy.click_level` (the most persistent structure
+    along the clicked lineage), ``"persistent"`` the cluster of the persistent map under
+    the click. The same rule for every ``*_click`` row (2D and 3D, with and without the
+    encoder). Returns ``(mask, info)``; ``info["level"]`` is the level the mask lives at
+    (for the persistent map: the level of its best-overlapping cluster on the lineage),
+    the start of :func:`refine_click`."""
+    if rule is None:
+        rule = CLICK_RULE_3D if len(getattr(hier, "shape", ())) == 3 else CLICK_RULE
+    if rule == "click_level" and callable(getattr(hier, "click_level", None)):
+        lv = int(hier.click_level(point))
+        mask = _cluster_at(hier, lv, point)
+        setting = "click_level"
+    elif rule in ("persistent", "click_level"):
+        mask = select_cluster(np.asarray(hier.persistent()), point)
+        lv = _level_of_mask(hier, point, mask)
+        setting = "persistent map"
+    else:
+        raise InputError(f"unknown click rule {rule!r}; use 'click_level' or 'persistent'.")
+    return mask, {"level": lv, "n_clusters": int(np.asarray(hier.n_clusters)[lv]),
+                  "setting": setting}
+
+
+def refine_candidates(hier, point, start_level: int,
+                      steps: int = REFINE_STEPS) -> list[int]:
+    """The levels a user walking the clicked structure can reach from ``start_level``:
+    it, then up to ``steps`` real merges up and ``steps`` strictly smaller structures
+    down the clicked lineage (:meth:`~napari_cuts.hierarchy.Hierarchy.step_level`),
+    without repeats (fewer near the root or the finest level)."""
+    levels = [int(start_level)]
+    for direction in (+1, -1):
+        lv = int(start_level)
+        for _ in range(int(steps)):
+            nxt = int(hier.step_level(point, lv, direction))
+            if nxt == lv:
+                break
+            lv = nxt
+            levels.append(lv)
+    return levels
+
+
+def refine_click(hier, point, gt, start_mask, start_level: int,
+                 steps: int = REFINE_STEPS) -> tuple[np.ndarray, dict]:
+    """``cuts_click_refined``: the one-click mask and the structures up to ``steps``
+    grow / shrink steps from its level (:func:`refine_candidates`); the candidate with
+    the best Dice against ``gt`` is kept (a user who stops when the mask looks right).
+    Ties keep the click's own answer, then the fewest steps."""
+    best, best_d = np.asarray(start_mask, dtype=bool), dice_score(start_mask, gt)
+    best_lv, best_step = int(start_level), 0
+    cands = refine_candidates(hier, point, start_level, steps)
+    for k, lv in enumerate(cands[1:], start=1):
+        m = _cluster_at(hier, lv, point)
+        d = dice_score(m, gt)
+        if d > best_d + 1e-12:
+            best, best_d, best_lv, best_step = m, d, lv, k
+    up = sum(1 for lv in cands[1:] if lv > start_level)
+    step = 0 if best_step == 0 else (best_step if best_step <= up else -(best_step - up))
+    return best, {"level": best_lv, "n_clusters": int(np.asarray(hier.n_clusters)[best_lv]),
+                  "setting": f"step {step:+d} of {len(cands)} candidates"}
+
+
+def _hierarchy_rows(hier, gt, point, prefix: str, wanted: set) -> dict:
+    """``{method: (mask, info)}`` of the ``prefix`` rows wanted (``_best``,
+    ``_persistent``, ``_click``, ``_click_refined``) on one hierarchy."""
+    out: dict = {}
+    if f"{prefix}_best" in wanted:
+        m, lv, _ = best_level(hier, gt)
+        out[f"{prefix}_best"] = (m, {"level": lv, "n_clusters": int(hier.n_clusters[lv])})
+    if f"{prefix}_persistent" in wanted:
+        out[f"{prefix}_persistent"] = (label_hint(np.asarray(hier.persistent()), gt), {})
+    if wanted & {f"{prefix}_click", f"{prefix}_click_refined"}:
+        m, info = one_click(hier, point)
+        if f"{prefix}_click" in wanted:
+            out[f"{prefix}_click"] = (m, info)
+        if f"{prefix}_click_refined" in wanted:
+            out[f"{prefix}_click_refined"] = refine_click(hier, point, gt, m, info["level"])
+    return out
+
+
 def _cuts_masks(encoder, sample: Sample, seed: int, wanted: set, cancel: Cancel,
-                timings: dict) -> tuple[dict, dict]:
-    """Masks of the CUTS methods for one image, plus facts about the chosen levels."""
+                timings: dict, save_dir=None) -> tuple[dict, dict]:
+    """``({method: (mask, info)}, facts about the levels)`` of the CUTS methods (and
+    the ablation rows) for one image: one hierarchy per variant of :data:`VARIANTS`."""
     from .pipeline import segment_image
 
     masks: dict = {}
     info: dict = {}
     gt = sample.mask
-    t0 = time.perf_counter()
-    res = segment_image(encoder, sample.image, seed=seed, cancel=cancel)
-    timings["segment"] = timings.get("segment", 0.0) + time.perf_counter() - t0
-    hier = res.hierarchy
-    if "cuts_kmeans" in wanted:
-        from .clustering import spectral_kmeans
-
+    point = innermost_point(gt)
+    for prefix, kwargs in VARIANTS.items():
+        mine = {m for m in wanted if m.startswith(prefix + "_")}
+        if not mine:
+            continue
+        key = "segment" if prefix == "cuts" else f"segment_{prefix}"
         t0 = time.perf_counter()
-        km = spectral_kmeans(res.features, k=KMEANS_K, seed=seed, cancel=cancel)
-        km = _upsample(np.asarray(km), res.pool, gt.shape)
-        timings["kmeans"] = timings.get("kmeans", 0.0) + time.perf_counter() - t0
-        masks["cuts_kmeans"] = label_hint(km, gt)
-    check_cancel(cancel)
-    if wanted & {"cuts_persistent", "cuts_click"}:
-        pers = np.asarray(hier.persistent())
-        info["persistent_clusters"] = int(np.unique(pers).size)
-        if "cuts_persistent" in wanted:
-            masks["cuts_persistent"] = label_hint(pers, gt)
-        if "cuts_click" in wanted:
-            masks["cuts_click"] = select_cluster(pers, innermost_point(gt))
-    if "cuts_best" in wanted:
-        best, best_d, best_lv = None, -1.0, 0
-        for lv in range(int(hier.n_levels)):
-            m = label_hint(np.asarray(hier.labels(lv)), gt)
-            d = dice_score(m, gt)
-            if d > best_d:
-                best, best_d, best_lv = m, d, lv
-        masks["cuts_best"] = best
-        info["best_level"] = best_lv
-        info["best_level_clusters"] = int(np.asarray(hier.n_clusters)[best_lv])
-    info["n_levels"] = int(hier.n_levels)
+        res = segment_image(encoder, sample.image, seed=seed, cancel=cancel, **kwargs)
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+        hier = res.hierarchy
+        if save_dir is not None:
+            suffix = "" if prefix == "cuts" else f"_{prefix}"
+            hier.save(Path(save_dir) / f"{sample.name}_seed{seed}{suffix}.npz")
+        if prefix == "cuts" and "cuts_kmeans" in mine:
+            from .clustering import spectral_kmeans
+
+            t0 = time.perf_counter()
+            km = spectral_kmeans(res.features, k=KMEANS_K, seed=seed, cancel=cancel)
+            km = _upsample(np.asarray(km), res.pool, gt.shape)
+            timings["kmeans"] = timings.get("kmeans", 0.0) + time.perf_counter() - t0
+            masks["cuts_kmeans"] = (label_hint(km, gt), {})
+        check_cancel(cancel)
+        t0 = time.perf_counter()
+        masks.update(_hierarchy_rows(hier, gt, point, prefix, mine))
+        timings["scoring"] = timings.get("scoring", 0.0) + time.perf_counter() - t0
+        if prefix == "cuts":
+            if wanted & {"cuts_persistent", "cuts_click"}:
+                info["persistent_clusters"] = int(np.unique(np.asarray(hier.persistent())).size)
+            if "cuts_best" in masks:
+                info["best_level_clusters"] = masks["cuts_best"][1]["n_clusters"]
+            info["n_levels"] = int(hier.n_levels)
     return masks, info
 
 
@@ -480,8 +622,15 @@ def _markdown(result: dict, layout: str) -> str:
         "- The paper's Felzenszwalb row used scale 1500 (the official repository's early "
         "setting); the scale-200 row is the repository's later setting, shown for reference.",
         "- CUTS best granularity is an oracle: the level with the best label-hint Dice per image "
-        "(all metrics of that level's mask). CUTS one click: the cluster under the mask's "
-        "innermost point on the persistent-structures map, with no label hint.",
+        "(all metrics of that level's mask). CUTS one click: no label hint; the structure "
+        "under a click at the mask's innermost point, by the tool's own rule "
+        f"({result.get('click_rule') or CLICK_RULE}), the same rule for every one-click row. "
+        "One click + grow/shrink: that structure and up to 3 steps up and 3 down its "
+        "lineage (`Hierarchy.step_level`), the candidate with the best Dice kept (a user "
+        "who stops when the mask looks right).",
+        "- Ablation rows (`--ablation`): the same condensation, levels and click on the "
+        "encoder-normalised image channels alone (no network: `image_only_*`) and on the "
+        "unit embeddings alone (no image channels: `embedding_only_*`).",
         "- Hausdorff/HD95 of an empty prediction = the image diagonal (paper's convention).",
         "",
     ]
@@ -590,8 +739,10 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
     receives ``results.json``, ``results.md``, ``per_image.csv``, ``dice.png`` and
     ``examples.png`` (each written atomically). ``seeds``: one encoder is trained per
     seed; ``seconds``/``epochs``: its budget (default :data:`DEFAULT_SECONDS` s).
-    ``methods``: a subset of :data:`METHODS` (default all). ``limit``: only the first N
-    images (slices, for volumes). Returns the ``results.json`` content:
+    ``methods``: a subset of :data:`METHODS` (default all but :data:`ABLATION_METHODS`,
+    which ``ablation=True`` adds). ``limit``: only the first N images (slices, for
+    volumes). ``save_hierarchies``: also write
+    ``hierarchies/<image>_seed<S>[_image_only|_embedding_only].npz``. Returns the ``results.json`` content:
     ``{"methods": {name: {"dice": .., "hausdorff": .., "hd95": .., "ssim": ..,
     "ergas": .., "rmse": .., "<metric>_sem": .., "<metric>_seed_sd": .., "n_images": ..,
     "n_empty": ..}}, "seconds": .., "n_images": .., "seeds": [...], ...}``.
@@ -604,12 +755,13 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
                                  progress=progress, cancel=cancel, labels=labels,
                                  ablation=ablation, split=split, cases=cases,
                                  save_hierarchies=save_hierarchies)
-    if ablation or labels is not None or split != "all" or cases is not None:
-        raise InputError("--ablation, --label, --split and --cases apply to folders of volumes "
+    if labels is not None or split != "all" or cases is not None:
+        raise InputError("--label, --split and --cases apply to folders of volumes "
                          "(Decathlon imagesTr/labelsTr, or NIfTI volumes with *_seg.nii.gz "
                          "masks) scored in 3D; this folder holds 2D images.")
     t_start = time.perf_counter()
-    chosen = list(METHODS) if methods is None else list(dict.fromkeys(methods))
+    default = [m for m in METHODS if ablation or m not in ABLATION_METHODS]
+    chosen = default if methods is None else list(dict.fromkeys(methods))
     bad = [m for m in chosen if m not in METHODS]
     if bad or not chosen:
         raise InputError(f"unknown method(s) {bad or chosen}; choose from {', '.join(METHODS)}.")
@@ -626,6 +778,10 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
     from .fileutil import make_output_dir
 
     out = make_output_dir(out_dir)
+    hier_dir = None
+    if save_hierarchies:
+        hier_dir = out / "hierarchies"
+        hier_dir.mkdir(exist_ok=True)
 
     ds = load_dataset(data_dir, limit=limit)
     samples = ds.samples
@@ -642,13 +798,19 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
     timings: dict = {}
     level_info: dict = {"n_levels": [], "best_level_clusters": [], "persistent_clusters": []}
 
-    def record(method, seed_list, i, mask):
+    click_rules: set = set()
+
+    def record(method, seed_list, i, mask, info=None):
         r = all_metrics(mask, samples[i].mask)
+        info = info or {}
         for s in seed_list:
             per[method][s].append(r)
             per_image_rows.append({"method": method, "seed": s, "image": samples[i].name,
                                    **{k: r[k] for k in METRIC_KEYS},
-                                   "empty_pred": int(r["empty_pred"])})
+                                   "empty_pred": int(r["empty_pred"]),
+                                   "level": info.get("level", ""),
+                                   "n_clusters": info.get("n_clusters", ""),
+                                   "setting": info.get("setting", "")})
         if i in examples and seed_list[0] == seeds[0]:
             examples[i][method] = mask
 
@@ -690,13 +852,17 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
             for i, smp in enumerate(samples):
                 check_cancel(cancel)
                 report(progress, done, total, f"seed {seed}: image {i + 1}/{n}")
-                masks, info = _cuts_masks(enc, smp, seed, cuts_wanted, cancel, timings)
+                masks, info = _cuts_masks(enc, smp, seed, cuts_wanted, cancel, timings,
+                                          hier_dir)
                 for k, v in info.items():
                     if k in level_info:
                         level_info[k].append(v)
                 for m in METHODS:
                     if m in masks:
-                        record(m, [seed], i, masks[m])
+                        mask, minfo = masks[m]
+                        if m.endswith("_click") and "setting" in minfo:
+                            click_rules.add(minfo["setting"])
+                        record(m, [seed], i, mask, minfo)
                 done += 1
 
     report(progress, done, total, "writing results")
@@ -709,6 +875,7 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
         "seeds": seeds,
         "data": str(Path(data_dir)),
         "layout": ds.layout,
+        "click_rule": ", ".join(sorted(click_rules)) or None,
         "train_seconds": train_seconds if cuts_wanted else None,
         "epochs": epochs if cuts_wanted else None,
         "device": device,
@@ -724,7 +891,8 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
 
     # Per-image CSV
     buf = _io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["method", "seed", "image", *METRIC_KEYS, "empty_pred"])
+    w = csv.DictWriter(buf, fieldnames=["method", "seed", "image", *METRIC_KEYS, "empty_pred",
+                                        "level", "n_clusters", "setting"])
     w.writeheader()
     for row in per_image_rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -750,17 +918,18 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
 # over slices. See run_evaluation_3d.
 
 #: The 3D methods, in table order.
-METHODS_3D = ("slic3d", "cuts_persistent", "cuts_best", "cuts_click",
-              "image_only_best", "image_only_click")
-#: The rows that ``ablation=True`` (``--ablation``) adds.
-ABLATION_METHODS = ("image_only_best", "image_only_click")
+METHODS_3D = ("slic3d", "cuts_persistent", "cuts_best", "cuts_click", "cuts_click_refined",
+              *ABLATION_METHODS)
 DISPLAY_3D = {
     "slic3d": "3D SLIC, supervoxel under the click (best setting per case: oracle)",
     "cuts_persistent": "CUTS, persistent map + label hint",
     "cuts_best": "CUTS, best level + label hint (oracle)",
     "cuts_click": "CUTS, one click (tool's own answer, no labels)",
+    "cuts_click_refined": "CUTS, one click then <= 3 grow/shrink steps (best Dice)",
     "image_only_best": "no encoder (image + slice context), best level + label hint (oracle)",
     "image_only_click": "no encoder (image + slice context), one click",
+    "embedding_only_best": "embeddings alone (no image), best level + label hint (oracle)",
+    "embedding_only_click": "embeddings alone (no image), one click",
 }
 #: Training budget per seed (seconds) for a set of volumes when neither seconds nor
 #: epochs is given: one encoder for the whole set.
@@ -1071,37 +1240,23 @@ def best_level(hierarchy, gt) -> tuple[np.ndarray, int, float]:
 
 
 def _volume_masks(encoder, vol: Volume, seed: int, prefix: str, wanted: set,
-                  use_embeddings: bool, cancel: Cancel, timings: dict, save_dir=None):
-    """``{method: (mask, info)}`` for the ``prefix`` ("cuts" / "image_only") rows."""
+                  cancel: Cancel, timings: dict, save_dir=None):
+    """``{method: (mask, info)}`` for the ``prefix`` rows (a key of :data:`VARIANTS`:
+    "cuts", "image_only", "embedding_only") and the number of levels."""
     from .pipeline import segment_volume
 
-    key = "segment" if use_embeddings else "segment_image_only"
+    key = "segment" if prefix == "cuts" else f"segment_{prefix}"
     t0 = time.perf_counter()
-    res = segment_volume(encoder, vol.image, spacing=vol.spacing, seed=seed,
-                         use_embeddings=use_embeddings, cancel=cancel)
+    res = segment_volume(encoder, vol.image, spacing=vol.spacing, seed=seed, cancel=cancel,
+                         **VARIANTS[prefix])
     timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
     hier = res.hierarchy
     if save_dir is not None:
-        suffix = "" if use_embeddings else "_image_only"
+        suffix = "" if prefix == "cuts" else f"_{prefix}"
         hier.save(Path(save_dir) / f"{vol.name}_seed{seed}{suffix}.npz")
-    gt = vol.mask
-    out: dict = {}
-    if f"{prefix}_best" in wanted:
-        m, lv, _ = best_level(hier, gt)
-        out[f"{prefix}_best"] = (m, {"level": lv, "n_clusters": int(hier.n_clusters[lv])})
-    if f"{prefix}_persistent" in wanted:
-        out[f"{prefix}_persistent"] = (label_hint(np.asarray(hier.persistent()), gt), {})
-    if f"{prefix}_click" in wanted:
-        pt = innermost_point(gt)
-        m, rule = click_mask(hier, pt)
-        info = {"setting": rule}
-        if rule != "persistent map" and callable(getattr(hier, "click_level", None)):
-            try:  # the level the tool chose, for per_case.csv
-                lv = int(hier.click_level(pt))
-                info.update({"level": lv, "n_clusters": int(hier.n_clusters[lv])})
-            except Exception:  # noqa: BLE001 - informative only
-                pass
-        out[f"{prefix}_click"] = (m, info)
+    t0 = time.perf_counter()
+    out = _hierarchy_rows(hier, vol.mask, innermost_point(vol.mask), prefix, wanted)
+    timings["scoring"] = timings.get("scoring", 0.0) + time.perf_counter() - t0
     return out, int(hier.n_levels)
 
 
@@ -1149,8 +1304,12 @@ def _markdown_3d(result: dict) -> str:
         "oracle. `cuts_persistent`: the label hint on the persistent-structures map.",
         "- `cuts_click` / `image_only_click`: no labels; the cluster under the click on the "
         f"tool's own answer ({click_rule or 'persistent map'}).",
+        "- `cuts_click_refined`: the one-click structure and up to 3 grow and 3 shrink steps "
+        "along its lineage (`Hierarchy.step_level`), the best 3D Dice kept (a user who stops "
+        "when the mask looks right).",
         "- `image_only_*`: the same pipeline (working grid, slice context, condensation, "
-        "click) on the normalised image alone, the encoder's embeddings left out.",
+        "click) on the normalised image alone, the encoder's embeddings left out; "
+        "`embedding_only_*`: on the unit embeddings alone (image weight 0).",
         "- `slic3d`: `skimage.segmentation.slic` on the volume with its spacing, the "
         "supervoxel under the click, best per case over n_segments in {50, 200, 800, 3200} "
         "x compactness in {0.05, 0.1, 0.3}: an oracle like `cuts_best`.",
@@ -1228,7 +1387,8 @@ def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
     default :data:`DEFAULT_SECONDS_3D`, or ``epochs``), then each volume gets one
     hierarchy (:func:`napari_cuts.pipeline.segment_volume`). Methods:
     :data:`METHODS_3D` (``image_only_*`` only with ``ablation`` or when named).
-    ``save_hierarchies``: also write ``hierarchies/<case>_seed<S>[_image_only].npz``.
+    ``save_hierarchies``: also write
+    ``hierarchies/<case>_seed<S>[_image_only|_embedding_only].npz``.
 
     Writes ``results.json`` (``{"methods": {name: {"dice", "hausdorff", "hd95", "ssim",
     "ergas", "rmse", ...}}, "seconds": ..}``, Hausdorff in mm), ``results.md``,
@@ -1260,10 +1420,10 @@ def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
         hier_dir.mkdir(exist_ok=True)
     vols = vs.volumes
     n = len(vols)
-    cuts_wanted = {m for m in chosen if m.startswith("cuts_")}
-    image_wanted = {m for m in chosen if m.startswith("image_only_")}
-    total = (n if "slic3d" in chosen else 0) + \
-        (len(seeds) * 2 * n if (cuts_wanted or image_wanted) else 0) + 1
+    wanted_by = {prefix: {m for m in chosen if m.startswith(prefix + "_")}
+                 for prefix in VARIANTS}
+    any_cuts = any(wanted_by.values())
+    total = (n if "slic3d" in chosen else 0) + (len(seeds) * 2 * n if any_cuts else 0) + 1
     done = 0
     per: dict = {m: {s: [] for s in seeds} for m in chosen}
     rows: list = []
@@ -1306,7 +1466,7 @@ def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
             done += 1
         timings["slic3d"] = time.perf_counter() - t0
 
-    if cuts_wanted or image_wanted:
+    if any_cuts:
         from .pipeline import train_volume_encoder
 
         for seed in seeds:
@@ -1327,13 +1487,12 @@ def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
             for i, v in enumerate(vols):
                 check_cancel(cancel)
                 report(progress, done, total, f"seed {seed}: volume {i + 1}/{n} ({v.name})")
-                for prefix, wanted, use_emb in (("cuts", cuts_wanted, True),
-                                                ("image_only", image_wanted, False)):
+                for prefix, wanted in wanted_by.items():
                     if not wanted:
                         continue
-                    masks, nl = _volume_masks(enc, v, seed, prefix, wanted, use_emb, cancel,
+                    masks, nl = _volume_masks(enc, v, seed, prefix, wanted, cancel,
                                               timings, hier_dir)
-                    if use_emb:
+                    if prefix == "cuts":
                         n_levels.append(nl)
                     t0 = time.perf_counter()
                     for m in METHODS_3D:
@@ -1360,8 +1519,8 @@ def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
         "split": split,
         "cases": [v.name for v in vols],
         "click_rule": ", ".join(sorted(click_rules)) or None,
-        "train_seconds": train_seconds if (cuts_wanted or image_wanted) else None,
-        "epochs": epochs if (cuts_wanted or image_wanted) else None,
+        "train_seconds": train_seconds if any_cuts else None,
+        "epochs": epochs if any_cuts else None,
         "device": device,
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "levels": {"n_levels": float(np.mean(n_levels)) if n_levels else None},
