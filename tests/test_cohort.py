@@ -368,3 +368,15 @@ def test_run_killed_then_rerun_completes_the_rest(images, encoder_file, cluster,
         k: v for k, v in before.items() if not k.startswith(".")}
     assert not list(out.glob(".partial-*"))
     assert all(r["status"] in ("ok", "skipped") for r in _rows(out))
+
+
+def test_mixing_2d_images_and_volumes_is_refused(images, tmp_path, capsys):
+    import nibabel as nib
+
+    vol = np.random.default_rng(0).normal(100, 5, (20, 20, 6)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "vol.nii.gz")
+    rc = main(["batch", str(images / "img0.png"), str(tmp_path / "vol.nii.gz"), "--out",
+               str(tmp_path / "out"), "--epochs", "1", "--scheduler",
+               f"tcp://127.0.0.1:{_closed_port()}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "mixes volumes (vol.nii.gz) and 2D images (img0.png)" in err, err

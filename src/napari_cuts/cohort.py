@@ -736,6 +736,9 @@ def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, refer
         result.update(reference=ref, seconds_total=round(time.perf_counter() - t_start, 3))
         return result
 
+    sample = None
+    if enc_file is None:         # read (and check) the training sample before any cluster
+        sample = _training_sample(items, log)
     own = client is None
     cluster = None
     if own:
@@ -744,7 +747,8 @@ def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, refer
         if enc_file is None:
             from .pipeline import get_encoder, train_volume_encoder
 
-            arrays, spacings, vols = _training_sample(items, log)
+            arrays, spacings, vols = sample
+            sample = None
             log(f"training the cohort encoder on {len(arrays)} of {len(items)} inputs"
                 f"{' (volumes)' if vols else ''} ...")
             stage = None if progress is None else (lambda d, t, m: progress(d, t, f"training: {m}"))

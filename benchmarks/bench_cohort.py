@@ -1,0 +1,266 @@
+"""Benchmark of ``napari-cuts batch``: a cohort on dask.distributed, 1 vs 2 workers.
+
+``run(quick=False) -> dict``::
+
+    {"inputs", "shape", "train_seconds",
+     "workers": {"1": {"seconds_tasks", "seconds_total", "images_per_second"}, "2": {...}},
+     "speedup_2_vs_1", "identical_1_vs_2",
+     "fault": {"killed_worker", "identical_to_clean", "failed", "rerun_computed",
+               "rerun_skipped"},
+     "targets": {"speedup_ge_1.7", "identical", "fault_changes_nothing",
+                 "rerun_recomputes_nothing"}}
+
+What it does: 8 inputs of 256 x 256 made from ``sample_data/fundus.png`` (crops at
+several offsets and scales, some mirrored), ONE encoder trained on them once for 10 s
+(``quick``: 4 inputs, 5 s), a reference click at the centre of the first input; then the
+same batch (:func:`napari_cuts.cohort.run_batch`) on a LocalCluster of 1 and of 2
+single-threaded worker processes, each started and warmed up (imports) before the
+clock starts: ``seconds_tasks`` is from the first submitted input to the last result,
+``images_per_second`` = inputs / ``seconds_tasks``. ``identical_1_vs_2``: the per-input
+hierarchies, persistent maps and masks are equal. ``fault`` (not in ``quick``): the
+2-worker batch again, one worker process killed (SIGKILL) as soon as the first input is
+finished; then the outputs are compared with the clean run and the batch is rerun
+(``rerun_computed`` must be 0).
+
+``python benchmarks/bench_cohort.py --retina [--seconds 60] [--reference ID]``: the
+one-click-for-all measure of issue 12 on ``../shared/data/retina`` (40 images with GA
+masks): the batch with 2 workers and a reference click at the innermost point of one
+image's mask (``selection.innermost_point``; default: the first image id) gives a mask
+for the other 39; their mean Dice against the expert masks, beside the per-image one
+click (``Hierarchy.click_mask`` at each image's own innermost point, on the same
+hierarchies).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+FUNDUS = REPO / "sample_data" / "fundus.png"
+
+
+def _inputs(folder: Path, n: int, size: int = 256) -> list[Path]:
+    import imageio.v3 as iio
+    from skimage.transform import resize
+
+    im = iio.imread(FUNDUS)[..., :3]
+    h, w = im.shape[:2]
+    paths = []
+    for k in range(n):
+        side = int(min(h, w) * (1.0 - 0.08 * (k % 4)))
+        y0 = (k * 37) % (h - side + 1)
+        x0 = (k * 53) % (w - side + 1)
+        crop = im[y0:y0 + side, x0:x0 + side]
+        if k % 2:
+            crop = crop[:, ::-1]
+        small = resize(crop, (size, size), anti_aliasing=True, preserve_range=True)
+        p = folder / f"fundus{k:02d}.png"
+        iio.imwrite(p, np.clip(small.round(), 0, 255).astype(np.uint8))
+        paths.append(p)
+    return paths
+
+
+def _cluster(n: int):
+    from distributed import Client, LocalCluster
+
+    lc = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = Client(lc, set_as_default=False)
+    client.wait_for_workers(n, timeout=120)
+
+    def warm():
+        import torch  # noqa: F401
+
+        import napari_cuts.cohort  # noqa: F401
+        import napari_cuts.condensation  # noqa: F401
+        import napari_cuts.pipeline  # noqa: F401
+        return os.getpid()
+
+    client.run(warm)
+    return lc, client
+
+
+def _same(a: Path, b: Path, stems) -> bool:
+    for s in stems:
+        try:
+            ha, hb = np.load(a / s / "hierarchy.npz"), np.load(b / s / "hierarchy.npz")
+            if not all(np.array_equal(ha[k], hb[k]) for k in ("labels", "finest", "luts")):
+                return False
+            for name in ("persistent.png", "mask.png"):
+                if (a / s / name).exists() != (b / s / name).exists():
+                    return False
+                if (a / s / name).exists() and (a / s / name).read_bytes() != (b / s / name).read_bytes():
+                    return False
+        except OSError:
+            return False
+    return True
+
+
+def run(quick: bool = False) -> dict:
+    from napari_cuts.cohort import run_batch
+    from napari_cuts.pipeline import get_encoder
+
+    n = 4 if quick else 8
+    train_s = 5.0 if quick else 10.0
+    R: dict = {"inputs": n, "shape": [256, 256, 3], "train_seconds": train_s, "workers": {},
+               "cpu_count": os.cpu_count(), "load_average_before": round(os.getloadavg()[0], 2)}
+    with tempfile.TemporaryDirectory(prefix="napari_cuts_bench_cohort_") as tmp:
+        tmp = Path(tmp)
+        (tmp / "in").mkdir()
+        paths = _inputs(tmp / "in", n)
+        import imageio.v3 as iio
+
+        enc, _ = get_encoder([iio.imread(p) for p in paths], seconds=train_s, seed=0)
+        enc.save(tmp / "encoder.pt")
+        kw = dict(weights=tmp / "encoder.pt", reference=paths[0], point=(128, 128), seed=0)
+        stems = [p.stem for p in paths]
+        for w in (1, 2):
+            lc, client = _cluster(w)
+            try:
+                res = run_batch(paths, tmp / f"out{w}", client=client, **kw)
+            finally:
+                client.close()
+                lc.close()
+            R["workers"][str(w)] = {"seconds_tasks": res["seconds_tasks"],
+                                    "task_seconds_sum": round(sum(float(r["seconds"] or 0)
+                                                                  for r in res["rows"]), 3),
+                                    "load_average_after": round(os.getloadavg()[0], 2),
+                                    "seconds_total": res["seconds_total"],
+                                    "images_per_second": round(n / res["seconds_tasks"], 3),
+                                    "failed": res["failed"]}
+        R["speedup_2_vs_1"] = round(R["workers"]["2"]["images_per_second"]
+                                    / R["workers"]["1"]["images_per_second"], 3)
+        R["identical_1_vs_2"] = _same(tmp / "out1", tmp / "out2", stems)
+        if not quick:
+            R["fault"] = _fault_run(paths, tmp, kw, stems)
+    t = {"speedup_ge_1.7": R["speedup_2_vs_1"] >= 1.7, "identical": R["identical_1_vs_2"]}
+    if "fault" in R:
+        t["fault_changes_nothing"] = bool(R["fault"]["identical_to_clean"]
+                                          and R["fault"]["failed"] == 0)
+        t["rerun_recomputes_nothing"] = R["fault"]["rerun_computed"] == 0
+    R["targets"] = t
+    R["quick"] = bool(quick)
+    return R
+
+
+def _fault_run(paths, tmp: Path, kw: dict, stems) -> dict:
+    """The 2-worker batch with one worker process killed after the first finished input."""
+    from napari_cuts.cohort import run_batch
+
+    out = tmp / "out_fault"
+    lc, client = _cluster(2)
+    pids = list(client.run(os.getpid).values())
+    killed = {}
+
+    def killer():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if any((out / s / "done.json").exists() for s in stems):
+                os.kill(pids[-1], signal.SIGKILL)
+                killed["pid"] = pids[-1]
+                killed["after_done"] = sum((out / s / "done.json").exists() for s in stems)
+                return
+            time.sleep(0.01)
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    try:
+        res = run_batch(paths, out, client=client, **kw)
+        th.join(5)
+        rerun = run_batch(paths, out, client=client, **kw)
+    finally:
+        client.close()
+        lc.close()
+    return {"killed_worker": "pid" in killed, "inputs_done_at_kill": killed.get("after_done"),
+            "failed": res["failed"], "computed": res["computed"],
+            "identical_to_clean": _same(tmp / "out1", out, stems),
+            "rerun_computed": rerun["computed"], "rerun_skipped": rerun["skipped"]}
+
+
+# ------------------------------------------------------------------ retina
+
+def retina(data=None, seconds: float = 60.0, reference=None, workers: int = 2,
+           out=None) -> dict:
+    """The one-click-for-all measure (module doc)."""
+    from napari_cuts.cohort import run_batch
+    from napari_cuts.hierarchy import Hierarchy
+    from napari_cuts.metrics import dice
+    from napari_cuts.selection import innermost_point
+
+    import imageio.v3 as iio
+
+    root = Path(data) if data else Path(os.environ.get("NAPARI_CUTS_DATA", REPO.parent / "shared" / "data")) / "retina"
+    imgs = sorted((root / "image_with_GA").glob("image*.png"),
+                  key=lambda p: int(p.stem[len("image"):]))
+    if not imgs:
+        return {"error": f"no retina images under {root}"}
+    ids = [p.stem[len("image"):] for p in imgs]
+    gts = {i: np.load(root / "label_with_GA" / f"label{i}.npy") > 0 for i in ids}
+    ref_id = str(reference) if reference is not None else ids[0]
+    ref_pt = innermost_point(gts[ref_id])
+    tmpd = None
+    if out is None:
+        tmpd = tempfile.TemporaryDirectory(prefix="napari_cuts_retina_cohort_")
+        out = tmpd.name
+    out = Path(out)
+    t0 = time.perf_counter()
+    res = run_batch(imgs, out, seconds=seconds, reference=root / "image_with_GA" / f"image{ref_id}.png",
+                    point=ref_pt, workers=workers, seed=0, log=lambda m: print(m, file=sys.stderr))
+    wall = time.perf_counter() - t0
+    matched, own, per = [], [], {}
+    for i in ids:
+        d = out / f"image{i}"
+        gt = gts[i]
+        h = Hierarchy.load(d / "hierarchy.npz")
+        own_d = float(dice(h.click_mask(innermost_point(gt)), gt))
+        m = iio.imread(d / "mask.png") > 0
+        md = float(dice(m, gt))
+        per[i] = {"matched": round(md, 4), "own_click": round(own_d, 4)}
+        own.append(own_d)
+        if i != ref_id:
+            matched.append(md)
+    R = {"point": list(ref_pt), "train_seconds": seconds,
+         "workers": workers, "n_images": len(ids),
+         "one_click_for_all_mean_dice": round(float(np.mean(matched)), 4),
+         "one_click_for_all_median_dice": round(float(np.median(matched)), 4),
+         "n_matched": len(matched),
+         "per_image_one_click_mean_dice": round(float(np.mean(own)), 4),
+         "per_image_one_click_mean_dice_others": round(float(np.mean(
+             [per[i]["own_click"] for i in ids if i != ref_id])), 4),
+         "reference_self_match_dice": per[ref_id]["matched"],
+         "reference_structure": res.get("reference") and {k: res["reference"][k] for k in
+                                               ("level", "n_clusters", "mask_pixels",
+                                                "area_fraction")},
+         "reference_image": f"image{ref_id}",
+         "failed": res["failed"], "seconds_total": round(wall, 1),
+         "seconds_tasks": res["seconds_tasks"], "per_image": per}
+    R["targets"] = {"one_click_for_all_ge_0.55": R["one_click_for_all_mean_dice"] >= 0.55}
+    if tmpd is not None:
+        tmpd.cleanup()
+    return R
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if "--retina" in args:
+        kw = {}
+        if "--seconds" in args:
+            kw["seconds"] = float(args[args.index("--seconds") + 1])
+        if "--reference" in args:
+            kw["reference"] = args[args.index("--reference") + 1]
+        if "--out" in args:
+            kw["out"] = args[args.index("--out") + 1]
+        if "--data" in args:
+            kw["data"] = args[args.index("--data") + 1]
+        print(json.dumps(retina(**kw), indent=2))
+    else:
+        print(json.dumps(run(quick="--quick" in args), indent=2))
