@@ -76,8 +76,15 @@ def test_volume_hierarchy_round_trips_with_4d_labels(tmp_path, blob_result):
 
 
 def test_2_5d_encoder_sees_neighbour_slices(blob_result):
-    vol, _, enc, _ = blob_result
+    vol, blob, enc2d, _ = blob_result
+    assert enc2d.metadata["context_slices"] == 0 and enc2d.in_channels == 1
+    enc = train_volume_encoder(vol, epochs=1, seed=0, context=1)
     assert enc.metadata["context_slices"] == 1 and enc.in_channels == 3
+    res = segment_volume(enc, vol)
+    assert res.embeddings.shape == vol.shape + (enc.embedding_dim,)
+    pt = innermost_point(blob)
+    h = res.hierarchy
+    assert max(dice(h.labels(lv) == h.labels(lv)[pt], blob) for lv in range(h.n_levels)) >= 0.9
     ctx = context_stack(vol[..., None], 1)
     assert ctx.shape == vol.shape + (3,)
     assert np.array_equal(ctx[5, ..., 0], vol[4]) and np.array_equal(ctx[5, ..., 2], vol[6])
@@ -172,7 +179,7 @@ def test_segment_cli_writes_one_volume_hierarchy(tmp_path):
     assert np.allclose(pers.affine, affine) and pers.shape == (32, 32, 12)
     assert (out / "levels.png").stat().st_size > 1000
     run = json.loads((out / "run.json").read_text())
-    assert run["volume"] is True and run["encoder_2_5d"] is True
+    assert run["volume"] is True and run["encoder_context_slices"] == 0
     assert not (out / "slices").exists()
     # --slices keeps the per-slice run
     rc = main(["segment", str(tmp_path / "vol.nii.gz"), "--out", str(tmp_path / "sl"),

@@ -704,7 +704,7 @@ def embed(encoder: Encoder, image, *, pool: int = 1, batch_tiles: int = 4,
         With a 2.5D encoder (trained on a volume), ``image`` is a volume ``(Z, Y, X[, C])``
         and the result ``(Z, Y, X, D)`` (:func:`embed_volume`).
     """
-    if is_volume_encoder(encoder) and not _slice:
+    if not _slice and _reads_as_volume(encoder, image):
         # a 2.5D encoder only reads volumes: (Z, Y, X[, C]) -> (Z, Y, X, D)
         if pool != 1:
             raise InputError("pool is not supported for volumes; segment_volume chooses the grid.")
@@ -769,8 +769,20 @@ def embed(encoder: Encoder, image, *, pool: int = 1, batch_tiles: int = 4,
 
 
 def is_volume_encoder(encoder: Encoder) -> bool:
-    """True for a 2.5D encoder (trained on volume slices with their neighbours)."""
-    return int(encoder.metadata.get("context_slices", 0) or 0) > 0
+    """True for an encoder trained on volumes (``train_volume_encoder``: 2D on slices, or
+    2.5D with neighbour slices as channels)."""
+    return bool(encoder.metadata.get("volume")) or int(encoder.metadata.get("context_slices", 0) or 0) > 0
+
+
+def _reads_as_volume(encoder: Encoder, image) -> bool:
+    """Whether ``embed`` takes ``image`` as a volume: always for a 2.5D encoder; for a
+    volume-trained 2D encoder when the array has three spatial axes (plus channels)."""
+    if int(encoder.metadata.get("context_slices", 0) or 0) > 0:
+        return True
+    if not encoder.metadata.get("volume"):
+        return False
+    nd = np.ndim(image)
+    return nd == 3 + (1 if encoder.in_channels > 1 else 0)
 
 
 def embed_volume(encoder: Encoder, volume, *, progress: Progress = None,

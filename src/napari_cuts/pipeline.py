@@ -253,8 +253,10 @@ def train_volume_encoder(volume, *, spacing=None, max_points: Optional[int] = No
         imgs += volume_training_slices(grid, k, per)
     if epochs is None and seconds is None:
         seconds = DEFAULT_SECONDS
-    return train_encoder(imgs, epochs=epochs, seconds=seconds, seed=seed, device=device,
-                         progress=progress, cancel=cancel, context_slices=k, **options)
+    enc = train_encoder(imgs, epochs=epochs, seconds=seconds, seed=seed, device=device,
+                        progress=progress, cancel=cancel, context_slices=k, **options)
+    enc.metadata["volume"] = True       # embed() then reads (Z, Y, X[, C]) as a volume
+    return enc
 
 
 def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
@@ -271,7 +273,7 @@ def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
     ``result.pool`` is the block size per axis; ``result.embeddings`` the grid's
     ``(z, y, x, D)``."""
     from .condensation import condense
-    from .encoder import embed_volume, is_volume_encoder, normalised_image
+    from .encoder import embed_volume, normalised_image
     from .volume import check_volume, context_stack, estimate_note
 
     vol = check_volume(volume)
@@ -279,7 +281,7 @@ def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
     p, grid = volume_grid(vol, spacing, max_points)
     check_fits_volume(p)
     times = {"grid": time.perf_counter() - t0}
-    k = int(encoder.metadata.get("context_slices", 0) or 0) if is_volume_encoder(encoder) else 0
+    k = int(encoder.metadata.get("context_slices", 0) or 0)
     t0 = time.perf_counter()
 
     def emb_progress(done, total, message):
@@ -517,7 +519,7 @@ def _segment_2d_job(src, data, out, *, max_points, weights, epochs, seconds, see
 
 def _segment_volume_job(src, data, out, *, max_points, weights, epochs, seconds, seed, device,
                         progress, cancel, log, summary, provenance, image_path) -> None:
-    from .encoder import is_volume_encoder, load_encoder
+    from .encoder import load_encoder
     from .io import write_labels
     from .volume import check_volume, estimate_note, volume_plan
 
@@ -558,7 +560,7 @@ def _segment_volume_job(src, data, out, *, max_points, weights, epochs, seconds,
     _figure_volume_levels(vol, hier, out / "levels.png", spacing=spacing)
     summary.update({"volume": True, "n_levels": int(hier.n_levels),
                     "n_clusters": [int(c) for c in hier.n_clusters],
-                    "encoder_2_5d": bool(is_volume_encoder(enc)),
+                    "encoder_context_slices": int(enc.metadata.get("context_slices", 0) or 0),
                     "pools": list(res.pool), "grid_shape": list(p.grid_shape),
                     "notes": summary["notes"] + res.notes,
                     "seconds_embed": round(res.seconds["embed"], 2),
