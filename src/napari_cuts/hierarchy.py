@@ -324,6 +324,7 @@ class Hierarchy:
         span of the hierarchy in log cluster count they survive unmerged
         (:meth:`segment_persistence`); more persistent segments are painted over less
         persistent ones (ties: the coarser segment wins). Only segments covering between
+        (for a volume: both fractions to the power 3/2, the same linear size)
         ``min_area`` and ``max_area`` of the image compete as structures: a speck that
         never merges (noise, a few odd pixels) is not a structure, and a segment covering
         more than half the image is the context the structures sit in (the trivial
@@ -335,6 +336,10 @@ class Hierarchy:
         default = (min_area, max_area) == (PERSISTENT_MIN_AREA, PERSISTENT_MAX_AREA)
         if default and self._persistent is not None:
             return self._persistent.copy()
+        if len(self.shape) == 3:
+            # the same linear size in 3D: a structure a tenth of the side covers 1 % of an
+            # image but 0.1 % of a volume (fractions to the power 3/2)
+            min_area, max_area = min_area ** 1.5, max_area ** 1.5
         pers = self.segment_persistence()
         areas = self.segment_areas()
         L = self.n_levels
