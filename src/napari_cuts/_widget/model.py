@@ -11,10 +11,11 @@ partition (``np.take(lut, finest, out=layer.data)``: one pass over the voxels, a
 - **background** (volumes): the cluster that covers at least half of the voxels on the
   volume's outer faces (the air around a head) is shown as 0, so it is transparent in
   both views, and the body is what the 3D view renders. At fine levels the air is often
-  split into several clusters, none of them dominant: then the background is every
-  cluster of that level lying inside the background of the nearest coarser level that
-  has a dominant one (levels are nested, so this is exact). The coarsest level (one
-  cluster) hides nothing.
+  split into several clusters: then the background is also every cluster of that level
+  lying inside the next coarser level's background (levels are nested, so this is
+  exact) that lies on the outer faces at least a quarter as densely as the whole volume
+  (air does; a head that reaches one face at the neck does not). The coarsest level
+  (one cluster) hides nothing.
 - **cut-away** (3D view): the Labels layer of the levels is rendered as iso surfaces
   (one opaque colour per cluster), so the body alone would be a closed, opaque surface.
   In the 3D view the half of the volume on the camera's side of one axial slice is
@@ -79,6 +80,13 @@ class LevelsDisplay:
                                    minlength=n0).astype(np.float64)
         self._own: dict = {}
         self._bg: dict = {}
+        self._size = None
+
+    def _parent(self, level: int) -> np.ndarray:
+        """Cluster of ``level + 1`` holding each cluster of ``level``."""
+        parent = np.zeros(int(self.n_clusters[level]), np.int64)
+        parent[self.luts[level]] = self.luts[level + 1]
+        return parent
 
     @classmethod
     def from_hierarchy(cls, hierarchy, **kw) -> "LevelsDisplay":
@@ -123,12 +131,19 @@ class LevelsDisplay:
         own = self._dominant(level)
         if own is not None:
             bg[own] = True
-        elif n >= 2:
-            for up in range(level + 1, self.n_levels):
-                c = self._dominant(up)
-                if c is not None:
-                    bg[self.luts[level][self.luts[up] == c]] = True
-                    break
+        if n >= 2 and level + 1 < self.n_levels:
+            # where the air is split, a cluster inside the coarser level's background is
+            # background too if it lies on the outer faces at least a quarter as densely as the
+            # volume does (air does; a head that reaches a face at the neck does not)
+            up = self.background(level + 1)
+            if up.any() and not up.all():
+                inside = up[self._parent(level)]
+                if self._size is None:
+                    self._size = np.bincount(self.base.ravel(), minlength=self.luts[0].shape[0])
+                size = np.bincount(self.luts[level], weights=self._size, minlength=n)
+                face = np.bincount(self.luts[level], weights=self._border, minlength=n)
+                avg = self._border.sum() / max(float(self._size.sum()), 1.0)
+                bg |= inside & (face >= 0.25 * avg * np.maximum(size, 1))
         if bg.all():
             bg[:] = False
         self._bg[level] = bg
