@@ -816,6 +816,7 @@ def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, refer
             fut = client.submit(reference_task, str(ref_path), point, enc_future, enc_sha, seed,
                                 key=f"cuts-reference-{run_id}", pure=False)
             got = fut.result()
+            fut.release()       # a worker dying later must not recompute the reference
             if "error" in got:
                 raise InputError(f"reference {ref_path.name}: {got['error']}")
             ref = dict(got, key=ref_key)
