@@ -448,6 +448,14 @@ def run_segment(image_path, out_dir, *, weights=None, epochs=None, seconds=None,
     is_volume = (data.ndim == 3 and not src.rgb) or data.ndim == 4
     summary = {"napari_cuts_version": __version__, "input": str(image_path), "seed": int(seed),
                "shape": list(data.shape), "device": device, "notes": list(src.notes)}
+    # what a session needs to find and check the source when the folder is reopened
+    from .session import file_digest
+
+    summary["source"] = {**file_digest(image_path), "shape": list(data.shape)}
+    kw = src.layer_kwargs()
+    summary["geometry"] = {"scale": list(kw["scale"]), "translate": list(kw["translate"]),
+                           "affine": kw["metadata"].get("affine"),
+                           "spacing": [float(v) for v in src.spacing]}
     provenance = {"napari_cuts_version": __version__, "seed": int(seed), "input": str(image_path),
                   "weights": None if weights is None else str(weights),
                   "epochs": epochs, "seconds": seconds}
