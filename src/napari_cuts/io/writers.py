@@ -171,9 +171,8 @@ def _write(path, arr, *, like, affine, spacing, provenance, kind: str, colour: b
     p = Path(os.fspath(path)).expanduser()
     ext = writer_ext(p)
     labels, binary = as_labels(arr, kind)
-    if kind == "labels" and colour and ext == ".png":
-        binary = False
-    if ext == ".dcm" and kind == "labels":
+    if kind == "labels":
+        # a label map keeps its ids (a map holding only id 1 is not a 0/255 mask)
         binary = False
     sidecar = _sidecar(p, like, provenance, "mask" if binary else "labels", labels.shape,
                        labels.dtype)
