@@ -272,10 +272,10 @@ def test_2d_ablation_rows_come_from_their_own_hierarchies(retina_dir, tmp_path, 
             best = max(_np_label_hint_dice(hier.labels(lv), gt) for lv in range(hier.n_levels))
             got = float(rows[(f"{prefix}_best", smp.name)]["dice"])
             assert got == pytest.approx(best, abs=1e-5), (prefix, smp.name)
-            # the click: the persistent map's cluster under the innermost point (2D rule)
-            assert E.CLICK_RULE == "persistent"
-            pers = np.asarray(hier.persistent())
-            click = pers == pers[pt]
+            # the click: the tool's own answer at the innermost point (the 2D rule)
+            assert E.CLICK_RULE == "click_level"
+            lab = np.asarray(hier.labels(hier.click_level(pt)))
+            click = lab == lab[pt]
             d_click = _np_dice(click, gt)
             got_click = float(rows[(f"{prefix}_click", smp.name)]["dice"])
             assert got_click == pytest.approx(d_click, abs=1e-5), (prefix, smp.name)

@@ -116,8 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--label", type=int, nargs="+", default=None, metavar="V",
                    help="volumes: the structure is the union of these label values "
                         "(default: every non-zero label)")
-    e.add_argument("--ablation", action="store_true", help="volumes: also image_only_best and "
-                   "image_only_click (the same pipeline without the encoder)")
+    e.add_argument("--ablation", action="store_true", help="also image_only_* (the same "
+                   "pipeline without the encoder) and embedding_only_* (without the image "
+                   "join) rows, for 2D images and volumes")
     e.add_argument("--split", choices=["all", "dev", "report"], default="all",
                    help="volumes: dev = the first half of the sorted case names, report = the "
                         "rest (choose settings on dev, report on report)")

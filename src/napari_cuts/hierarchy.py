@@ -179,6 +179,7 @@ class Hierarchy:
                 for lv in range(self.n_levels)]
 
     def click_level(self, point, *, tolerance: float = CLICK_TOLERANCE,
+                    min_area: float = PERSISTENT_MIN_AREA,
                     max_area: float = PERSISTENT_MAX_AREA) -> int:
         """The level at which the structure under ``point`` is most persistent.
 
@@ -189,12 +190,20 @@ class Hierarchy:
         survives (as in :meth:`segment_persistence`). Structures covering more than
         ``max_area`` of the image (the context: background, whole organ) and the
         one-cluster root do not compete. Returns the finest level of the most persistent
-        structure. The same rule for every image and modality: no expected size, no
-        label, computed from the hierarchy alone (a few ms)."""
+        structure. Structures smaller than ``min_area`` (specks) compete only when the
+        lineage has nothing larger below ``max_area``; on a volume both bounds are taken at
+        the same linear size (fractions to the power 3/2), as in :meth:`persistent`. The
+        same rule for every image and modality: no expected size, no label, computed from
+        the hierarchy alone (a few ms)."""
         lin = self.lineage(point)
         total = float(self._finest.size)
         counts = self.n_clusters.astype(np.float64)
-        ok = [lv for lv, _, size in lin if size <= max_area * total and counts[lv] > 1]
+        if len(self.shape) == 3:
+            min_area, max_area = min_area ** 1.5, max_area ** 1.5
+        ok = [lv for lv, _, size in lin
+              if min_area * total <= size <= max_area * total and counts[lv] > 1]
+        if not ok:
+            ok = [lv for lv, _, size in lin if size <= max_area * total and counts[lv] > 1]
         if not ok:
             return 0
         best_lv, best_p = ok[0], -np.inf

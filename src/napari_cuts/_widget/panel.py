@@ -457,7 +457,9 @@ class CutsWidget(QWidget):
                           + ([f"{float(md['seconds']):.1f} s"] if "seconds" in md else []))
         from ..encoder import is_volume_encoder
 
-        kind = "2.5D volume encoder, " if is_volume_encoder(encoder) else ""
+        ctx = int(encoder.metadata.get("context_slices", 0) or 0)
+        kind = ((f"2.5D volume encoder ({2 * ctx + 1} slices), " if ctx else "volume encoder (2D "
+                 "on every slice), ") if is_volume_encoder(encoder) else "")
         self.encoder_label.setText(f"Encoder {origin}: {kind}{encoder.in_channels} channel(s)"
                                    + (f"; {extra}" if extra else "") + ".")
         self._update_buttons()
