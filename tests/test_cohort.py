@@ -314,7 +314,7 @@ def test_worker_killed_mid_write_is_retried(images, encoder_file, cluster, tmp_p
     res = cohort.run_batch(inputs, crashed, weights=encoder_file, client=client,
                            _crash_once=("img1", str(flag)), **ref_kw)
     assert flag.exists()                                     # it did die, once
-    assert (res["computed"], res["failed"]) == (3, 0)
+    assert (res["computed"], res["failed"]) == (3, 0), [r.get("error") for r in res["rows"]]
     assert not list(crashed.glob(".partial-*"))
     _same_outputs(clean, crashed, ["img0", "img1", "img2"])
     client.wait_for_workers(2, timeout=60)

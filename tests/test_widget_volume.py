@@ -215,7 +215,7 @@ def test_volume_train_then_segment_and_threaded_cancel(docked, blob, qtbot):
     widget.settings = Settings(budget=1, unit="epochs")
     assert widget.train()
     assert widget.encoder is not None and is_volume_encoder(widget.encoder)
-    assert "2.5D" in widget.encoder_label.text()
+    assert "volume encoder" in widget.encoder_label.text()
     # a threaded segment, cancelled once it reports progress
     widget.run_sync = False
     messages = []

@@ -835,21 +835,36 @@ def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, refer
 
         t_tasks = time.perf_counter()
         futures = {}
-        for i, exp in todo:
+        expected = dict(todo)
+        attempts: dict = {}
+
+        def submit(i):
             it = items[i]
+            attempts[i] = attempts.get(i, 0) + 1
             f = client.submit(process_input, str(it.path), it.stem, str(out), enc_future, enc_sha,
-                              int(seed), exp, reference_arg, _crash_once,
-                              key=f"cuts-{it.stem}-{run_id}", pure=False)
+                              int(seed), expected[i], reference_arg, _crash_once,
+                              key=f"cuts-{it.stem}-{run_id}-{attempts[i]}", pure=False)
             futures[f] = i
+            return f
+
+        for i, _exp in todo:
+            submit(i)
         total, done_n = len(items), len(items) - len(todo)
         if progress is not None:
             progress(done_n, total, f"batch: {done_n}/{total} done")
         _write_summary(out / "summary.csv", _pending(rows))
-        for f in as_completed(list(futures), loop=client.loop):
+        ac = as_completed(list(futures), loop=client.loop)
+        for f in ac:
             i = futures[f]
             try:
                 row = f.result()
             except Exception as exc:  # noqa: BLE001 - a lost task (its workers kept dying)
+                if attempts[i] < 3:
+                    # the scheduler may forget a task whose worker died mid-run
+                    # (FutureCancelledError): submit it again; its outputs are only ever
+                    # published whole, so a second run is safe
+                    ac.add(submit(i))
+                    continue
                 row = _empty_row("") | {"status": "error", "error": _one_line(exc)}
             row = dict(row, image=items[i].name)
             rows[i] = row

@@ -650,7 +650,7 @@ def _figure_dice(per_image_dice: dict, path: Path, layout: str, order=None,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .fileutil import atomic_path
+    from .fileutil import save_figure
 
     names = [m for m in (METHODS if order is None else order) if m in per_image_dice]
     data = [np.asarray(per_image_dice[m], dtype=float) for m in names]
@@ -673,10 +673,7 @@ def _figure_dice(per_image_dice: dict, path: Path, layout: str, order=None,
     ax.set_ylim(-0.02, 1.02)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _figure_examples(samples: list, masks: dict, path: Path) -> None:
@@ -686,7 +683,7 @@ def _figure_examples(samples: list, masks: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .fileutil import atomic_path
+    from .fileutil import save_figure
 
     idx = sorted(masks)
     names = [m for m in METHODS if any(m in masks[i] for i in idx)]
@@ -717,10 +714,7 @@ def _figure_examples(samples: list, masks: dict, path: Path) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle("masks (magenta) against the ground truth (green outline)", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- main entry
@@ -1334,7 +1328,7 @@ def _figure_examples_3d(examples: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .fileutil import atomic_path
+    from .fileutil import save_figure
 
     rows = list(examples.items())
     names = [m for m in METHODS_3D if any(m in ex["masks"] for _, ex in rows)]
@@ -1368,10 +1362,7 @@ def _figure_examples_3d(examples: dict, path: Path) -> None:
                 ax.set_ylabel(f"{case} z={ex['z']}", fontsize=6)
     fig.suptitle("axial slice through the click: masks (magenta), ground truth (green)",
                  fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),

@@ -135,3 +135,13 @@ def make_output_dir(path) -> Path:
         raise WriteError(f"cannot create the output folder {out}: {exc.strerror or exc}; "
                          "choose a writable folder with --out.") from None
     return out
+
+
+def save_figure(fig, path) -> None:
+    """Lay out a matplotlib figure, write it to ``path`` as PNG atomically, close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -382,7 +382,7 @@ def _figure_levels(image: np.ndarray, hier, path: Path, max_panels: int = 7) -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from .fileutil import atomic_path
+    from .fileutil import save_figure
     from .io import label_colours
 
     def overlay(lab, base, alpha=0.5):
@@ -417,10 +417,7 @@ def _figure_levels(image: np.ndarray, hier, path: Path, max_panels: int = 7) -> 
         ax.set_title(title, fontsize=8)
         ax.axis("off")
     fig.suptitle("CUTS: coarse (left) to fine (right)", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_segment(image_path, out_dir, *, weights=None, epochs=None, seconds=None, seed: int = 0,
@@ -632,7 +629,7 @@ def _figure_volume_levels(vol: np.ndarray, hier, path: Path, *, spacing=(1.0, 1.
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from .fileutil import atomic_path
+    from .fileutil import save_figure
     from .io import label_colours
 
     counts = np.asarray(hier.n_clusters)
@@ -669,10 +666,7 @@ def _figure_volume_levels(vol: np.ndarray, hier, path: Path, *, spacing=(1.0, 1.
     for ax in axes.ravel():
         ax.axis("off")
     fig.suptitle("CUTS on a volume: one hierarchy, coarse (left) to fine (right)", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _stage(progress: Progress, name: str) -> Progress:
