@@ -16,7 +16,7 @@
 What it does, in a fresh subprocess (so that ``peak_mb`` is the peak RSS of this work
 alone, ``ru_maxrss``; ``peak_mb_after`` is the high-water mark after each stage): read
 ``src/napari_cuts/sample_data/mri_volume.nii.gz`` (197 x 233 x 189, 1 mm) and its
-ventricle pseudo ground truth, train the 2.5D encoder as ``napari-cuts segment`` does
+ventricle pseudo ground truth, train the volume encoder as ``napari-cuts segment`` does
 (default budget, 60 s; ``quick=True``: 10 s), segment the volume with the default working
 grid (:func:`napari_cuts.pipeline.segment_volume`: grid, embed, condense), write
 ``hierarchy.npz`` and ``persistent.nii.gz`` to a temporary folder.
