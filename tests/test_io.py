@@ -283,7 +283,13 @@ def test_nifti_2d_and_4d(tmp_path):
     assert o1.shape == (10, 12, 1)
 
     vol4 = rng.random((6, 7, 5, 3)).astype(np.float32)
-    save_nifti(tmp_path / "four.nii.gz", vol4, aff)
+    # with a time unit a 4D file is a time series: its first volume (without one, a
+    # handful of volumes are sequences: tests/test_sequences.py)
+    img4 = nib.Nifti1Image(vol4, aff)
+    img4.header.set_qform(aff, code=1)
+    img4.header.set_sform(aff, code=2)
+    img4.header.set_xyzt_units("mm", "sec")
+    nib.save(img4, str(tmp_path / "four.nii.gz"))
     four = io.read_image(tmp_path / "four.nii.gz")
     np.testing.assert_array_equal(four.data, vol4[..., 0].transpose(2, 1, 0))
     assert any("first volume" in n for n in four.notes)

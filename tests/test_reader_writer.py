@@ -81,7 +81,9 @@ def test_reader_png_and_broken_file(tmp_path):
 
 def test_reader_4d_note_is_warned(tmp_path):
     vol = np.zeros((5, 6, 4, 2), np.float32)
-    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "t.nii"))
+    img = nib.Nifti1Image(vol, np.eye(4))
+    img.header.set_xyzt_units("mm", "sec")  # a time series (no time unit: sequences)
+    nib.save(img, str(tmp_path / "t.nii"))
     with pytest.warns(UserWarning, match="first volume"):
         (data, kwargs, _), = napari_get_reader(str(tmp_path / "t.nii"))(str(tmp_path / "t.nii"))
     assert data.shape == (4, 6, 5)

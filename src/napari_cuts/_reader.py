@@ -57,8 +57,25 @@ def read_layers(path) -> list[tuple]:
     for image in io.read_all(p):
         for note in image.notes:
             warnings.warn(note, UserWarning, stacklevel=2)
-        layers.append((image.data, image.layer_kwargs(), image.layer_type))
+        layers.extend(image_layers(image))
     return layers
+
+
+def image_layers(image) -> list[tuple]:
+    """napari layer tuples of one :class:`~napari_cuts.io.ImageData`: one layer, or for a
+    multi-sequence image (a 4D NIfTI of sequences, ``metadata["sequences"]``) one image
+    layer per sequence, ``"<name> <sequence>"``, all with the same scale, translate and
+    affine, each with ``metadata["sequence"]`` / ``["sequence_index"]``."""
+    kw = image.layer_kwargs()
+    names = image.sequences
+    if not names:
+        return [(image.data, kw, image.layer_type)]
+    out = []
+    for i, seq in enumerate(names):
+        meta = dict(kw["metadata"], sequence=seq, sequence_index=i)
+        out.append((image.data[..., i], {**kw, "name": f"{kw['name']} {seq}",
+                                         "metadata": meta, "rgb": False}, "image"))
+    return out
 
 
 LEVELS_NAME = "CUTS levels"
@@ -134,7 +151,7 @@ def read_session_layers(path) -> list[tuple]:
         src = sess.source_path()
         images = io.read_all(src)
         image = images[0]
-        spatial = tuple(image.data.shape[:-1]) if image.rgb else tuple(image.data.shape)
+        spatial = tuple(image.spatial_shape)
         if spatial != shape:
             raise ReadError(
                 f"session {sess.folder}: its hierarchy is {' x '.join(map(str, shape))} but "
@@ -144,7 +161,7 @@ def read_session_layers(path) -> list[tuple]:
         for note in image.notes:
             warnings.warn(note, UserWarning, stacklevel=2)
         image_kwargs = image.layer_kwargs()
-        layers.append((image.data, image_kwargs, "image"))
+        layers.extend(image_layers(image))
         geometry = {"scale": image_kwargs["scale"], "translate": image_kwargs["translate"],
                     "metadata": dict(image_kwargs["metadata"])}
     else:

@@ -65,7 +65,17 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("segment", help="train (or load) the encoder on an image and write its "
                        "coarse-to-fine hierarchy")
-    s.add_argument("image", help="PNG/JPEG/TIFF, NIfTI (.nii, .nii.gz), DICOM file or series folder")
+    s.add_argument("image", nargs="+", metavar="IMAGE",
+                   help="PNG/JPEG/TIFF, NIfTI (.nii, .nii.gz), DICOM file or series folder; "
+                        "several co-registered images on one grid (T1 T2 FLAIR ...) are one "
+                        "input with one channel per sequence")
+    sq = s.add_mutually_exclusive_group()
+    sq.add_argument("--sequences", dest="sequences", action="store_const", const=True,
+                    default=None, help="read a 4D NIfTI's volumes as sequences (channels of "
+                    "one input), whatever its header says")
+    sq.add_argument("--time-series", dest="sequences", action="store_const", const=False,
+                    help="read a 4D NIfTI as a time series (its first volume), whatever its "
+                    "header says")
     s.add_argument("--out", required=True, help="output folder")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--weights", help="encoder weights to load instead of training")
@@ -192,10 +202,12 @@ def cmd_segment(args) -> int:
 
     bar = _Bar()
     try:
-        summary = run_segment(args.image, args.out, weights=args.weights, epochs=args.epochs,
+        image = args.image[0] if len(args.image) == 1 else list(args.image)
+        summary = run_segment(image, args.out, weights=args.weights, epochs=args.epochs,
                               seconds=args.seconds, seed=args.seed, device=args.device,
                               max_points=args.max_points, slices=args.slices,
-                              progress=bar, log=lambda m: print(m, file=sys.stderr))
+                              progress=bar, log=lambda m: print(m, file=sys.stderr),
+                              sequences=args.sequences)
     finally:
         bar.close()
     out = Path(args.out)

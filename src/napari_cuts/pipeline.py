@@ -422,7 +422,8 @@ def _figure_levels(image: np.ndarray, hier, path: Path, max_panels: int = 7) -> 
 
 def run_segment(image_path, out_dir, *, weights=None, epochs=None, seconds=None, seed: int = 0,
                 device: str = "auto", max_points: Optional[int] = None, slices=None,
-                progress: Progress = None, cancel: Cancel = None, log=print) -> dict:
+                progress: Progress = None, cancel: Cancel = None, log=print,
+                sequences: Optional[bool] = None) -> dict:
     """The ``napari-cuts segment`` job: read, train or load, condense, write the outputs.
 
     2D input writes ``hierarchy.npz``, ``persistent.png``/``.npy``, ``levels.png`` (and
@@ -431,24 +432,46 @@ def run_segment(image_path, out_dir, *, weights=None, epochs=None, seconds=None,
     order, ``persistent.npy`` / ``persistent.nii.gz`` (source geometry) and a
     ``levels.png`` of the middle slice and an orthogonal view. ``slices`` (a list of
     indices) segments those slices one by one instead (``slices/zNNN/hierarchy.npz``).
-    Returns a summary dict (also written as ``run.json``).
+    ``image_path`` may be a list of paths: co-registered sequences on one grid (T1, T2,
+    FLAIR ...), ONE input with one channel each (:func:`napari_cuts.sequences.
+    stack_sequences`); a list of one path is that path. ``sequences`` overrides the
+    4D NIfTI guess (``True``: its volumes are sequences, ``False``: a time series).
+    Returns a summary dict (also written as ``run.json``; ``sequences`` lists the
+    channel names of a multi-sequence input).
     """
     from .fileutil import make_output_dir, write_json
     from .io import read_image
 
     t_start = time.perf_counter()
+    paths = list(image_path) if isinstance(image_path, (list, tuple)) else [image_path]
+    if not paths:
+        raise InputError("no image given.")
+    if len(paths) == 1:
+        image_path = paths[0]
+        src = read_image(image_path, sequences=sequences)
+    else:
+        from .sequences import read_sequences
+
+        src = read_sequences(paths, sequences=sequences)  # checked before any output
+        image_path = paths[0]
     out = make_output_dir(out_dir)
-    src = read_image(image_path)
     for note in src.notes:
         log(note)
     data = np.asarray(src.data)
-    is_volume = (data.ndim == 3 and not src.rgb) or data.ndim == 4
+    # (Z, Y, X), (N, H, W, 3), (Z, Y, X, C) sequences; not (H, W, 3) or (Y, X, C) sequences
+    is_volume = src.ndim_spatial == 3
     summary = {"napari_cuts_version": __version__, "input": str(image_path), "seed": int(seed),
                "shape": list(data.shape), "device": device, "notes": list(src.notes)}
     # what a session needs to find and check the source when the folder is reopened
     from .session import file_digest
 
     summary["source"] = {**file_digest(image_path), "shape": list(data.shape)}
+    if src.sequences:
+        summary["sequences"] = list(src.sequences)
+        summary["sequence_sources"] = [str(s) for s in src.metadata.get("sources", [image_path])]
+        if len(paths) > 1:
+            summary["input"] = [str(p) for p in paths]
+            summary["source"]["sequences"] = [file_digest(p) for p in paths]
     kw = src.layer_kwargs()
     summary["geometry"] = {"scale": list(kw["scale"]), "translate": list(kw["translate"]),
                            "affine": kw["metadata"].get("affine"),

@@ -91,9 +91,17 @@ class ImageData:
     kind: str = "image"
 
     @property
+    def sequences(self) -> list[str] | None:
+        """The channel names of a multi-sequence image (``data`` ``(Z, Y, X, C)`` or
+        ``(Y, X, C)``, one co-registered MRI sequence per channel), else ``None``."""
+        seq = self.metadata.get("sequences")
+        return list(seq) if seq else None
+
+    @property
     def ndim_spatial(self) -> int:
-        """2 for pictures and slices, 3 for volumes and stacks."""
-        return self.data.ndim - (1 if self.rgb else 0)
+        """2 for pictures and slices, 3 for volumes and stacks (the last axis of an RGB
+        picture or of a multi-sequence image is not spatial)."""
+        return self.data.ndim - (1 if self.rgb or self.sequences else 0)
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:

@@ -19,7 +19,68 @@ NIFTI_GEOMETRY_FIELDS = (
 )
 
 
-def read_nifti(p: Path) -> ImageData:
+#: A 4D NIfTI with at most this many volumes and no time unit is read as sequences.
+MAX_SEQUENCES = 8
+#: The time part of the header's ``xyzt_units`` (NIfTI-1: sec 8, msec 16, usec 24, ...).
+TIME_UNIT_BITS = 0x38
+
+
+def _text(hdr, key: str) -> str:
+    try:
+        return bytes(hdr[key]).split(b"\x00")[0].decode("ascii", "replace").strip()
+    except (KeyError, TypeError, ValueError):
+        return ""
+
+
+def sequence_names(hdr, n: int) -> list[str]:
+    """Names of the ``n`` volumes of a multi-sequence NIfTI: ``descrip`` or
+    ``intent_name`` when it lists exactly ``n`` names (separated by ``;``, ``,``, ``|``
+    or spaces), else ``"sequence 1"`` .. ``"sequence n"``."""
+    import re
+
+    for key in ("descrip", "intent_name"):
+        text = _text(hdr, key)
+        if not text:
+            continue
+        for sep in (r"[;,|]", r"\s+"):
+            parts = [t.strip() for t in re.split(sep, text) if t.strip()]
+            if len(parts) == n and len(set(parts)) == n:
+                return parts
+    return [f"sequence {i + 1}" for i in range(n)]
+
+
+def _four_d_mode(p: Path, hdr, shape, sequences) -> tuple[bool, str]:
+    """Whether a 4D+ NIfTI reads as sequences, and (if not) why, for the note.
+
+    ``sequences``: ``None`` guesses (4D, at most 8 volumes, no time unit), ``True``
+    forces sequences, ``False`` a time series (the first volume)."""
+    time_bits = int(hdr["xyzt_units"]) & TIME_UNIT_BITS
+    n = int(shape[3])
+    if sequences is False:
+        return False, " (read as a time series, as asked)"
+    if sequences is True:
+        if len(shape) != 4 or not 1 <= n <= MAX_SEQUENCES:
+            raise ReadError(
+                f"{p}: shape {shape} cannot be read as sequences: that needs a 4D image with "
+                f"at most {MAX_SEQUENCES} volumes on its fourth axis. Read it as a time "
+                "series (--time-series) or split it into files.")
+        return True, ""
+    if len(shape) != 4 or n < 2:
+        return False, ""
+    if time_bits:
+        return False, (" (a time series: its header has a time unit; --sequences reads "
+                       "its volumes as sequences)")
+    if n > MAX_SEQUENCES:
+        return False, (f" (a time series: more than {MAX_SEQUENCES} volumes; --sequences "
+                       "reads them as sequences)")
+    return True, ""
+
+
+def read_nifti(p: Path, *, sequences: bool | None = None) -> ImageData:
+    """Read a NIfTI file. A 4D file with at most 8 volumes and no time unit (or any 4D
+    file with ``sequences=True``) is a multi-sequence image: ``data`` ``(Z, Y, X, C)``,
+    ``metadata["sequences"]`` the names; otherwise (a time series, or
+    ``sequences=False``) its first volume, with a note."""
     import nibabel as nib
     from nibabel.imageglobals import logger as nib_logger
 
@@ -65,14 +126,20 @@ def read_nifti(p: Path) -> ImageData:
             )
     if dtype.kind == "c":
         raise ReadError(f"{p}: complex-valued NIfTI; export the magnitude image instead.")
+    names = None
     if len(shape) > 3:
-        extra = shape[3:]
-        if int(np.prod(extra)) > 1:
-            notes.append(
-                f"{len(shape)}D image of shape {shape}: using the first volume "
-                f"({shape[0]}x{shape[1]}x{shape[2]})."
-            )
-        vox = img.dataobj[(slice(None),) * 3 + (0,) * (len(shape) - 3)]
+        as_seq, why = _four_d_mode(p, hdr, shape, sequences)
+        if as_seq:
+            vox = np.asarray(img.dataobj[...])
+            names = sequence_names(hdr, shape[3])
+        else:
+            extra = shape[3:]
+            if int(np.prod(extra)) > 1:
+                notes.append(
+                    f"{len(shape)}D image of shape {shape}: using the first volume "
+                    f"({shape[0]}x{shape[1]}x{shape[2]}){why}."
+                )
+            vox = img.dataobj[(slice(None),) * 3 + (0,) * (len(shape) - 3)]
     else:
         vox = img.dataobj[...]
     vox = np.asarray(vox)
@@ -80,7 +147,13 @@ def read_nifti(p: Path) -> ImageData:
         vox = np.stack([vox[n] for n in vox.dtype.names[:3]], axis=-1)
     vox = native(vox)
     rgb = vox.dtype.kind == "u" and vox.ndim >= 3 and hdr.get_data_dtype().names is not None
-    if rgb:
+    if names is not None:
+        # (X, Y, Z, C) -> (Z, Y, X, C); one slice (X, Y, 1, C) -> (Y, X, C)
+        if vox.shape[2] == 1:
+            data = np.ascontiguousarray(vox[:, :, 0].transpose(1, 0, 2))
+        else:
+            data = np.ascontiguousarray(vox.transpose(2, 1, 0, 3))
+    elif rgb:
         vox = vox[:, :, 0] if vox.ndim == 4 and vox.shape[2] == 1 else vox
         if vox.ndim != 3:
             raise ReadError(f"{p}: RGB NIfTI volumes are not supported; give one RGB slice.")
@@ -102,7 +175,7 @@ def read_nifti(p: Path) -> ImageData:
             f"{tuple(zooms)} mm without orientation."
         )
     affine = nifti_affine[:, [2, 1, 0, 3]]
-    n_sp = data.ndim - (1 if rgb else 0)
+    n_sp = data.ndim - (1 if rgb or names is not None else 0)
     geometry = {}
     for key in NIFTI_GEOMETRY_FIELDS:
         v = np.asarray(hdr[key])
@@ -116,6 +189,9 @@ def read_nifti(p: Path) -> ImageData:
         "nifti_dtype": str(dtype),
         "descrip": bytes(hdr["descrip"]).split(b"\x00")[0].decode("ascii", "replace"),
     }
+    if names is not None:
+        meta["sequences"] = names
+        meta["sources"] = [str(p)]
     return ImageData(
         data=data, affine=affine, spacing=spacing_of(affine, n_sp), rgb=bool(rgb),
         source=str(p), format="nifti", metadata=meta, notes=notes,

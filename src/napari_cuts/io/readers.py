@@ -38,28 +38,32 @@ def _is_session(p) -> bool:
     return is_session_folder(p)
 
 
-def read_image(path) -> ImageData:
+def read_image(path, *, sequences: bool | None = None) -> ImageData:
     """Read one image: a picture, a NIfTI file, a DICOM file, a DICOM folder (its
     largest series; the others are named in ``notes``), a DICOM SEG (as labels: see
     :mod:`napari_cuts.io.dicom_seg`), or a folder of PNG/TIFF pictures as a stack.
 
+    A 4D NIfTI with at most 8 volumes and no time unit is a multi-sequence image
+    ``(Z, Y, X, C)`` (``metadata["sequences"]``); ``sequences=True`` / ``False``
+    overrides the guess (sequences / a time series: its first volume).
+
     Raises :class:`ReadError` (and nothing else) naming the file and what to do.
     """
-    return _read(path, all_series=False)[0]
+    return _read(path, all_series=False, sequences=sequences)[0]
 
 
-def read_all(path) -> list[ImageData]:
+def read_all(path, *, sequences: bool | None = None) -> list[ImageData]:
     """Every series in a DICOM folder (images, largest first, then its SEGs), one
     labels image per segment for a DICOM SEG whose segments overlap, and a
     one-element list otherwise."""
-    return _read(path, all_series=True)
+    return _read(path, all_series=True, sequences=sequences)
 
 
 def _one_line(text: str, limit: int = 200) -> str:
     return " ".join(str(text).split())[:limit]
 
 
-def _read(path, *, all_series: bool) -> list[ImageData]:
+def _read(path, *, all_series: bool, sequences: bool | None = None) -> list[ImageData]:
     p = as_path(path)
     try:
         if not p.exists():
@@ -92,7 +96,7 @@ def _read(path, *, all_series: bool) -> list[ImageData]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if fmt == "nifti":
-                return [read_nifti(p)]
+                return [read_nifti(p, sequences=sequences)]
             if fmt == "dicom":
                 return read_dicom_file(p, all_layers=all_series)
             return [read_one(p, fmt)]
