@@ -186,7 +186,7 @@ def test_batch_local_cluster_then_two_workers_identical(images, cluster, tmp_pat
         assert r["status"] == "ok" and r["error"] == ""
         d = out1 / f"img{i}"
         assert {p.name for p in d.iterdir()} == {"hierarchy.npz", "persistent.png", "mask.png",
-                                                  "done.json"}
+                                                  "run.json", "done.json"}
         mask = iio.imread(d / "mask.png") > 0
         assert int(r["mask_pixels"]) == int(mask.sum()) > 0
         assert r["area_mm2"] == "" and r["volume_ml"] == ""    # pictures: no physical spacing
@@ -380,3 +380,24 @@ def test_mixing_2d_images_and_volumes_is_refused(images, tmp_path, capsys):
                f"tcp://127.0.0.1:{_closed_port()}"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "mixes volumes (vol.nii.gz) and 2D images (img0.png)" in err, err
+
+
+def test_batch_input_folder_opens_as_a_session(images, encoder_file, cluster, tmp_path):
+    """Each input's folder of `batch` opens through the plugin's reader like a `segment`
+    folder: the image, the levels, and the cohort's encoder found for it."""
+    from napari_cuts.session import is_session_folder, read_session
+
+    client = cluster[0]
+    out = tmp_path / "b"
+    cohort.run_batch([images / "img0.png"], out, weights=encoder_file, client=client)
+    folder = out / "img0"
+    assert is_session_folder(folder)
+    sess = read_session(folder)
+    assert sess.check_source()[0] == "ok"
+    assert sess.encoder_path is not None and sess.encoder_path.name == "encoder.pt"
+    from napari_cuts._reader import napari_get_reader
+
+    layers = napari_get_reader(str(folder))(str(folder))
+    kinds = [lay[2] if len(lay) > 2 else "image" for lay in layers]
+    assert kinds[0] == "image" and "labels" in kinds
+    assert layers[0][0].shape[:2] == sess.hierarchy().shape

@@ -466,7 +466,7 @@ def reference_task(path: str, point, enc_payload: bytes, enc_sha: str, seed: int
 
 def process_input(path: str, stem: str, out_dir: str, enc_payload: bytes, enc_sha: str,
                   seed: int, expect: dict, reference: Optional[dict] = None,
-                  _crash_once: Optional[tuple] = None) -> dict:
+                  _crash_once: Optional[tuple] = None, enc_path: Optional[str] = None) -> dict:
     """Worker: segment one input and publish ``out_dir/stem/`` atomically.
 
     Returns the summary row (``status`` ``ok`` or ``error``, ``error`` its one-line
@@ -514,6 +514,20 @@ def process_input(path: str, stem: str, out_dir: str, enc_payload: bytes, enc_sh
                 row["area_mm2"] = round(px * float(np.prod(spacing)), 6)
             info.update(match)
         row.update({"status": "ok", "seconds": round(time.perf_counter() - t0, 3)})
+        # what a session needs to reopen this folder in napari (as segment's run.json)
+        from .session import file_digest
+
+        kw = src.layer_kwargs()
+        write_json(partial / "run.json", {
+            "napari_cuts_version": __version__, "input": str(Path(path).resolve()),
+            "seed": int(seed), "shape": info["shape"], "batch": True,
+            "encoder": str(Path(enc_path).resolve()) if enc_path else None,
+            "source": {**file_digest(path), "shape": info["shape"]},
+            "geometry": {"scale": list(kw["scale"]), "translate": list(kw["translate"]),
+                         "affine": kw["metadata"].get("affine"),
+                         "spacing": [float(v) for v in src.spacing]},
+            "n_levels": info["n_levels"], "n_clusters": info["n_clusters"]})
+        files.append("run.json")
         done = dict(expect)
         done.update({"stem": stem, "files": {f: (partial / f).stat().st_size for f in files},
                      "row": row, "info": info, "napari_cuts_version": __version__})
@@ -843,6 +857,7 @@ def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, refer
             attempts[i] = attempts.get(i, 0) + 1
             f = client.submit(process_input, str(it.path), it.stem, str(out), enc_future, enc_sha,
                               int(seed), expected[i], reference_arg, _crash_once,
+                              str(enc_file) if enc_file is not None else None,
                               key=f"cuts-{it.stem}-{run_id}-{attempts[i]}", pure=False)
             futures[f] = i
             return f

@@ -135,7 +135,15 @@ class Session:
     @property
     def encoder_path(self) -> Optional[Path]:
         p = self.folder / ENCODER
-        return p if p.is_file() else None
+        if p.is_file():
+            return p
+        # a batch input folder: the cohort's one encoder, in the batch folder
+        if not self.info.get("batch"):
+            return None
+        shared = Path(self.info.get("encoder") or self.folder.parent / ENCODER)
+        if not shared.is_file():
+            shared = self.folder.parent / ENCODER
+        return shared if shared.is_file() else None
 
     def hierarchy(self):
         return load_hierarchy(self.hierarchy_path)
