@@ -289,3 +289,16 @@ def test_region_distinct_only_in_the_combination(combination_results, mode):
     for alone in ("seq1", "seq2"):
         assert r[alone, mode]["best"] <= 0.5, r
         assert r[alone, mode]["click"] <= 0.5, r
+
+
+def test_weights_for_another_sequence_count_say_so():
+    """Saved weights trained on one sequence do not take two: a WeightsError that names
+    both counts (no traceback from torch)."""
+    from napari_cuts import pipeline
+    from napari_cuts.errors import WeightsError
+
+    rng = np.random.default_rng(0)
+    v = rng.random((6, 32, 32)).astype(np.float32)
+    enc = pipeline.train_volume_encoder(v, epochs=1)
+    with pytest.raises(WeightsError, match=r"volumes of 1 channel .* this volume has 2"):
+        pipeline.segment_volume(enc, np.stack([v, v], -1))

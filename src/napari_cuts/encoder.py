@@ -799,10 +799,12 @@ def embed_volume(encoder: Encoder, volume, *, progress: Progress = None,
     k = int(encoder.metadata.get("context_slices", 0) or 0)
     x = context_stack(vol, k) if k else vol
     if x.shape[-1] != encoder.in_channels:
+        per = encoder.in_channels // (2 * k + 1)
         raise WeightsError(
-            f"encoder expects {encoder.in_channels} input channels "
-            f"({'a volume with ' + str(k) + ' context slices' if k else '2D slices'}), this volume "
-            f"gives {x.shape[-1]}; train a new encoder or load matching weights.")
+            f"the encoder was trained on volumes of {per} channel{'s' if per != 1 else ''} "
+            f"(sequences){' with ' + str(k) + ' context slices each side' if k else ''}; this "
+            f"volume has {vol.shape[-1]}: train a new encoder on these sequences or load "
+            "weights trained on the same number.")
     z = x.shape[0]
     out = np.empty(x.shape[:3] + (encoder.embedding_dim,), np.float32)
     for i in range(z):
