@@ -717,6 +717,14 @@ def _figure_examples(samples: list, masks: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+def _training_progress(progress: Progress, base: int, n: int, total: int, seed: int):
+    """The training's progress mapped onto the ``n`` steps after ``base`` of the run."""
+    def cb(d, t, msg):
+        frac = min(max(d / t, 0.0), 1.0) if t else 0.0
+        report(progress, base + int(frac * n), total, f"seed {seed}: training: {msg}")
+    return cb
+
+
 # --------------------------------------------------------------------------- main entry
 
 def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
@@ -838,9 +846,7 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
             check_cancel(cancel)
             base = done
 
-            def train_progress(d, t, msg, _base=base, _seed=seed):
-                frac = min(max(d / t, 0.0), 1.0) if t else 0.0
-                report(progress, _base + int(frac * n), total, f"seed {_seed}: training: {msg}")
+            train_progress = _training_progress(progress, base, n, total, seed)
 
             report(progress, done, total, f"seed {seed}: training the encoder")
             t0 = time.perf_counter()
@@ -1469,9 +1475,7 @@ def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
             check_cancel(cancel)
             base = done
 
-            def train_progress(d, t, msg, _base=base, _seed=seed):
-                frac = min(max(d / t, 0.0), 1.0) if t else 0.0
-                report(progress, _base + int(frac * n), total, f"seed {_seed}: training: {msg}")
+            train_progress = _training_progress(progress, base, n, total, seed)
 
             report(progress, done, total, f"seed {seed}: training one encoder on {n} volumes")
             t0 = time.perf_counter()

@@ -547,13 +547,12 @@ def _segment_2d_job(src, data, out, *, max_points, weights, epochs, seconds, see
 
 def _segment_volume_job(src, data, out, *, max_points, weights, epochs, seconds, seed, device,
                         progress, cancel, log, summary, provenance, image_path) -> None:
-    from .encoder import load_encoder
     from .io import write_labels
-    from .volume import check_volume, estimate_note, volume_plan
+    from .volume import MAX_VOLUME_POINTS, check_volume, estimate_note, volume_plan
 
     vol = check_volume(data, Path(image_path).name)
     spacing = tuple(float(v) for v in src.spacing[:3])
-    p = volume_plan(vol.shape, spacing, max_points or _default_volume_points())
+    p = volume_plan(vol.shape, spacing, max_points or MAX_VOLUME_POINTS)
     log(f"{Path(image_path).name}: volume {' x '.join(map(str, vol.shape[:3]))} "
         f"({' x '.join(f'{v:g}' for v in spacing)} mm); {estimate_note(p)}"
         f"{'' if weights is None else ' (weights loaded)'}.")
@@ -562,8 +561,7 @@ def _segment_volume_job(src, data, out, *, max_points, weights, epochs, seconds,
 
     def train():
         if weights is not None:
-            return (weights if not isinstance(weights, (str, Path))
-                    else load_encoder(weights, device=device)), False
+            return get_encoder(None, weights=weights, device=device)
         return train_volume_encoder(vol, spacing=spacing, max_points=p.points, epochs=epochs,
                                     seconds=seconds, seed=seed, device=device,
                                     progress=_stage(progress, "training"), cancel=cancel), True
@@ -594,12 +592,6 @@ def _segment_volume_job(src, data, out, *, max_points, weights, epochs, seconds,
                     "seconds_embed": round(res.seconds["embed"], 2),
                     "seconds_condense": round(res.seconds["condense"], 2),
                     "seconds_write": round(time.perf_counter() - t1, 2)})
-
-
-def _default_volume_points() -> int:
-    from .volume import MAX_VOLUME_POINTS
-
-    return MAX_VOLUME_POINTS
 
 
 def _segment_slices_job(src, data, out, slices, *, max_points, weights, epochs, seconds, seed,
