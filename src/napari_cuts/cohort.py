@@ -823,6 +823,7 @@ def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, refer
                           trained=True)
         payload = enc_file.read_bytes()
         enc_future = client.scatter(payload, broadcast=True, hash=False)
+        enc_ref = [enc_future]       # scattered again if the workers holding it all die
         run_id = uuid.uuid4().hex[:8]
 
         if ref_path is not None and ref is None:
@@ -855,7 +856,9 @@ def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, refer
         def submit(i):
             it = items[i]
             attempts[i] = attempts.get(i, 0) + 1
-            f = client.submit(process_input, str(it.path), it.stem, str(out), enc_future, enc_sha,
+            if attempts[i] > 1 and enc_ref[0].status != "finished":
+                enc_ref[0] = client.scatter(payload, broadcast=True, hash=False)
+            f = client.submit(process_input, str(it.path), it.stem, str(out), enc_ref[0], enc_sha,
                               int(seed), expected[i], reference_arg, _crash_once,
                               str(enc_file) if enc_file is not None else None,
                               key=f"cuts-{it.stem}-{run_id}-{attempts[i]}", pure=False)
@@ -875,9 +878,10 @@ def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, refer
                 row = f.result()
             except Exception as exc:  # noqa: BLE001 - a lost task (its workers kept dying)
                 if attempts[i] < 3:
-                    # the scheduler may forget a task whose worker died mid-run
-                    # (FutureCancelledError): submit it again; its outputs are only ever
-                    # published whole, so a second run is safe
+                    # the scheduler may forget a task whose worker died mid-run, or lose
+                    # the scattered encoder with it (FutureCancelledError): submit it again
+                    # (with the encoder scattered again where lost); its outputs are only
+                    # ever published whole, so a second run is safe
                     ac.add(submit(i))
                     continue
                 row = _empty_row("") | {"status": "error", "error": _one_line(exc)}
