@@ -281,6 +281,29 @@ def test_seg_beside_its_series_opens_as_labels_layer(tmp_path):
     np.testing.assert_array_equal(layers[1][0], mask)
 
 
+def test_overlapping_layers_larger_below(tmp_path):
+    """The lesion as segment 1, the organ holding it as segment 2: the napari reader
+    still gives the organ first (drawn below) and the lesion last (on top), each layer
+    with its own segment number, so the lesion is not hidden under the organ."""
+    folder, _ = series(tmp_path, "s", iop=[1, 0, 0, 0, 1, 0], n=4)
+    img = io.read_image(folder)
+    organ = np.zeros(img.data.shape, bool)
+    organ[:, 1:9, 1:11] = True
+    lesion = np.zeros_like(organ)
+    lesion[1:3, 3:5, 4:6] = True
+    small = np.zeros_like(organ)
+    small[0, 0, 0] = True     # apart, smallest: last
+    out = io.write_segments(tmp_path / "o.dcm", [lesion, organ, small],
+                            ["lesion", "organ", "dot"], like=img)
+    layers = napari_get_reader(str(out))(str(out))
+    assert [kw["metadata"]["segment_label"] for _, kw, _ in layers] == ["organ", "lesion", "dot"]
+    for (data, kw, kind), mask in zip(layers, [organ, lesion, small]):
+        num = kw["metadata"]["segment_number"]
+        assert kind == "labels"
+        np.testing.assert_array_equal(data, mask * num)
+    assert [kw["metadata"]["segment_number"] for _, kw, _ in layers] == [2, 1, 3]
+
+
 def test_dcmqi_reads_our_seg(tmp_path):
     """An independent reader (dcmqi's segimage2itkimage), when installed."""
     tool = shutil.which("segimage2itkimage") or shutil.which(

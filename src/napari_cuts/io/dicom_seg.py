@@ -14,8 +14,9 @@ back onto a regular grid where the referenced instances say slices are missing.
 Segments that never overlap become one label map, value = segment number. When
 segments overlap (a lesion inside an organ), one array cannot hold both, so
 :func:`napari_cuts.io.read_all` (and the napari reader) give one labels image per
-segment (value = its segment number, named by its label): each stays visible and
-distinct. :func:`napari_cuts.io.read_image` gives one composite map, larger
+segment (value = its segment number, named by its label), the larger segments first
+(napari stacks later layers on top, so a smaller segment is never under a larger
+one): each stays visible and distinct. :func:`napari_cuts.io.read_image` gives one composite map, larger
 segments painted first so that smaller ones stay on top, with a note naming the
 overlap; ``metadata["segments"]`` lists every segment.
 
@@ -285,8 +286,10 @@ def _read_seg(p: Path, ds, *, all_layers: bool) -> list[ImageData]:
     names = ", ".join(f"{segments[s]['label']!r}" for s in sorted(segments))
     dt = smallest_uint(max(segments))
     if all_layers:
+        # larger segments first: napari draws later layers on top, so a lesion inside
+        # an organ stays visible over it (ties: segment number)
         out = []
-        for s in sorted(segments):
+        for s in sorted(segments, key=lambda s: (-sizes[s], s)):
             label = segments[s]["label"]
             out.append(image(
                 (masks[s] * s).astype(dt), f"{stem(p)} {label}",
