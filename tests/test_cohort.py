@@ -165,6 +165,35 @@ def test_match_structure_finds_the_cluster_with_the_prototype_feature():
         cohort.match_structure(h, feats, 2, (1, 0, 0), min_area=0.9)
 
 
+def test_prototype_of_a_mask_and_the_extent_closest_in_size():
+    # three nested levels on an 8 x 8 image: quarters, halves, the whole; grid pool 2
+    fine = np.zeros((8, 8), np.int64)
+    fine[:4, :4], fine[:4, 4:], fine[4:, :4], fine[4:, 4:] = 0, 1, 2, 3
+    half = np.where(fine < 2, 0, 1)
+    h = Hierarchy.from_labels(np.stack([fine, half, np.zeros_like(fine)]))
+    rng = np.random.default_rng(0)
+    feats = rng.normal(0, 1, (4, 4, 3)).astype(np.float32)
+    mask = np.zeros((8, 8), bool)
+    mask[:4, 4:] = True                                   # the top-right quarter
+    proto = cohort.prototype_of_mask(feats, 2, mask)
+    std = cohort.standardised(feats)
+    np.testing.assert_allclose(proto, std[:2, 2:].reshape(-1, 3).mean(0), atol=1e-9)
+    # the same as the cluster mean structure_means gives (pixel-weighted)
+    means, _ = cohort.structure_means(h, std, 2)
+    np.testing.assert_allclose(proto, means[0][1], atol=1e-9)
+    with pytest.raises(InputError, match="empty"):
+        cohort.prototype_of_mask(feats, 2, np.zeros((8, 8), bool))
+    # extent: the cluster on the point's lineage whose size is closest (the root never)
+    assert cohort.extent_level(h, (6, 1), 0.25) == 0
+    assert cohort.extent_level(h, (6, 1), 0.45) == 1
+    assert cohort.extent_level(h, (6, 1), 0.99) == 1
+    # matched_mask with the area keeps the quarter the prototype names
+    lv, cid, m, info = cohort.matched_mask(h, feats, 2, proto, area=0.25)
+    assert lv == 0 and m[1, 6] and m.sum() == 16 and info["match_similarity"] > 0.999
+    lv, _, m, _ = cohort.matched_mask(h, feats, 2, proto, area=0.5)
+    assert lv == 1 and m[1, 6] and m.sum() == 32
+
+
 # ------------------------------------------------------------- the command
 
 def test_batch_local_cluster_then_two_workers_identical(images, cluster, tmp_path, capsys):

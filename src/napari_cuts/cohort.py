@@ -52,7 +52,9 @@ from . import __version__
 from .errors import CutsError, InputError
 
 __all__ = ["CSV_COLUMNS", "CohortInput", "expand_inputs", "run_batch", "structure_means",
-           "match_structure", "matched_mask", "prototype_at", "standardised", "check_reference_point", "is_done",
+           "match_structure", "matched_mask", "prototype_at", "prototype_of_mask", "match_image",
+           "extent_level",
+           "standardised", "check_reference_point", "is_done",
            "MIN_MATCH_AREA", "MAX_MATCH_AREA", "MAX_TRAIN_IMAGES"]
 
 #: Columns of ``summary.csv``, in this order.
@@ -347,7 +349,24 @@ def match_structure(hierarchy, features, pools, prototype, *, min_area: float = 
     return best
 
 
-def matched_mask(hierarchy, features, pools, prototype):
+def extent_level(hierarchy, point, area: float) -> int:
+    """The level whose cluster under ``point`` covers the fraction of the image closest
+    to ``area`` (in ratio: |log(size / area)|; ties go to the finer level), among the
+    levels with more than one cluster."""
+    total = float(np.asarray(hierarchy.finest).size)
+    want = max(float(area), 1.0 / total)
+    counts = np.asarray(hierarchy.n_clusters)
+    best, best_d = 0, np.inf
+    for lv, _cid, size in hierarchy.lineage(point):
+        if counts[lv] <= 1:
+            continue
+        d = abs(np.log(max(float(size), 1.0) / total / want))
+        if d < best_d - 1e-12:
+            best, best_d = int(lv), d
+    return best
+
+
+def matched_mask(hierarchy, features, pools, prototype, *, area: Optional[float] = None):
     """The structure of an input that matches the reference prototype.
 
     The cluster most similar to the prototype (:func:`match_structure` on
@@ -355,18 +374,71 @@ def matched_mask(hierarchy, features, pools, prototype):
     click there gives (:meth:`Hierarchy.click_level` at the cluster's innermost point),
     the rule that chose the reference structure itself. (The most similar cluster
     alone is mostly a speck of the structure: on the retina set, mean Dice 0.10 against
-    0.38 for the click at it.) Returns ``(level, cluster id, mask, info)``."""
+    0.38 for the click at it.) With ``area`` (the reference structure's fraction of its
+    image: the widget, where the user chose the extent with the slider), the extent is
+    instead the cluster on that point's lineage of the closest size
+    (:func:`extent_level`). Returns ``(level, cluster id, mask, info)``."""
     from .selection import innermost_point
 
     slv, scid, sim = match_structure(hierarchy, standardised(features), pools, prototype)
     seed = innermost_point(hierarchy.labels(slv) == scid)
-    lv = int(hierarchy.click_level(seed))
+    lv = int(hierarchy.click_level(seed) if area is None else
+             extent_level(hierarchy, seed, area))
     lab = hierarchy.labels(lv)
     cid = int(lab[seed])
     return lv, cid, lab == cid, {"match_seed_level": int(slv), "match_seed_cluster": int(scid),
                                  "match_similarity": float(sim),
                                  "match_seed_point": [int(v) for v in seed],
                                  "match_level": lv, "match_cluster": cid}
+
+
+def prototype_of_mask(features: np.ndarray, pools, mask) -> list[float]:
+    """The prototype of a structure given as a mask (the widget's "Apply to all images"):
+    the pixel-weighted mean of the :func:`standardised` grid ``features`` (what
+    condensation saw, :attr:`SegmentResult.features`, given raw) over the pixels of
+    ``mask`` (bool, the hierarchy's full-resolution shape). Raises :class:`InputError`
+    for an empty mask."""
+    f = standardised(features)
+    grid_shape = f.shape[:-1]
+    m = np.asarray(mask, bool)
+    if not m.any():
+        raise InputError("the mask is empty: click a structure first.")
+    cell = _grid_cells(m.shape, grid_shape, pools)
+    counts = np.bincount(cell[m.reshape(-1)], minlength=int(np.prod(grid_shape)))
+    proto = counts.astype(np.float64) @ f.reshape(-1, f.shape[-1]) / float(counts.sum())
+    return [float(v) for v in proto]
+
+
+def match_image(encoder, image, prototype, *, spacing=None, seed: int = 0,
+                area: Optional[float] = None, progress: Progress = None,
+                cancel=None) -> dict:
+    """Segment one image with a cohort's encoder (no training) and find the structure
+    matching ``prototype`` in it (:func:`matched_mask`).
+
+    ``image``: a 2D image ``(H, W[, C])`` for a 2D encoder, a volume ``(Z, Y, X[, C])``
+    (voxel ``spacing`` (sz, sy, sx)) for a volume encoder; ``area``: the reference
+    structure's fraction of its image (see :func:`matched_mask`). Returns ``{"mask", "level",
+    "cluster", "n_clusters", "mask_pixels", "result"}`` plus :func:`matched_mask`'s match
+    information; raises :class:`InputError` when the image is of the other kind and
+    :class:`~napari_cuts.errors.Cancelled` when ``cancel()`` says so."""
+    from .encoder import is_volume_encoder
+    from .pipeline import segment_image, segment_volume
+
+    data = np.asarray(image)
+    vol_enc = is_volume_encoder(encoder)
+    if vol_enc:
+        if data.ndim not in (3, 4):
+            raise InputError(f"an image of shape {data.shape}, but the encoder is for volumes; "
+                             "match 2D images and volumes separately.")
+        res = segment_volume(encoder, data, spacing=spacing, seed=seed, progress=progress,
+                             cancel=cancel)
+    else:
+        res = segment_image(encoder, data, seed=seed, progress=progress, cancel=cancel)
+    lv, cid, mask, info = matched_mask(res.hierarchy, res.features, res.pool, prototype,
+                                       area=area)
+    return {"mask": np.asarray(mask, bool), "level": int(lv), "cluster": int(cid),
+            "n_clusters": int(res.hierarchy.n_clusters[lv]),
+            "mask_pixels": int(np.count_nonzero(mask)), "result": res, **info}
 
 
 # -------------------------------------------------------------- worker side
