@@ -11,13 +11,18 @@ A session folder (written by the widget's "Save session") holds:
   objects may overlap;
 - ``session.json``: ``{"format": "napari-cuts session", "version", "source": {"path",
   "size", "sha256", "shape"}, "geometry": {"scale", "translate", "affine",
-  "metadata"}, "level", "persistent", "kind"}``.
+  "metadata"}, "level", "persistent", "kind"}``. A session made from several files
+  (co-registered sequences chosen together) also has ``source["sequences"]``: the
+  ``{"path", "size", "sha256"}`` of every file, the first one included (as the
+  ``run.json`` of ``napari-cuts segment T1 T2``), and ``source["channels"]``: one
+  ``{"name", "path", "sequence_index"}`` per channel (layer), in channel order.
 
 The output folder of ``napari-cuts segment`` (``hierarchy.npz`` and ``run.json`` with
 ``input`` and ``shape``) opens the same way, without objects: :func:`read_session`
-takes both. :meth:`Session.check_source` says whether the source image is where the
-session expects it and unchanged (size and content hash), and if not, a message that
-names the expected file and what to do.
+takes both. :meth:`Session.check_source` says whether the source image (every source
+file, for several sequences) is where the session expects it and unchanged (size and
+content hash), and if not, a message that names the missing or changed file and what
+to do.
 
 :func:`load_hierarchy` keeps the last hierarchies read (by path, size and mtime), so
 the reader and the widget docked on its layers share one object.
@@ -190,36 +195,64 @@ class Session:
             return (Path.cwd() / p)
         return p
 
+    def source_files(self) -> list[dict]:
+        """Every source file with what was recorded of it: ``{"path" (a Path), "size",
+        "sha256"}``, the main source first, then the other sequences' files (a session
+        made from several co-registered files). Empty when no path was recorded."""
+        main = self.source_path()
+        if main is None:
+            return []
+        out = [{"path": main, "size": self.source.get("size"),
+                "sha256": self.source.get("sha256")}]
+        seen = {str(main)}
+        for rec in self.source.get("sequences") or []:
+            if not isinstance(rec, dict) or not rec.get("path"):
+                continue
+            p = Path(str(rec["path"])).expanduser()
+            if str(p) in seen:
+                continue
+            seen.add(str(p))
+            out.append({"path": p, "size": rec.get("size"), "sha256": rec.get("sha256")})
+        return out
+
     def check_source(self) -> tuple[str, str]:
         """``("ok", "")``, or ``("missing" | "changed" | "unknown", message)``: the
-        message names the expected file and what to do."""
-        p = self.source_path()
-        if p is None:
+        message names the missing or changed file (any of the source files) and what to
+        do."""
+        files = self.source_files()
+        if not files:
             return "unknown", (f"session {self.folder} does not say which image it was made "
                                "on. Open the image first (File > Open), then the session "
                                "folder.")
+        n = len(files)
+        for k, rec in enumerate(files):
+            status, message = self._check_file(rec, "" if n == 1 else f" (file {k + 1} of {n})")
+            if status != "ok":
+                return status, message
+        return "ok", ""
+
+    def _check_file(self, rec: dict, which: str) -> tuple[str, str]:
+        p, size, digest = rec["path"], rec.get("size"), rec.get("sha256")
         if not p.exists():
             return "missing", (
-                f"session {self.folder}: its source image {p} is missing"
-                + (f" (expected {self.source['size']} bytes)" if self.source.get("size") else "")
+                f"session {self.folder}: its source image {p}{which} is missing"
+                + (f" (expected {size} bytes)" if size else "")
                 + ". Put the image back at that path, or open the image first (File > Open) "
                 "and then the session folder; the levels and labels are not shown over "
                 "another image.")
-        size = self.source.get("size")
-        digest = self.source.get("sha256")
         if size is not None and _size_of(p) != int(size):
-            return "changed", self._changed(p, f"{_size_of(p)} bytes, expected {size}")
+            return "changed", self._changed(p, which, f"{_size_of(p)} bytes, expected {size}")
         if digest:
             now = file_digest(p)["sha256"]
             if now != digest:
-                return "changed", self._changed(p, "its content hash differs")
+                return "changed", self._changed(p, which, "its content hash differs")
         return "ok", ""
 
-    def _changed(self, p: Path, why: str) -> str:
-        return (f"session {self.folder}: its source image {p} has changed since the session "
-                f"was saved ({why}). Open the original image first (File > Open), then the "
-                "session folder, or segment the image again: the saved levels and labels "
-                "would not match it.")
+    def _changed(self, p: Path, which: str, why: str) -> str:
+        return (f"session {self.folder}: its source image {p}{which} has changed since the "
+                f"session was saved ({why}). Open the original image first (File > Open), "
+                "then the session folder, or segment the image again: the saved levels and "
+                "labels would not match it.")
 
 
 def is_session_folder(path) -> bool:
@@ -286,15 +319,18 @@ def write_session(folder, *, hierarchy, objects: list, labels: Optional[np.ndarr
                   source_shape=None, geometry: Optional[dict] = None,
                   level: Optional[int] = None, persistent: bool = False,
                   current: Optional[int] = None, hierarchy_file=None,
-                  kind: str = "image") -> Path:
+                  kind: str = "image", source_paths=None,
+                  channels: Optional[list] = None) -> Path:
     """Write a session folder (see the module docstring) and return its path.
 
     ``hierarchy``: a :class:`Hierarchy` (written with :meth:`~Hierarchy.save`, or copied
     from ``hierarchy_file`` when that file holds it: no dense rewrite of a volume);
     ``objects``: records of :meth:`ObjectSet.to_json`; ``masks``: ``{id: bool array}``;
     ``encoder``: an :class:`Encoder` or the path of its weights; ``source_path``: the
-    image file (or DICOM folder) it was made on, recorded with its size and sha256.
-    Raises :class:`WriteError` naming what could not be written.
+    image file (or DICOM folder) it was made on, recorded with its size and sha256;
+    ``source_paths``: every file of an input made of several co-registered files (the
+    first is ``source_path``), each recorded the same way in ``source["sequences"]``;
+    ``channels``: ``[{"name", "path", "sequence_index"}]`` per channel. Raises :class:`WriteError` naming what could not be written.
     """
     out = make_output_dir(folder)
     hpath = out / HIERARCHY
@@ -324,6 +360,20 @@ def write_session(folder, *, hierarchy, objects: list, labels: Optional[np.ndarr
             src.update(file_digest(p))
         except OSError:
             src.update({"path": str(p.expanduser().resolve()), "size": None, "sha256": None})
+    paths = []
+    for sp in source_paths or []:
+        if sp and str(Path(sp).expanduser().resolve()) not in paths:
+            paths.append(str(Path(sp).expanduser().resolve()))
+    if len(paths) > 1:
+        recs = []
+        for sp in paths:
+            try:
+                recs.append(file_digest(sp))
+            except OSError:
+                recs.append({"path": sp, "size": None, "sha256": None})
+        src["sequences"] = recs
+    if channels:
+        src["channels"] = [dict(c) for c in channels]
     write_json(out / OBJECTS, {"objects": list(objects), "current": current})
     from . import __version__
 

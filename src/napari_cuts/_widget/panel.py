@@ -51,11 +51,14 @@ from qtpy.QtWidgets import QFileDialog, QWidget
 from .. import pipeline
 from . import export as _export
 from .clicks import Objects
+from .cohort import Cohort
+from .inputs import Inputs, source_from_layers
 from .session import Sessions
 from .jobs import JobRunner
 from .model import LevelsDisplay
 from .settings import (DEVICES, LEVELS_NAME, MASK_NAME, NO_IMAGE_HINT, UNITS,  # noqa: F401
-                            Settings, Source, click_mode, default_level, source_from_layer)
+                       Settings, Source, click_mode, default_level, physical_scale,
+                       source_from_layer)
 from .ui import build_controls
 from .view3d import View3D
 from ..errors import Cancelled, CutsError, InputError, WeightsError
@@ -81,6 +84,8 @@ class CutsWidget(QWidget):
         self._labels_cache: Optional[tuple] = None     # (key, labels of the shown level)
         self.objects = Objects(self)
         self.sessions = Sessions(self)
+        self.inputs = Inputs(self)
+        self.cohort = Cohort(self)
         self.level = 0                            # hierarchy level, 0 = finest
         self.shown_clusters: Optional[int] = None
         self.last_message: Optional[tuple[str, str]] = None
@@ -206,7 +211,8 @@ class CutsWidget(QWidget):
         self.levels_layer = levels_layer
         if self.source.one_volume:
             self.view3d.style_levels(levels_layer)
-        self._hook(self.source.layer)
+        for lay in self.source.layers:
+            self._hook(lay)
         self._hook(levels_layer)
         self.objects.bind_keys([levels_layer])
         self.viewer.layers.selection.active = levels_layer
@@ -233,10 +239,7 @@ class CutsWidget(QWidget):
     def _has_physical_scale(self) -> bool:
         """True when the layer scale is a voxel size (NIfTI/DICOM source, or a scale the
         user set), not the pixel grid of a photograph."""
-        md = self.source.layer.metadata or {}
-        if md.get("format") in ("nifti", "dicom"):
-            return True
-        return bool(np.any(np.asarray(self.source.layer.scale, float) != 1.0))
+        return physical_scale(self.source.layer)
 
     @property
     def run_sync(self) -> bool:
@@ -267,6 +270,7 @@ class CutsWidget(QWidget):
             if current in names:
                 self.image_combo.setCurrentText(current)
             self.image_combo.blockSignals(False)
+            self.inputs.refresh()
             self._update_buttons()
         except RuntimeError:  # the widget is gone; napari still held the callback
             return
@@ -276,6 +280,30 @@ class CutsWidget(QWidget):
             pass
         except Exception:  # noqa: BLE001 - a layer event never raises
             log.exception("napari-cuts: could not adopt a session's layers")
+
+    def _on_image_chosen(self) -> None:
+        try:
+            self.inputs.refresh()
+            self._update_buttons()
+        except RuntimeError:  # the widget is gone
+            pass
+
+    def use_layers(self, names) -> None:
+        """Choose image layers together as one input (co-registered sequences): the first
+        is the "Image", the others are ticked in "Also use" (as the user would)."""
+        names = list(names)
+        if not names:
+            raise InputError("name at least one image layer.")
+        if self.image_combo.findText(names[0]) < 0:
+            raise InputError(f"no image layer named '{names[0]}'.")
+        self.image_combo.setCurrentText(names[0])
+        self.inputs.refresh()
+        self.inputs.set_also(names[1:])
+
+    @property
+    def image_layers_chosen(self) -> list:
+        """The chosen image layer and the layers ticked to go with it."""
+        return self.inputs.chosen()
 
     @property
     def image_layer(self):
@@ -304,6 +332,8 @@ class CutsWidget(QWidget):
                                                            for o in model.objects))
         ol.session_btn.setEnabled(has_result and not busy)
         self.image_combo.setEnabled(not busy)
+        self.also_list.setEnabled(not busy)
+        self.apply_all_btn.setEnabled(self.mask is not None and not busy)
         self.train_btn.setEnabled(has_image and not busy)
         self.segment_btn.setEnabled(has_image and not busy)
         self.load_btn.setEnabled(not busy)
@@ -326,14 +356,14 @@ class CutsWidget(QWidget):
 
     def _source(self) -> Optional[Source]:
         """The chosen layer as slices, or None after telling the user what is wrong."""
-        layer = self.image_layer
-        if layer is None:
+        layers = self.inputs.chosen()
+        if not layers:
             self._notify("error", "No image layer: " + NO_IMAGE_HINT)
             return None
         try:
-            src = source_from_layer(layer)
+            src = source_from_layers(layers)
             if not src.volume:
-                check_image(src.slices[0], f"layer '{layer.name}'")
+                check_image(src.slices[0], "layer " + ", ".join(f"'{lay.name}'" for lay in layers))
         except CutsError as exc:
             self._notify("error", str(exc))
             return None
@@ -668,7 +698,8 @@ class CutsWidget(QWidget):
                                                    opacity=0.5, **self._geometry())
         if src.one_volume:
             self.view3d.style_levels(self.levels_layer)
-        self._hook(src.layer)
+        for lay in src.layers:
+            self._hook(lay)
         self._hook(self.levels_layer)
         self.objects.bind_keys([self.levels_layer])
         self.viewer.layers.selection.active = self.levels_layer
@@ -817,6 +848,12 @@ class CutsWidget(QWidget):
                     self.view3d.refresh_if_changed()
         except RuntimeError:
             pass
+
+    # ---------------------------------------------------------------- cohort
+    def apply_to_all(self) -> bool:
+        """Find the mask's structure in every other open image of the same kind, with the
+        same encoder, in the background: one mask layer per image (see :mod:`.cohort`)."""
+        return self.cohort.apply()
 
     # ----------------------------------------------------------------- PHATE
     def compute_phate(self) -> bool:

@@ -65,9 +65,14 @@ class Sessions:
             w._notify("error", "Sessions hold one hierarchy: a stack of colour images "
                                "segmented image by image cannot be saved as a session yet.")
             return None
+        from .inputs import layer_sources
+
         lay = w.source.layer
         md = dict(lay.metadata or {})
         src = md.get("source")
+        several = len(w.source.layers) > 1
+        channels = layer_sources(w.source.layers) if several else None
+        no_file = [c["name"] for c in channels or [] if c["path"] is None]
         model = w.objects.model
         masks = {o.id: o.mask for o in model.objects if o.mask is not None} if model else {}
         labels = model.labels() if model is not None and model.objects else None
@@ -86,11 +91,17 @@ class Sessions:
                 level=None if w.persistent_check.isChecked() else int(w.level),
                 persistent=w.persistent_check.isChecked(),
                 current=None if model is None else model.current_id,
-                hierarchy_file=self.hierarchy_file, kind=w.source.kind)
+                hierarchy_file=self.hierarchy_file, kind=w.source.kind,
+                source_paths=[c["path"] for c in channels or [] if c["path"]],
+                channels=channels)
         except CutsError as exc:
             w._notify("error", str(exc))
             return None
-        if not (src and Path(str(src)).exists()):
+        if no_file and src and Path(str(src)).exists():
+            w._notify("warning", f"Session saved to {out}, but layer(s) "
+                                 f"{', '.join(repr(n) for n in no_file)} were not read from a "
+                                 "file: open them before the session folder.")
+        elif not (src and Path(str(src)).exists()):
             w._notify("warning", f"Session saved to {out}, but layer '{lay.name}' was not read "
                                  "from a file: open the image first, then the session folder.")
         else:
@@ -138,7 +149,8 @@ class Sessions:
         from .. import session as core
         from ..pipeline import SegmentResult
         from .model import LevelsDisplay
-        from .settings import default_level, source_from_layer
+        from .inputs import source_from_layers
+        from .settings import default_level
 
         w = self.w
         info = dict(levels_layer.metadata.get(LEVELS_KEY) or {})
@@ -155,11 +167,13 @@ class Sessions:
                                f"{' x '.join(map(str, hier.shape))}): open the image first "
                                "(File > Open), then the session folder.")
             return False
-        w.image_combo.setCurrentText(image.name)
         try:
-            src = source_from_layer(image)
+            layers = [image] + self._other_channels(image, info)
+            w.use_layers([lay.name for lay in layers])
+            src = source_from_layers(layers)
         except CutsError as exc:
-            w._notify("error", str(exc))
+            w._notify("error", f"napari-cuts: cannot use the session "
+                               f"{info.get('folder') or ''}: {exc}")
             return False
         if len(hier.shape) == 3 and not src.one_volume:
             w._notify("error", f"the session's hierarchy is 3D but layer '{image.name}' is not "
@@ -184,6 +198,82 @@ class Sessions:
         w.progress_label.setText(f"Session {self.folder.name if self.folder else ''}: "
                                  "levels and objects loaded, nothing recomputed.")
         return True
+
+    def _other_channels(self, image, info: dict) -> list:
+        """The layers of the other channels of a session made from several layers
+        (co-registered sequences), opened from their files when they are not open yet.
+        [] for a session of one layer."""
+        from .. import session as core
+
+        folder = info.get("folder")
+        if not folder:
+            return []
+        try:
+            sess = core.read_session(folder)
+        except CutsError:
+            return []
+        source = sess.source
+        channels = source.get("channels")
+        if not channels and sess.kind == "session":
+            return []                  # saved from one layer
+        if not channels:
+            # a `napari-cuts segment T1 T2` folder: every layer of each file, in order
+            files = [r.get("path") for r in source.get("sequences") or [] if r.get("path")]
+            channels = []
+            for f in files:
+                channels.append({"path": f, "sequence_index": None, "all": True})
+            if not channels:
+                md = image.metadata or {}
+                if md.get("sequence_index") is None:
+                    return []
+                channels = [{"path": md.get("source"), "sequence_index": None, "all": True}]
+        out = []
+        for ch in channels:
+            for lay in self._channel_layers(ch):
+                if lay is not image and not any(lay is o for o in out):
+                    out.append(lay)
+        return out
+
+    def _channel_layers(self, ch: dict) -> list:
+        """The open image layer(s) of one recorded channel, opened from its file when
+        none is open."""
+        from napari.layers import Image
+
+        w = self.w
+        path, idx, every = ch.get("path"), ch.get("sequence_index"), bool(ch.get("all"))
+
+        def same(lay) -> bool:
+            md = lay.metadata or {}
+            src = md.get("source")
+            if not path or not src:
+                return lay.name == ch.get("name")
+            try:
+                if Path(str(src)).expanduser().resolve() != Path(str(path)).resolve():
+                    return False
+            except OSError:
+                return False
+            return every or idx is None or md.get("sequence_index") == idx
+
+        found = [lay for lay in w.viewer.layers if isinstance(lay, Image) and same(lay)]
+        if not found and path and Path(str(path)).exists():
+            from .. import io
+            from .._reader import image_layers
+
+            for image in io.read_all(path):
+                for data, kw, kind in image_layers(image):
+                    md = kw.get("metadata") or {}
+                    if kind != "image" or not (every or idx is None
+                                               or md.get("sequence_index") == idx):
+                        continue
+                    found.append(w.viewer.add_image(data, **kw))
+        found.sort(key=lambda lay: (lay.metadata or {}).get("sequence_index") or 0)
+        if not found:
+            from ..errors import InputError
+
+            raise InputError(f"its channel {ch.get('name') or path!r} is not open and its file "
+                             f"{path or '(none recorded)'} cannot be read: open it, then the "
+                             "session folder.")
+        return found if every else found[:1]
 
     def _adopt_labels(self, layer) -> None:
         from .. import session as core

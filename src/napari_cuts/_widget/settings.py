@@ -7,7 +7,7 @@ segmented one by one); :func:`click_mode` maps mouse modifiers to a selection mo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,6 +51,10 @@ class Source:
     from the layer's scale) or ``"stack"`` (``(N, H, W, 3)`` colour images, one
     hierarchy each). ``slices`` are the 2D images (views); ``volume`` is True for both
     3D kinds (the result layers are 3D).
+
+    Several co-registered layers chosen together (MRI sequences, :mod:`.inputs`) are one
+    source: ``layers`` all of them (``layer``, the first, gives the geometry), the slices
+    ``(H, W, C)`` with one channel per layer, ``sequences`` the layer names.
     """
 
     layer: object
@@ -59,6 +63,12 @@ class Source:
     kind: str = "image"
     array: object = None
     spacing: tuple = (1.0, 1.0, 1.0)
+    layers: list = field(default_factory=list)
+    sequences: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            self.layers = [self.layer]
 
     @property
     def one_volume(self) -> bool:
@@ -95,6 +105,15 @@ def source_from_layer(layer) -> Source:
     raise InputError(f"layer '{layer.name}' has shape {tuple(data.shape)}: CUTS segments 2D "
                      "images (grey or RGB) and 3D stacks or volumes ((Z, Y, X) or (N, H, W, 3)); "
                      "take a 3D subset of it first.")
+
+
+def physical_scale(layer) -> bool:
+    """True when ``layer``'s scale is a voxel size in mm (a NIfTI/DICOM source, or a scale
+    the user set), not the pixel grid of a photograph."""
+    md = getattr(layer, "metadata", None) or {}
+    if md.get("format") in ("nifti", "dicom"):
+        return True
+    return bool(np.any(np.asarray(layer.scale, float) != 1.0))
 
 
 def _modifier_names(modifiers) -> set[str]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox,
-                            QHBoxLayout, QLabel, QProgressBar, QPushButton, QSlider, QSpinBox,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleSpinBox,
+                            QFormLayout, QGroupBox, QHBoxLayout, QLabel, QListWidget,
+                            QProgressBar, QPushButton, QSlider, QSpinBox, QVBoxLayout, QWidget)
 
 from .settings import DEVICES, NO_IMAGE_HINT, UNITS
 
@@ -21,8 +21,17 @@ def build_controls(w) -> None:
     root = QVBoxLayout(w)
     form = QFormLayout()
     w.image_combo = QComboBox()
-    w.image_combo.currentIndexChanged.connect(lambda *_: w._update_buttons())
+    w.image_combo.currentIndexChanged.connect(lambda *_: w._on_image_chosen())
     form.addRow("Image", w.image_combo)
+    # co-registered sequences (T1, T2, FLAIR ...): ticked layers join the image, one
+    # channel each (see .inputs)
+    w.also_label = QLabel("Also use")
+    w.also_label.setToolTip("Other sequences on the same grid (T1, T2, FLAIR ...): segmented "
+                            "together with the image, one channel each, one hierarchy.")
+    w.also_list = QListWidget()
+    w.also_list.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+    w.also_list.setMaximumHeight(80)
+    form.addRow(w.also_label, w.also_list)
     root.addLayout(form)
     w.hint = QLabel(NO_IMAGE_HINT)
     w.hint.setWordWrap(True)
@@ -113,6 +122,16 @@ def build_controls(w) -> None:
     w.area_label = QLabel("Mask: empty")
     rl.addWidget(w.area_label)
     row = QHBoxLayout()
+    w.apply_all_btn = QPushButton("Apply to all images")
+    w.apply_all_btn.setToolTip("Find the structure of the mask in every other open image of "
+                               "the same kind (2D or volume, same channels) with the same "
+                               "encoder: one mask layer per image, no retraining.")
+    row.addWidget(w.apply_all_btn)
+    rl.addLayout(row)
+    w.apply_label = QLabel("")
+    w.apply_label.setWordWrap(True)
+    rl.addWidget(w.apply_label)
+    row = QHBoxLayout()
     w.export_mask_btn = QPushButton("Export mask...")
     w.export_labels_btn = QPushButton("Export labels...")
     row.addWidget(w.export_mask_btn)
@@ -147,3 +166,4 @@ def build_controls(w) -> None:
     w.export_mask_btn.clicked.connect(lambda: w._export_dialog("mask"))
     w.export_labels_btn.clicked.connect(lambda: w._export_dialog("labels"))
     w.phate_btn.clicked.connect(lambda: w.compute_phate())
+    w.apply_all_btn.clicked.connect(lambda: w.apply_to_all())

@@ -34,7 +34,7 @@ class View3D:
     def __init__(self, w) -> None:
         self.w = w
         self._cut: Optional[tuple[int, int]] = None
-        self._hidden_image = None          # the image layer hidden for the 3D view
+        self._hidden_image = None          # the image layers hidden for the 3D view (list)
         try:
             w.viewer.dims.events.ndisplay.connect(self._on_ndisplay)
             self.camera.events.angles.connect(self._on_camera)
@@ -102,14 +102,17 @@ class View3D:
         if mask is not None and mask in w.viewer.layers:
             mask.opacity = 1.0 if self.active else 0.7
         if self.active and w.results:
-            lay = w.source.layer
-            if lay.visible and lay in w.viewer.layers:
-                lay.visible = False
-                self._hidden_image = lay
+            hidden = list(self._hidden_image or [])
+            for lay in w.source.layers:
+                if lay.visible and lay in w.viewer.layers:
+                    lay.visible = False
+                    hidden.append(lay)
+            self._hidden_image = hidden or None
         elif self._hidden_image is not None:
-            lay, self._hidden_image = self._hidden_image, None
-            if lay in w.viewer.layers:
-                lay.visible = True
+            layers, self._hidden_image = self._hidden_image, None
+            for lay in layers:
+                if lay in w.viewer.layers:
+                    lay.visible = True
 
     def _on_ndisplay(self, *_args) -> None:
         try:
