@@ -167,10 +167,8 @@ def paint(image: np.ndarray, rng, *, r_range, subtle: bool, tissue: np.ndarray) 
 
 
 def build(out: Path, *, n: int = 20, seed: int = 13, data: Path = DEFAULT_DATA) -> list[dict]:
-    import nibabel as nib
-
-    from napari_cuts import io
-
+    """Write the set into the new (or empty) folder ``out``; returns the lesion records.
+    Written into ``out.partial`` and renamed at the end: never a half-written set."""
     if n < 2:
         raise LesionSetError("--n must be at least 2 (MNI and hippocampus cases).")
     out = Path(out)
@@ -182,7 +180,30 @@ def build(out: Path, *, n: int = 20, seed: int = 13, data: Path = DEFAULT_DATA) 
     sources = list(_mni_slices(Path(data), n_mni)) + list(_hippo_slices(Path(data), n_hippo))
     subtle_flags = np.zeros(n, bool)
     subtle_flags[rng.permutation(n)[: max(1, n // 3)]] = True
-    out.mkdir(parents=True, exist_ok=True)
+    final, out = out, out.with_name(out.name + ".partial")   # renamed when complete
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    try:
+        records = _write(out, sources, subtle_flags, rng, seed, n)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    if final.exists():
+        final.rmdir()        # empty (checked above)
+    out.rename(final)
+    return records
+
+
+def _write(out: Path, sources, subtle_flags, rng, seed: int, n: int) -> list[dict]:
+    import nibabel as nib
+
+    from napari_cuts import io
+
     records = []
     for k, (case, where, im) in enumerate(sources):
         hippo = case.startswith("hippo")
