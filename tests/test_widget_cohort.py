@@ -142,3 +142,39 @@ def test_no_other_image_of_the_kind_says_so(make_napari_viewer, images, encoder)
     assert widget.apply_to_all() is False
     level, msg = widget.last_message
     assert level == "error" and "No other open image" in msg and "'vol' is a volume" in msg
+
+
+def blob_volume_at(centre, seed: int):
+    """(10, 32, 32) float32: a grey body with a bright ellipsoid at ``centre``."""
+    z, y, x = np.mgrid[:10, :32, :32].astype(np.float32)
+    body = (z - 5) ** 2 / 30 + (y - 16) ** 2 / 200 + (x - 16) ** 2 / 200 < 1
+    cz, cy, cx = centre
+    blob = (z - cz) ** 2 / 6 + (y - cy) ** 2 / 20 + (x - cx) ** 2 / 20 < 1
+    rng = np.random.default_rng(seed)
+    return (5 + 45 * body + 90 * blob + rng.normal(0, 2, z.shape)).astype(np.float32), blob
+
+
+def test_apply_to_all_volumes_in_ml(make_napari_viewer):
+    from napari_cuts.pipeline import train_volume_encoder
+
+    ref, ref_blob = blob_volume_at((5, 11, 11), 0)
+    other, other_blob = blob_volume_at((5, 20, 19), 1)
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    widget.run_sync = True
+    viewer.add_image(ref, name="ref", scale=(2.0, 1.0, 1.0))
+    viewer.add_image(other, name="other", scale=(2.0, 1.0, 1.0))
+    viewer.add_image(np.random.default_rng(2).random((SIDE, SIDE)).astype(np.float32),
+                     name="flat 2D")
+    widget.image_combo.setCurrentText("ref")
+    widget.set_encoder(train_volume_encoder(ref, spacing=(2.0, 1.0, 1.0), epochs=1, seed=0))
+    assert widget.segment()
+    fake_click(widget, widget.levels_layer, (5, 11, 11))
+    assert dice(widget.mask, ref_blob) >= 0.6
+    assert widget.apply_to_all()
+    lay = viewer.layers["other CUTS match"]
+    d = dice(lay.data > 0, other_blob)
+    info = lay.metadata["napari_cuts_match"]
+    print(f"\napply to all (volume): Dice {d:.2f}, {info['ml']:.3f} mL")
+    assert d >= 0.6 and info["ml"] == pytest.approx(np.count_nonzero(lay.data) * 2 / 1000)
+    assert "mL" in widget.apply_label.text() and "'flat 2D' is a 2D image" in widget.apply_label.text()

@@ -172,3 +172,36 @@ def test_session_of_two_files_records_and_checks_both(make_napari_viewer, tmp_pa
     with pytest.raises(ReadError) as e:
         reader(str(folder))
     assert str(p2.resolve()) in str(e.value) and "missing" in str(e.value)
+
+
+def test_4d_nifti_sequences_are_chosen_together_as_one_volume(docked, tmp_path):
+    """A 4D NIfTI of two sequences opens as two layers; choosing one ticks the other:
+    one 3D hierarchy, a volume encoder on both channels, a click in the second layer
+    gives the 3D structure only it shows."""
+    import nibabel as nib
+
+    viewer, widget = docked
+    z, y, x = np.mgrid[:10, :32, :32]
+    ball = (z - 5) ** 2 / 9 + (y - 10) ** 2 / 25 + (x - 10) ** 2 / 25 < 1
+    box = (np.abs(z - 5) < 3) & (np.abs(y - 22) < 5) & (np.abs(x - 22) < 5)
+    rng = np.random.default_rng(3)
+    t1 = 10 + 100 * ball + rng.normal(0, 2, ball.shape)
+    t2 = 30 + 110 * box + rng.normal(0, 2, box.shape)
+    vox = np.stack([t1, t2], -1).transpose(2, 1, 0, 3).astype(np.float32)   # (x, y, z, 2)
+    img = nib.Nifti1Image(vox, np.diag([1.0, 1.0, 2.0, 1.0]))
+    img.header["descrip"] = b"T1,T2"
+    path = tmp_path / "case.nii.gz"
+    nib.save(img, str(path))
+    viewer.open(str(path), plugin=PLUGIN)
+    assert [lay.name for lay in viewer.layers] == ["case T1", "case T2"]
+    widget.image_combo.setCurrentText("case T1")
+    assert widget.inputs.ticked_names() == ["case T2"]          # its sibling sequence
+    assert widget.segment()
+    assert widget.source.one_volume and widget.source.channels == 2
+    assert widget.encoder.in_channels == 2 and len(widget.results) == 1
+    assert tuple(widget.results[0].hierarchy.shape) == (10, 32, 32)
+    fake_click(widget, viewer.layers["case T2"], (5, 22, 22))
+    d = dice(widget.mask, box)
+    print(f"\n4D NIfTI, two sequences: box 3D Dice {d:.2f}")
+    assert widget.mask[5, 22, 22] and d >= 0.6
+    assert widget.mask_stats()["ml"] == pytest.approx(widget.mask_stats()["pixels"] * 2 / 1000)

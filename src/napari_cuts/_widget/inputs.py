@@ -118,6 +118,7 @@ class Inputs:
     def __init__(self, w) -> None:
         self.w = w
         self._primary: Optional[str] = None
+        self._offered: set = set()         # candidates already shown for this image
 
     def candidates(self) -> list:
         """Image layers that can join the chosen one: grey, not the chosen one."""
@@ -136,11 +137,16 @@ class Inputs:
         primary = w.image_layer
         pname = None if primary is None else primary.name
         ticked = set(self.ticked_names())
-        if pname != self._primary and primary is not None:
-            ticked = set(self._siblings(primary))   # a new image: its own sequences
+        if pname != self._primary:
+            ticked, self._offered = set(), set()
         self._primary = pname
         cands = self.candidates() if primary is not None and not getattr(primary, "rgb", False) \
             else []
+        # a sibling sequence of the image (same 4D file) is ticked when it is first offered
+        siblings = set(self._siblings(primary)) if primary is not None else set()
+        ticked |= {lay.name for lay in cands if lay.name in siblings
+                   and lay.name not in self._offered}
+        self._offered = {lay.name for lay in cands}
         lst.blockSignals(True)
         lst.clear()
         for lay in cands:
