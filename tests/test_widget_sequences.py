@@ -91,6 +91,12 @@ def test_two_layers_one_hierarchy_click_in_either(docked, tmp_path):
     assert level == "error" and "not on one grid" in msg
     assert "'T1'" in msg and "'small'" in msg and "48 x 48" in msg and "40 x 40" in msg
     assert widget.results and widget.segment_btn.isEnabled()   # still usable
+    # the two-channel encoder on one layer: says how many channels and where to tick
+    widget.use_layers(["T1"])
+    assert widget.segment() is False
+    msg = widget.last_message[1]
+    assert "expects 2-channel images but layer 'T1' has 1 channel(s)" in msg
+    assert "'Also use'" in msg
 
 
 def test_rgb_or_shifted_layer_is_refused(docked):

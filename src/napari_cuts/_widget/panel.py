@@ -471,14 +471,24 @@ class CutsWidget(QWidget):
             if enc.in_channels != (2 * k + 1) * src.channels:
                 return str(WeightsError(
                     f"the volume encoder expects {enc.in_channels // (2 * k + 1)}-channel "
-                    f"volumes but layer '{src.layer.name}' has {src.channels} channel(s)."))
+                    f"volumes but {self._has(src)} {src.channels} channel(s)."))
             return None
         if enc.in_channels != src.channels:
             return str(WeightsError(
-                f"the encoder expects {enc.in_channels}-channel images but layer "
-                f"'{src.layer.name}' has {src.channels} channel(s); Train a new encoder or "
-                "load weights trained on this kind of image."))
+                f"the encoder expects {enc.in_channels}-channel images but "
+                f"{self._has(src)} {src.channels} channel(s); Train a new encoder or "
+                "load weights trained on this kind of image"
+                + (" (or tick as many layers in 'Also use')."
+                   if enc.in_channels > 1 and not getattr(src.layer, "rgb", False) else ".")))
         return None
+
+    @staticmethod
+    def _has(src: Source) -> str:
+        """"layer 'T1' has" or "layers 'T1', 'T2' chosen together have" (for messages)."""
+        if len(src.layers) == 1:
+            return f"layer '{src.layer.name}' has"
+        return ("layers " + ", ".join(f"'{lay.name}'" for lay in src.layers)
+                + " chosen together have")
 
     def set_encoder(self, encoder, origin: str = "trained") -> None:
         self.encoder = encoder
