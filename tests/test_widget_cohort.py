@@ -178,3 +178,29 @@ def test_apply_to_all_volumes_in_ml(make_napari_viewer):
     print(f"\napply to all (volume): Dice {d:.2f}, {info['ml']:.3f} mL")
     assert d >= 0.6 and info["ml"] == pytest.approx(np.count_nonzero(lay.data) * 2 / 1000)
     assert "mL" in widget.apply_label.text() and "'flat 2D' is a 2D image" in widget.apply_label.text()
+
+
+def test_apply_to_folder_writes_masks_and_a_summary(clicked, images, tmp_path):
+    import csv
+
+    import imageio.v3 as iio
+
+    viewer, widget = clicked
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    for n in ("B", "C"):
+        iio.imwrite(folder / f"{n}.png", np.clip(images[n][0], 0, 255).round().astype(np.uint8))
+    (folder / "broken.png").write_bytes(b"not a png")
+    before = [lay.name for lay in viewer.layers]
+    assert widget.apply_to_folder(folder)
+    out = folder / "cuts_masks"
+    rows = list(csv.DictReader(open(out / "summary.csv", encoding="utf-8")))
+    assert [(r["image"].split("/")[-1], r["status"]) for r in rows] == [
+        ("B.png", "ok"), ("C.png", "ok"), ("broken.png", "error")]    # in name order
+    scores = {n: dice(iio.imread(out / f"{n}_mask.png") > 0, images[n][1]) for n in ("B", "C")}
+    print(f"\napply to folder: Dice B {scores['B']:.2f}, C {scores['C']:.2f}")
+    assert min(scores.values()) >= 0.7
+    assert int(rows[0]["mask_pixels"]) == np.count_nonzero(iio.imread(out / "B_mask.png"))
+    assert not (out / "broken_mask.png").exists()
+    assert [lay.name for lay in viewer.layers] == before          # no layer is opened
+    assert "2 mask(s) written" in widget.apply_label.text() and "1 failed" in widget.apply_label.text()

@@ -53,7 +53,7 @@ from .errors import CutsError, InputError
 
 __all__ = ["CSV_COLUMNS", "CohortInput", "expand_inputs", "run_batch", "structure_means",
            "match_structure", "matched_mask", "prototype_at", "prototype_of_mask", "match_image",
-           "extent_level",
+           "extent_level", "match_folder",
            "standardised", "check_reference_point", "is_done",
            "MIN_MATCH_AREA", "MAX_MATCH_AREA", "MAX_TRAIN_IMAGES"]
 
@@ -439,6 +439,66 @@ def match_image(encoder, image, prototype, *, spacing=None, seed: int = 0,
     return {"mask": np.asarray(mask, bool), "level": int(lv), "cluster": int(cid),
             "n_clusters": int(res.hierarchy.n_clusters[lv]),
             "mask_pixels": int(np.count_nonzero(mask)), "result": res, **info}
+
+
+def match_folder(encoder, inputs, prototype, out_dir, *, area: Optional[float] = None,
+                 seed: int = 0, progress: Progress = None, cancel=None) -> list[dict]:
+    """:func:`match_image` on every input of ``inputs`` (files and folders, as
+    :func:`expand_inputs` takes them), in this process, with one encoder: per input
+    ``out_dir/<stem>_mask.png`` (pictures) or ``_mask.nii.gz`` (NIfTI/DICOM or a volume,
+    the source geometry), then ``out_dir/summary.csv`` (:data:`CSV_COLUMNS`). A failed
+    input is a row with status ``error`` and the others go on; each mask file is written
+    whole or not at all, and a cancel (:class:`~napari_cuts.errors.Cancelled`) stops
+    before the summary. Returns the rows."""
+    from .encoder import is_volume_encoder
+    from .errors import Cancelled
+    from .fileutil import make_output_dir
+    from .images import check_cancel
+    from .io import read_image, write_mask
+
+    items = expand_inputs(inputs)
+    out = make_output_dir(out_dir)
+    vol_enc = is_volume_encoder(encoder)
+    rows: list[dict] = []
+    n = len(items)
+    for j, item in enumerate(items):
+        check_cancel(cancel)
+        t0 = time.perf_counter()
+        row = _empty_row(item.name)
+
+        def prog(d, t, m, j=j, item=item):
+            if progress is not None:
+                t = max(int(t), 1)
+                progress(j * t + min(int(d), t), n * t, f"{j + 1}/{n} {item.stem}: {m}")
+
+        try:
+            src = read_image(item.path)
+            vol = is_volume(src)
+            if vol != vol_enc:
+                raise InputError(f"{'a volume' if vol else 'a 2D image'}, but the encoder is "
+                                 f"for {'volumes' if vol_enc else '2D images'}.")
+            spacing = tuple(float(v) for v in src.spacing[:3]) if vol else None
+            r = match_image(encoder, np.asarray(src.data), prototype, spacing=spacing,
+                            seed=seed, area=area, progress=prog, cancel=cancel)
+            medical = src.format in ("nifti", "dicom")
+            name = f"{item.stem}_mask" + (".nii.gz" if (medical or vol) else ".png")
+            write_mask(out / name, r["mask"], like=src if medical else None)
+            px = int(r["mask_pixels"])
+            row.update({"status": "ok", "level": r["level"], "n_clusters": r["n_clusters"],
+                        "mask_pixels": px})
+            if vol:
+                row["volume_ml"] = round(px * float(np.prod(spacing)) / 1000.0, 6)
+            elif _physical(src):
+                row["area_mm2"] = round(px * float(np.prod(src.spacing[:2])), 6)
+            row["mask"] = str(out / name)
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad input is a row, the others go on
+            row.update({"status": "error", "error": _one_line(exc)})
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        rows.append(row)
+    _write_summary(out / "summary.csv", rows)
+    return rows
 
 
 # -------------------------------------------------------------- worker side

@@ -60,6 +60,7 @@ class Cohort:
         self.w = w
         self.rows: list = []          # one dict per image of the last finished run
         self.layers: dict = {}        # image name -> its match layer
+        self.folder_rows: list = []   # the last folder run's summary rows
 
     def targets(self) -> tuple[list, list]:
         """``([(layer, source)], [skip reasons])``: the other open image layers that can
@@ -88,27 +89,53 @@ class Cohort:
                 ok.append((lay, t))
         return ok, skipped
 
-    def apply(self) -> bool:
-        """Start the job; False (with a message saying why) when it cannot run."""
-        from ..cohort import match_image, prototype_of_mask
+    def _reference(self) -> Optional[tuple]:
+        """``(encoder, prototype, area, seed)`` of the clicked structure, or None after a
+        message saying what is missing."""
+        from ..cohort import prototype_of_mask
 
         w = self.w
         if not w.results or w.source is None or w.mask is None or not w.mask.any():
             w._notify("error", "Apply to all images needs a structure: segment an image and "
                                "click the structure first.")
-            return False
+            return None
         src = w.source
         if src.kind == "stack":
             w._notify("error", "Apply to all images works from a 2D image or a volume "
                                "segmented as one object, not from a stack of colour images "
                                "segmented one by one.")
-            return False
+            return None
         res = w.results[0]
         if res.features is None:
             w._notify("error", "Apply to all images needs the reference image's features, "
                                "which a session does not keep: Segment the image again, click "
                                "the structure, then Apply to all images.")
+            return None
+        enc = w.sessions.resolve_encoder()
+        if enc is None:
+            w._notify("error", "No encoder: Train one or Load weights first.")
+            return None
+        try:
+            proto = prototype_of_mask(res.features, res.pool, w.mask)
+        except CutsError as exc:
+            w._notify("error", str(exc))
+            return None
+        area = float(np.count_nonzero(w.mask)) / float(w.mask.size)
+        return enc, proto, area, int(w.settings.seed)
+
+    def apply(self) -> bool:
+        """Start the job; False (with a message saying why) when it cannot run."""
+        from ..cohort import match_image
+
+        w = self.w
+        if w.busy:
+            w._notify("warning", f"napari-cuts is busy ({w.runner.name}); wait or Cancel.")
             return False
+        ref = self._reference()
+        if ref is None:
+            return False
+        enc, proto, area, seed = ref
+        src = w.source
         targets, skipped = self.targets()
         if not targets:
             why = ("; skipped: " + "; ".join(skipped)) if skipped else ""
@@ -117,17 +144,6 @@ class Cohort:
                                f"{src.channels} channel(s)) to apply the structure to: open "
                                f"more images (File > Open){why}.")
             return False
-        enc = w.sessions.resolve_encoder()
-        if enc is None:
-            w._notify("error", "No encoder: Train one or Load weights first.")
-            return False
-        try:
-            proto = prototype_of_mask(res.features, res.pool, w.mask)
-        except CutsError as exc:
-            w._notify("error", str(exc))
-            return False
-        seed = int(w.settings.seed)
-        area = float(np.count_nonzero(w.mask)) / float(w.mask.size)
         jobs = [(lay.name, t.array if t.one_volume else t.slices[0], t.spacing)
                 for lay, t in targets]
         layers = {lay.name: lay for lay, _ in targets}
@@ -204,6 +220,48 @@ class Cohort:
         w._notify("info", f"Applied to {n_ok} image(s)"
                   + (f", {len(rows) - n_ok} failed" if len(rows) > n_ok else "") + ".")
         w._update_buttons()
+
+    def apply_folder(self, folder, out=None) -> bool:
+        """The same for every image file of ``folder`` (not opened as layers): masks and a
+        ``summary.csv`` written to ``out`` (default ``folder/cuts_masks``), in a worker."""
+        from pathlib import Path
+
+        from ..cohort import match_folder
+
+        w = self.w
+        if w.busy:
+            w._notify("warning", f"napari-cuts is busy ({w.runner.name}); wait or Cancel.")
+            return False
+        ref = self._reference()
+        if ref is None:
+            return False
+        enc, proto, area, seed = ref
+        folder = Path(str(folder))
+        out_dir = Path(str(out)) if out else folder / "cuts_masks"
+
+        def job(progress, cancel):
+            return match_folder(enc, [folder], proto, out_dir, area=area, seed=seed,
+                                progress=progress, cancel=cancel)
+            yield  # noqa: unreachable - a generator job
+
+        def done(rows):
+            self.folder_rows = rows
+            ok = [r for r in rows if r.get("status") == "ok"]
+            bad = [r for r in rows if r.get("status") != "ok"]
+            lines = [f"Folder {folder.name}: {len(ok)} mask(s) written to {out_dir}"
+                     + (f", {len(bad)} failed" if bad else "") + "."]
+            lines += [f"{Path(r['image']).name}: failed ({r['error']})" for r in bad[:5]]
+            w.apply_label.setText("\n".join(lines))
+            w._notify("info", lines[0])
+
+        return w._start("applying to a folder", job, on_return=done)
+
+    def _folder_dialog(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path = QFileDialog.getExistingDirectory(self.w, "Apply to the images of a folder")
+        if path:
+            self.apply_folder(path)
 
     def match_layer(self, image_name: str) -> Optional[object]:
         """The match layer made for image ``image_name`` (None if none)."""

@@ -334,6 +334,7 @@ class CutsWidget(QWidget):
         self.image_combo.setEnabled(not busy)
         self.also_list.setEnabled(not busy)
         self.apply_all_btn.setEnabled(self.mask is not None and not busy)
+        self.apply_folder_btn.setEnabled(self.mask is not None and not busy)
         self.train_btn.setEnabled(has_image and not busy)
         self.segment_btn.setEnabled(has_image and not busy)
         self.load_btn.setEnabled(not busy)
@@ -864,6 +865,11 @@ class CutsWidget(QWidget):
         """Find the mask's structure in every other open image of the same kind, with the
         same encoder, in the background: one mask layer per image (see :mod:`.cohort`)."""
         return self.cohort.apply()
+
+    def apply_to_folder(self, folder, out=None) -> bool:
+        """The same for every image file of ``folder``: masks and summary.csv in ``out``
+        (default ``folder/cuts_masks``), in the background."""
+        return self.cohort.apply_folder(folder, out)
 
     # ----------------------------------------------------------------- PHATE
     def compute_phate(self) -> bool:

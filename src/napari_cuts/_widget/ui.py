@@ -127,6 +127,10 @@ def build_controls(w) -> None:
                                "the same kind (2D or volume, same channels) with the same "
                                "encoder: one mask layer per image, no retraining.")
     row.addWidget(w.apply_all_btn)
+    w.apply_folder_btn = QPushButton("Apply to folder...")
+    w.apply_folder_btn.setToolTip("The same for every image file of a folder (not opened): "
+                                  "masks and summary.csv written to <folder>/cuts_masks.")
+    row.addWidget(w.apply_folder_btn)
     rl.addLayout(row)
     w.apply_label = QLabel("")
     w.apply_label.setWordWrap(True)
@@ -167,3 +171,4 @@ def build_controls(w) -> None:
     w.export_labels_btn.clicked.connect(lambda: w._export_dialog("labels"))
     w.phate_btn.clicked.connect(lambda: w.compute_phate())
     w.apply_all_btn.clicked.connect(lambda: w.apply_to_all())
+    w.apply_folder_btn.clicked.connect(lambda: w.cohort._folder_dialog())
