@@ -113,13 +113,18 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="score CUTS and the baselines on a labelled folder")
     e.add_argument("--data", required=True, help="folder like shared/data/retina, NIfTI "
                    "images with *_seg.nii.gz masks, or a Decathlon folder (imagesTr/, labelsTr/); "
-                   "volumes are scored in 3D")
+                   "volumes are scored in 3D. Several sequences per case: case_<seq>.nii.gz "
+                   "files (e.g. case_t1, case_flair) with case_seg.nii.gz, one channel each "
+                   "(sorted by <seq>; a file belongs to the longest case name that has a "
+                   "_seg mask, so case_t1.nii.gz with case_t1_seg.nii.gz is its own case), "
+                   "or 4D images")
     e.add_argument("--out", required=True, help="output folder (results.json, results.md, figures)")
     e.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     e.add_argument("--seconds", type=float, default=None, help="training budget per seed "
                    "(default 120 s for 2D images, 60 s for a set of volumes: one encoder for the set)")
     e.add_argument("--epochs", type=int, default=None)
-    e.add_argument("--methods", nargs="+", default=None, help="a subset of the methods")
+    e.add_argument("--methods", nargs="+", default=None, help="a subset of the methods "
+                   "(volumes of several sequences also take seq_<name>_best, seq_<name>_click)")
     e.add_argument("--limit", type=int, default=None, help="use only the first N images "
                    "(volumes: the first N cases after --split and --cases)")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -128,7 +133,11 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: every non-zero label)")
     e.add_argument("--ablation", action="store_true", help="also image_only_* (the same "
                    "pipeline without the encoder) and embedding_only_* (without the image "
-                   "join) rows, for 2D images and volumes")
+                   "join) rows, for 2D images and volumes; on volumes of several sequences "
+                   "also seq_<name>_best and seq_<name>_click for each sequence alone (its "
+                   "own encoder, the same budget: one more training per sequence and seed; "
+                   "<name> from the file suffix, the Decathlon dataset.json modality, or "
+                   "the channel index 0, 1, ..)")
     e.add_argument("--split", choices=["all", "dev", "report"], default="all",
                    help="volumes: dev = the first half of the sorted case names, report = the "
                         "rest (choose settings on dev, report on report)")

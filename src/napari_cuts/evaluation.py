@@ -10,6 +10,16 @@ Folder layouts
 - **Retina layout** (like ``shared/data/retina``): ``image_with_GA/imageN.png`` with
   ``label_with_GA/labelN.npy`` (0/1 masks of the same height and width). Images are
   scaled to [0, 1] by their dtype (uint8 / 255).
+- **Volumes of several sequences** (scored in 3D, :func:`load_volumes`):
+  ``case_<seq>.nii.gz`` files (``case_t1``, ``case_flair`` ...) with ``case_seg.nii.gz``
+  are ONE case, one channel per sequence, sorted by ``<seq>`` (the same names in every
+  case; the files and the mask on one grid: same shape, affines within 0.01 mm). A file
+  belongs to the longest case name that has a ``_seg`` mask: ``case_t1.nii.gz`` is the
+  sequence ``t1`` of case ``case`` when only ``case_seg.nii.gz`` exists, and the
+  single-file case ``case_t1`` when ``case_t1_seg.nii.gz`` exists; ``case.nii.gz``, when
+  present, is the case's one image (other ``case_*`` files are then left out, with a
+  note). A 4D image (Decathlon ``imagesTr``) is several sequences too, named by
+  ``dataset.json`` ``"modality"`` when it lists them.
 - **NIfTI layout**: ``case.nii.gz`` (or ``.nii``) with ``case_seg.nii.gz`` beside it.
   Foreground is ``mask > 0`` (multi-label masks are merged). Intensities are scaled
   per volume to [0, 1] between the 0.5th and 99.5th percentiles. A 2D image is one
@@ -51,6 +61,9 @@ under the ground truth, :func:`napari_cuts.selection.label_hint`).
     hierarchy of the image channels alone (``segment_image(use_embeddings=False)``) and
     ``embedding_only_best`` / ``embedding_only_click`` on the unit embeddings alone
     (``image_weight=0``); the same oracle and the same click rule as the CUTS rows.
+    On volumes of two or more sequences also ``seq_<name>_best`` / ``seq_<name>_click``
+    for each sequence alone: its own encoder trained on that one channel (the same
+    budget), the same condensation, oracle and click (``run_evaluation_3d``).
 
 Statistics: for each method and seed, the mean and standard error (``std(ddof=1) /
 sqrt(n)``, NaNs ignored) over images; reported values are the means of these over
@@ -342,6 +355,11 @@ def load_dataset(data_dir, *, limit: Optional[int] = None) -> Dataset:
         ds = _load_retina(root, img_dir, lab_dir, limit)
     else:
         pairs = _nifti_pairs(root)
+        if not pairs and any(c.sequences for c in nifti_cases(root)[0]):
+            raise InputError(
+                f"{root}: cases with one file per sequence (case_<seq>.nii.gz) are scored "
+                "in 3D only (not as slices with --slices, not with 2D masks); score them "
+                "without --slices, or stack each case's sequences into one file.")
         if not pairs:
             raise InputError(
                 f"{root} is in neither evaluation layout: expected image_with_GA/imageN.png "
@@ -936,9 +954,29 @@ DISPLAY_3D = {
     "embedding_only_best": "embeddings alone (no image), best level + label hint (oracle)",
     "embedding_only_click": "embeddings alone (no image), one click",
 }
+#: The per-sequence rows of one sequence (``ablation`` on volumes with two or more
+#: channels): the CUTS pipeline on that sequence alone, with its own encoder.
+SEQUENCE_ROW_KINDS = ("best", "click")
 #: Training budget per seed (seconds) for a set of volumes when neither seconds nor
 #: epochs is given: one encoder for the whole set.
 DEFAULT_SECONDS_3D = 60.0
+_SEQ_ROW = re.compile(r"^seq_(.+)_(best|click)$")
+
+
+def sequence_methods(keys: Sequence[str]) -> list[str]:
+    """The per-sequence rows ``seq_<key>_best``, ``seq_<key>_click`` of every sequence
+    key (:func:`sequence_keys`), in channel order."""
+    return [f"seq_{k}_{kind}" for k in keys for kind in SEQUENCE_ROW_KINDS]
+
+
+def _display_3d(method: str, names_by_key: dict) -> str:
+    if method in DISPLAY_3D:
+        return DISPLAY_3D[method]
+    m = _SEQ_ROW.match(method)
+    name = names_by_key.get(m.group(1), m.group(1)) if m else method
+    what = ("best level + label hint (oracle)" if method.endswith("_best") else
+            "one click (tool's own answer)")
+    return f"sequence {name} alone (its own encoder), {what}"
 #: ``split``: "dev" = the first half of the sorted case names (rounded up), "report" =
 #: the rest, "all" = every case.
 SPLITS = ("all", "dev", "report")
@@ -951,12 +989,14 @@ PER_CASE_FIELDS = ("method", "seed", "case", *METRIC_KEYS, "empty_pred", "gt_vox
 class Volume:
     """One evaluation volume: ``image`` float32 ``(Z, Y, X)`` (or ``(Z, Y, X, C)``) in
     [0, 1] (0.5th-99.5th percentile per channel), ``mask`` bool ``(Z, Y, X)``,
-    ``spacing`` (sz, sy, sx) in mm."""
+    ``spacing`` (sz, sy, sx) in mm; ``sequences`` the channel names when the case has
+    several sequences (``None`` for one grey volume)."""
 
     name: str
     image: np.ndarray
     mask: np.ndarray
     spacing: tuple
+    sequences: Optional[list] = None
 
 
 @dataclass
@@ -967,6 +1007,23 @@ class VolumeSet:
     label_values: Optional[list]  # None: every non-zero label
     cases_found: list  # every case name of the folder, sorted
     split: str = "all"
+    #: The channel names shared by every volume (one per channel; ``["0"]`` .. for
+    #: channels without names) and where they came from: "files" (``case_<seq>``
+    #: suffixes), "dataset.json" (the Decathlon ``modality``), "header" (the NIfTI
+    #: descrip / intent_name) or "index".
+    sequences: Optional[list] = None
+    sequence_source: Optional[str] = None
+
+
+@dataclass
+class NiftiCase:
+    """One case of a NIfTI + ``*_seg`` folder: ``images`` one file (a single image,
+    maybe 4D) or one file per sequence (``sequences`` their suffixes, sorted)."""
+
+    name: str
+    images: list
+    seg: Path
+    sequences: Optional[list] = None
 
 
 def _case_name(path: Path) -> str:
@@ -976,6 +1033,77 @@ def _case_name(path: Path) -> str:
 def _is_nifti(path: Path) -> bool:
     n = path.name.lower()
     return (n.endswith(".nii.gz") or n.endswith(".nii")) and not n.startswith(".")
+
+
+def _stem(path: Path) -> str:
+    """The file name without ``.nii`` / ``.nii.gz``."""
+    n = path.name
+    for ext in (".nii.gz", ".nii"):
+        if n.lower().endswith(ext):
+            return n[: -len(ext)]
+    return n
+
+
+def _is_seg(path: Path) -> bool:
+    return _stem(path).endswith("_seg")
+
+
+def nifti_cases(root) -> tuple[list, list]:
+    """The cases of a folder of NIfTI images with ``<case>_seg.nii.gz`` masks, sorted by
+    name, and notes on files left out. Returns ``([NiftiCase], [note])``.
+
+    Every mask ``<case>_seg.nii[.gz]`` names a case. Its image is ``<case>.nii[.gz]``
+    when that file exists (one file, as before; a 4D file brings its own sequences);
+    otherwise its sequences are the files ``<case>_<seq>.nii[.gz]``, one channel each,
+    ordered by ``<seq>`` (sorted), so every case stacks them the same way. A file belongs
+    to the LONGEST case name it starts with: ``case_t1.nii.gz`` is a sequence of case
+    ``case`` when only ``case_seg.nii.gz`` exists, and a single-file case named
+    ``case_t1`` when ``case_t1_seg.nii.gz`` exists. Files of a case that has its own
+    ``<case>.nii.gz``, and files that no mask claims, are left out with a note."""
+    root = Path(root)
+    files = sorted((p for p in root.iterdir() if p.is_file() and _is_nifti(p)),
+                   key=lambda p: p.name)
+    segs = {_stem(p)[: -len("_seg")]: p for p in files if _is_seg(p)}
+    single = {}
+    for base in segs:
+        for ext in (".nii.gz", ".nii"):
+            if (root / f"{base}{ext}").is_file():
+                single[base] = root / f"{base}{ext}"
+                break
+    claimed = {p.name for p in single.values()}
+    seq_files: dict = {base: {} for base in segs}
+    notes = []
+    by_length = sorted(segs, key=len, reverse=True)
+    for p in files:
+        if _is_seg(p) or p.name in claimed:
+            continue
+        stem = _stem(p)
+        owner = next((b for b in by_length if stem.startswith(b + "_") and len(stem) > len(b) + 1),
+                     None)
+        if owner is None:
+            notes.append(f"{p.name}: no mask names it (expected {stem}_seg.nii.gz, or "
+                         "<case>_seg.nii.gz for a sequence <case>_<seq>.nii.gz); left out.")
+            continue
+        if owner in single:
+            notes.append(f"{p.name}: case {owner} has its own image {single[owner].name}, "
+                         "which is used; this file is left out.")
+            continue
+        seq = stem[len(owner) + 1:]
+        if seq in seq_files[owner]:
+            raise InputError(f"{seq_files[owner][seq].name} and {p.name} are the same sequence "
+                             f"{seq!r} of case {owner}; keep one of them.")
+        seq_files[owner][seq] = p
+    cases = []
+    for base in sorted(segs):
+        if base in single:
+            cases.append(NiftiCase(base, [single[base]], segs[base]))
+        elif seq_files[base]:
+            names = sorted(seq_files[base])
+            cases.append(NiftiCase(base, [seq_files[base][s] for s in names], segs[base], names))
+        else:
+            notes.append(f"{segs[base].name}: no image {base}.nii.gz and no sequence "
+                         f"{base}_<seq>.nii.gz beside it; skipped.")
+    return cases, notes
 
 
 def _decathlon_pairs(root: Path) -> tuple[list, list]:
@@ -992,6 +1120,45 @@ def _decathlon_pairs(root: Path) -> tuple[list, list]:
     return pairs, notes
 
 
+def decathlon_modalities(root) -> Optional[list]:
+    """The channel names of a Decathlon folder from its ``dataset.json`` ``"modality"``
+    (``{"0": "FLAIR", "1": "T1w", ...}``), in channel order; None when the file, the
+    key or a channel index 0 .. n-1 is missing, or the file is not JSON."""
+    import json
+
+    p = Path(root) / "dataset.json"
+    try:
+        mod = json.loads(p.read_text(encoding="utf-8")).get("modality")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(mod, dict) or not mod:
+        return None
+    try:
+        by_index = {int(k): str(v).strip() for k, v in mod.items()}
+    except (TypeError, ValueError):
+        return None
+    if sorted(by_index) != list(range(len(by_index))) or not all(by_index.values()):
+        return None
+    return [by_index[i] for i in range(len(by_index))]
+
+
+def sequence_key(name: str) -> str:
+    """A sequence name as it appears in row names (``seq_<key>_best``): runs of other
+    characters than letters and digits become ``_``."""
+    return re.sub(r"[^0-9A-Za-z]+", "_", str(name)).strip("_")
+
+
+def sequence_keys(names: Sequence[str]) -> list[str]:
+    """:func:`sequence_key` of every name; the channel index where a key would be empty
+    or repeat (``T1`` and ``T1 `` ...)."""
+    keys = [sequence_key(n) for n in names]
+    if any(not k for k in keys) or len(set(keys)) != len(keys):
+        keys = [k if k and keys.count(k) == 1 else str(i) for i, k in enumerate(keys)]
+    if len(set(keys)) != len(keys):
+        keys = [str(i) for i in range(len(keys))]
+    return keys
+
+
 def _spatial_ndim(path: Path) -> int:
     import nibabel as nib
 
@@ -1003,8 +1170,9 @@ def _spatial_ndim(path: Path) -> int:
 
 
 def volume_layout(data_dir) -> Optional[str]:
-    """``"decathlon"`` (``imagesTr/`` + ``labelsTr/``), ``"nifti"`` (NIfTI images with
-    ``*_seg.nii.gz`` masks, at least one of them 3D) or None (a 2D folder, or neither)."""
+    """``"decathlon"`` (``imagesTr/`` + ``labelsTr/``), ``"nifti"`` (NIfTI images, or
+    one file per sequence, with ``*_seg.nii.gz`` masks, at least one of them 3D) or None
+    (a 2D folder, or neither)."""
     root = Path(data_dir)
     if not root.is_dir():
         return None
@@ -1012,20 +1180,50 @@ def volume_layout(data_dir) -> Optional[str]:
         return "decathlon"
     if (root / "image_with_GA").is_dir():
         return None
-    pairs = _nifti_pairs(root)
-    if any(_spatial_ndim(seg) >= 3 for _, seg in pairs):
+    cases, _ = nifti_cases(root)
+    if any(_spatial_ndim(c.seg) >= 3 for c in cases):
         return "nifti"
     return None
 
 
-def _read_volume(path: Path):
-    """(array as the reader gives it, spacing (sz, sy, sx))."""
+def _read_image(path: Path):
     from .io import read_image
 
-    src = read_image(path)
-    data = np.asarray(src.data)
-    sp = tuple(float(v) for v in src.spacing)
-    return data, sp
+    return read_image(path)
+
+
+_DEFAULT_HEADER_NAME = re.compile(r"^sequence \d+$")
+
+
+def _read_case_image(paths: list, names: Optional[list]):
+    """``(data (Z, Y, X[, C]), spacing, channel names or None, where the names came from,
+    the image's affine or None)`` of one case: one file, or one file per sequence stacked
+    on a last axis by :func:`napari_cuts.sequences.stack_sequences` (which checks one
+    grid: same shape, affines within 0.01 mm, and names both files when not)."""
+    if names is None:
+        src = _read_image(paths[0])
+        data = np.asarray(src.data)
+        seq = src.sequences
+        source = None
+        if seq is not None:
+            source = "header"
+            if all(_DEFAULT_HEADER_NAME.match(s) for s in seq):  # the reader's own names
+                seq, source = [str(i) for i in range(len(seq))], "index"
+        return data, tuple(float(v) for v in src.spacing), seq, source, src.affine
+    from .sequences import stack_sequences
+
+    images = []
+    for p, name in zip(paths, names):
+        im = _read_image(p)
+        if im.sequences or im.rgb or im.ndim_spatial != 3:
+            what = (f"holds {len(im.sequences)} sequences" if im.sequences else
+                    "is an RGB picture" if im.rgb else f"is {im.ndim_spatial}D")
+            raise InputError(f"{Path(p).name} (sequence {name!r}) {what}; each "
+                             "<case>_<seq>.nii.gz must be one grey 3D volume.")
+        images.append(im)
+    st = stack_sequences(images)
+    return (np.asarray(st.data), tuple(float(v) for v in st.spacing), list(names), "files",
+            st.affine)
 
 
 def structure_mask(seg, label_values=None) -> np.ndarray:
@@ -1099,42 +1297,67 @@ def load_volumes(data_dir, *, labels: Optional[Sequence[float]] = None, split: s
                  limit: Optional[int] = None) -> VolumeSet:
     """Read a folder of volumes (Decathlon or NIfTI + ``*_seg.nii.gz``) for 3D scoring.
 
+    NIfTI cases are those of :func:`nifti_cases`: ``case.nii.gz`` (one file), or
+    ``case_<seq>.nii.gz`` files, one channel each (sorted by ``<seq>``), on one grid
+    (same shape, affines within 0.01 mm; the mask too), else an :class:`InputError`
+    naming both files. A 4D image is several sequences (channels last). Channel names:
+    the file suffixes, the Decathlon ``dataset.json`` ``"modality"``, the NIfTI header,
+    or the channel index (``VolumeSet.sequences``, ``sequence_source``).
+
     Ground truth: :func:`structure_mask` of the label volume with ``labels``. Cases
     with an empty structure, 2D images and images that do not match their masks are
     skipped with a note (a mismatch is an error). Raises :class:`InputError` when no
-    case is left."""
+    case is left, or when the cases differ in their sequences."""
     root = Path(data_dir)
     if not root.is_dir():
         raise ReadError(f"the data folder {root} does not exist; give --data a folder.")
     layout = volume_layout(root)
     if layout is None:
         raise InputError(f"{root} holds no volumes: expected imagesTr/ and labelsTr/ (the "
-                         "Decathlon layout) or NIfTI volumes with case_seg.nii.gz masks.")
+                         "Decathlon layout) or NIfTI volumes with case_seg.nii.gz masks "
+                         "(case.nii.gz, or one case_<seq>.nii.gz per sequence).")
+    modalities = None
     if layout == "decathlon":
         pairs, notes = _decathlon_pairs(root)
+        found = [NiftiCase(_case_name(img), [img], lab) for img, lab in pairs]
+        modalities = decathlon_modalities(root)
     else:
-        pairs, notes = _nifti_pairs(root), []
-    by_name = {_case_name(img): (img, lab) for img, lab in pairs}
+        found, notes = nifti_cases(root)
+    by_name = {c.name: c for c in found}
     if not by_name:
         raise InputError(f"{root}: no image with a label volume found.")
     names = select_cases(list(by_name), split=split, cases=cases, limit=limit)
     label_values = None if labels is None else [int(round(float(v))) for v in labels]
     vols = []
+    sources = {}
     for name in names:
-        img_path, lab_path = by_name[name]
-        data, sp = _read_volume(img_path)
-        seg, _ = _read_volume(lab_path)
-        seg = np.squeeze(np.asarray(seg))
+        case = by_name[name]
+        data, sp, seq_names, seq_source, affine = _read_case_image(case.images, case.sequences)
+        img_label = (case.images[0].name if len(case.images) == 1 else
+                     f"{case.images[0].name} .. {case.images[-1].name}")
+        seg_src = _read_image(case.seg)
+        seg = np.squeeze(np.asarray(seg_src.data))
         if seg.ndim != 3:
             notes.append(f"{name}: a {seg.ndim}D mask; only volumes are scored in 3D, skipped.")
             continue
         data = np.asarray(data, dtype=np.float32)
-        if data.ndim == 4 and data.shape[1:] == seg.shape and data.shape[-1] != seg.shape[-1]:
+        if data.ndim == 4 and seq_names is None and data.shape[1:] == seg.shape \
+                and data.shape[-1] != seg.shape[-1]:
             data = np.moveaxis(data, 0, -1)  # channels first (a sequence axis) -> last
         spatial = data.shape[:3]
         if spatial != seg.shape or data.ndim not in (3, 4):
-            raise InputError(f"{lab_path.name} has shape {seg.shape} but {img_path.name} has "
+            raise InputError(f"{case.seg.name} has shape {seg.shape} but {img_label} has "
                              f"{data.shape}; the mask must match the image voxel for voxel.")
+        if case.sequences is not None and affine is not None and seg_src.affine is not None:
+            from .sequences import AFFINE_TOLERANCE_MM, affine_distance_mm
+
+            d = affine_distance_mm(affine, seg_src.affine, spatial)
+            if d > AFFINE_TOLERANCE_MM:
+                raise InputError(
+                    f"{case.seg.name} and {case.images[0].name} are not on one grid (their "
+                    f"affines place the grid up to {d:.3g} mm apart, more than "
+                    f"{AFFINE_TOLERANCE_MM} mm); resample the mask to the sequences' grid "
+                    "and try again.")
         if not np.all(np.isfinite(data)):
             notes.append(f"{name}: NaN or infinite voxels; skipped.")
             continue
@@ -1144,15 +1367,56 @@ def load_volumes(data_dir, *, labels: Optional[Sequence[float]] = None, split: s
                          f"{label_values if label_values is not None else 'non-zero'}) is "
                          "empty; skipped.")
             continue
-        vols.append(Volume(name, _unit_channels(data), mask, tuple(sp[:3])))
+        n_ch = 1 if data.ndim == 3 else data.shape[-1]
+        if seq_names is not None and len(seq_names) != n_ch:
+            seq_names, seq_source = None, None
+        if layout == "decathlon" and modalities is not None and len(modalities) == n_ch \
+                and n_ch > 1:
+            seq_names, seq_source = list(modalities), "dataset.json"
+        if seq_names is None and n_ch > 1:
+            seq_names, seq_source = [str(i) for i in range(n_ch)], "index"
+        sources[name] = seq_source
+        vols.append(Volume(name, _unit_channels(data), mask, tuple(sp[:3]), seq_names))
     if not vols:
         raise InputError(f"{root}: no volume with a non-empty structure to evaluate "
                          f"({'; '.join(notes[:3]) or 'nothing found'}).")
     chans = {1 if v.image.ndim == 3 else v.image.shape[-1] for v in vols}
     if len(chans) > 1:
-        raise InputError(f"{root} mixes volumes with {sorted(chans)} channels; one encoder "
-                         "is trained per set, so give volumes with the same sequences.")
-    return VolumeSet(layout, vols, notes, label_values, sorted(by_name), split)
+        counts = ", ".join(f"{v.name}: {1 if v.image.ndim == 3 else v.image.shape[-1]}"
+                           for v in vols[:6])
+        raise InputError(f"{root} mixes volumes with {sorted(chans)} channels ({counts}); one "
+                         "encoder is trained per set, so give every case the same sequences.")
+    seq, seq_source = _set_sequences(vols, sources, notes)
+    return VolumeSet(layout, vols, notes, label_values, sorted(by_name), split, seq, seq_source)
+
+
+def _set_sequences(vols: list, sources: dict, notes: list) -> tuple:
+    """The channel names shared by ``vols`` (and their source). Names read from files
+    must agree case by case (else an :class:`InputError` naming two cases); names from
+    the headers that disagree become channel indexes, with a note."""
+    n_ch = 1 if vols[0].image.ndim == 3 else vols[0].image.shape[-1]
+    ref = vols[0]
+    for v in vols[1:]:
+        if v.sequences == ref.sequences:
+            continue
+        if "files" in (sources.get(v.name), sources.get(ref.name)):
+            def show(x):
+                return ", ".join(x.sequences) if x.sequences else "one file"
+            raise InputError(
+                f"case {v.name} has the sequences {show(v)} but {ref.name} has {show(ref)}; "
+                f"every case needs the same sequences (<case>_<seq>.nii.gz, the same <seq> "
+                "names), so that one encoder reads the same channel the same way.")
+        if n_ch > 1:
+            notes.append(f"the cases name their {n_ch} channels differently ({ref.name}: "
+                         f"{', '.join(ref.sequences or [])}; {v.name}: "
+                         f"{', '.join(v.sequences or [])}); channels are named by index.")
+            idx = [str(i) for i in range(n_ch)]
+            for w in vols:
+                w.sequences = list(idx)
+            return idx, "index"
+    if ref.sequences is None:
+        return None, None
+    return list(ref.sequences), sources.get(ref.name)
 
 
 # --------------------------------------------------------------------------- 3D metrics
@@ -1245,15 +1509,17 @@ def best_level(hierarchy, gt) -> tuple[np.ndarray, int, float]:
 
 
 def _volume_masks(encoder, vol: Volume, seed: int, prefix: str, wanted: set,
-                  cancel: Cancel, timings: dict, save_dir=None):
+                  cancel: Cancel, timings: dict, save_dir=None, channel: Optional[int] = None):
     """``{method: (mask, info)}`` for the ``prefix`` rows (a key of :data:`VARIANTS`:
-    "cuts", "image_only", "embedding_only") and the number of levels."""
+    "cuts", "image_only", "embedding_only"; or ``seq_<key>``: the CUTS pipeline on
+    channel ``channel`` alone) and the number of levels."""
     from .pipeline import segment_volume
 
     key = "segment" if prefix == "cuts" else f"segment_{prefix}"
+    image = vol.image if channel is None else vol.image[..., channel]
     t0 = time.perf_counter()
-    res = segment_volume(encoder, vol.image, spacing=vol.spacing, seed=seed, cancel=cancel,
-                         **VARIANTS[prefix])
+    res = segment_volume(encoder, image, spacing=vol.spacing, seed=seed, cancel=cancel,
+                         **VARIANTS.get(prefix, {}))
     timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
     hier = res.hierarchy
     if save_dir is not None:
@@ -1267,6 +1533,8 @@ def _volume_masks(encoder, vol: Volume, seed: int, prefix: str, wanted: set,
 
 def _markdown_3d(result: dict) -> str:
     methods = result["methods"]
+    seqs = result.get("sequences") or {}
+    names_by_key = dict(zip(seqs.get("keys") or [], seqs.get("names") or []))
     lv = result.get("label_values")
     struct = ("the union of label values " + ", ".join(map(str, lv))) if lv else \
         "every non-zero label"
@@ -1280,7 +1548,9 @@ def _markdown_3d(result: dict) -> str:
         f"Data: `{result['data']}` ({result['layout']} layout), {result['n_images']} volumes "
         f"({split_text}: {result['cases'][0]} .. {result['cases'][-1]}); structure: {struct}; "
         f"seeds {result['seeds']}; " + _budget(result).replace("per seed", "per seed (one "
-        "encoder for the whole set)") + f"total wall time {result['seconds']:.0f} s.",
+        "encoder for the whole set)") + f"total wall time {result['seconds']:.0f} s." + (
+            f" Sequences (one channel each, in this order): {', '.join(seqs['names'])} "
+            f"(names from {seqs['source']})." if seqs.get("names") else ""),
         "",
         "Scored in 3D on each whole volume (never a mean over slices). Mean ± standard error "
         "over volumes (mean over seeds). Dice, SSIM: higher is better; Hausdorff and HD95 "
@@ -1290,12 +1560,11 @@ def _markdown_3d(result: dict) -> str:
         "| method | Dice | Hausdorff (mm) | HD95 (mm) | SSIM | RMSE | empty |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name in METHODS_3D:
-        if name not in methods:
-            continue
+    for name in methods:
         r = methods[name]
         lines.append(
-            f"| `{name}`: {DISPLAY_3D[name]} | {_fmt(r['dice'])} ± {_fmt(r['dice_sem'])} | "
+            f"| `{name}`: {_display_3d(name, names_by_key)} | "
+            f"{_fmt(r['dice'])} ± {_fmt(r['dice_sem'])} | "
             f"{_fmt(r['hausdorff'], 2)} ± {_fmt(r['hausdorff_sem'], 2)} | {_fmt(r['hd95'], 2)} | "
             f"{_fmt(r['ssim'])} | {_fmt(r['rmse'])} | {_fmt(r['n_empty'], 1)} |")
     click_rule = result.get("click_rule")
@@ -1315,6 +1584,14 @@ def _markdown_3d(result: dict) -> str:
         "- `image_only_*`: the same pipeline (working grid, slice context, condensation, "
         "click) on the normalised image alone, the encoder's embeddings left out; "
         "`embedding_only_*`: on the unit embeddings alone (image weight 0).",
+    ]
+    if any(_SEQ_ROW.match(m) for m in methods):
+        lines.append(
+            "- `seq_<name>_best` / `seq_<name>_click`: each sequence alone: the same pipeline "
+            "(its own encoder trained on that one channel with the same budget, the same "
+            "condensation and click) beside all sequences together (`cuts_best`, "
+            "`cuts_click`).")
+    lines += [
         "- `slic3d`: `skimage.segmentation.slic` on the volume with its spacing, the "
         "supervoxel under the click, best per case over n_segments in {50, 200, 800, 3200} "
         "x compactness in {0.05, 0.1, 0.3}: an oracle like `cuts_best`.",
@@ -1326,7 +1603,7 @@ def _markdown_3d(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _figure_examples_3d(examples: dict, path: Path) -> None:
+def _figure_examples_3d(examples: dict, path: Path, order: Sequence[str] = METHODS_3D) -> None:
     """Rows: a few cases, the axial slice through the click; columns: image, ground
     truth, each method's mask on that slice (titles: the case's 3D Dice)."""
     import matplotlib
@@ -1337,7 +1614,7 @@ def _figure_examples_3d(examples: dict, path: Path) -> None:
     from .fileutil import save_figure
 
     rows = list(examples.items())
-    names = [m for m in METHODS_3D if any(m in ex["masks"] for _, ex in rows)]
+    names = [m for m in order if any(m in ex["masks"] for _, ex in rows)]
     cols = 2 + len(names)
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.7 * cols, 1.8 * len(rows) + 0.4),
                              dpi=100, squeeze=False)
@@ -1381,28 +1658,37 @@ def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
     """Score a folder of volumes in 3D (``napari-cuts evaluate`` on volumes).
 
     ``data_dir``: a Decathlon folder (``imagesTr/``, ``labelsTr/``, same file names) or
-    NIfTI volumes with ``case_seg.nii.gz`` masks. ``labels``: the structure is the union
-    of these label values (rounded; default every non-zero label). ``split`` / ``cases``
-    / ``limit``: which cases (:func:`select_cases`; ``"dev"`` is the first half of the
+    NIfTI volumes with ``case_seg.nii.gz`` masks (``case.nii.gz``, or one
+    ``case_<seq>.nii.gz`` per sequence: :func:`load_volumes`). ``labels``: the structure
+    is the union of these label values (rounded; default every non-zero label).
+    ``split`` / ``cases`` / ``limit``: which cases (:func:`select_cases`; ``"dev"`` is the first half of the
     sorted names, ``"report"`` the rest). For each seed ONE encoder is trained on all the
     chosen volumes (:func:`napari_cuts.pipeline.train_volume_encoder`, ``seconds``
     default :data:`DEFAULT_SECONDS_3D`, or ``epochs``), then each volume gets one
     hierarchy (:func:`napari_cuts.pipeline.segment_volume`). Methods:
-    :data:`METHODS_3D` (``image_only_*`` only with ``ablation`` or when named).
+    :data:`METHODS_3D` (``image_only_*`` only with ``ablation`` or when named). With
+    ``ablation`` on volumes of two or more sequences, also ``seq_<key>_best`` and
+    ``seq_<key>_click`` for every sequence (:func:`sequence_methods`): the same pipeline
+    on that one channel, with its own encoder trained for the same budget (one more
+    training per sequence and seed); ``<key>`` is the sequence name
+    (:func:`sequence_key`), or the channel index when the data names none.
     ``save_hierarchies``: also write
-    ``hierarchies/<case>_seed<S>[_image_only|_embedding_only].npz``.
+    ``hierarchies/<case>_seed<S>[_image_only|_embedding_only|_seq_<key>].npz``.
 
     Writes ``results.json`` (``{"methods": {name: {"dice", "hausdorff", "hd95", "ssim",
-    "ergas", "rmse", ...}}, "seconds": ..}``, Hausdorff in mm), ``results.md``,
-    ``per_case.csv``, ``dice.png`` and ``examples.png``; returns the JSON content.
+    "ergas", "rmse", ...}}, "seconds": .., "sequences": .., "runs": ..}``, Hausdorff in
+    mm; ``runs``: what each encoder was trained on, its input channels as recorded by the
+    encoder), ``results.md``, ``per_case.csv``, ``dice.png`` and ``examples.png``;
+    returns the JSON content.
     """
     t_start = time.perf_counter()
     default = [m for m in METHODS_3D if ablation or m not in ABLATION_METHODS]
     chosen = default if methods is None else list(dict.fromkeys(methods))
-    bad = [m for m in chosen if m not in METHODS_3D]
+    bad = [m for m in chosen if m not in METHODS_3D and not _SEQ_ROW.match(m)]
     if bad or not chosen:
         raise InputError(f"unknown method(s) {bad or chosen} for volumes; choose from "
-                         f"{', '.join(METHODS_3D)}.")
+                         f"{', '.join(METHODS_3D)}, or seq_<sequence>_best / "
+                         "seq_<sequence>_click on volumes of several sequences.")
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise InputError("give at least one seed.")
@@ -1415,22 +1701,45 @@ def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
     from .fileutil import make_output_dir, write_json
 
     vs = load_volumes(data_dir, labels=labels, split=split, cases=cases, limit=limit)
+    vols = vs.volumes
+    n = len(vols)
+    n_ch = 1 if vols[0].image.ndim == 3 else vols[0].image.shape[-1]
+    seq_names = list(vs.sequences) if vs.sequences else None
+    seq_keys = sequence_keys(seq_names) if seq_names else None
+    seq_rows = sequence_methods(seq_keys) if (seq_keys and n_ch > 1) else []
+    if methods is None and ablation:
+        chosen += seq_rows
+    unknown = [m for m in chosen if m not in METHODS_3D and m not in seq_rows]
+    if unknown:
+        have = (f"its sequences give {', '.join(seq_rows)}" if seq_rows else
+                "its volumes have one channel, so there are no per-sequence rows")
+        raise InputError(f"method(s) {', '.join(unknown)} do not fit {data_dir}: {have}.")
+    order = [*METHODS_3D, *seq_rows]
+    chosen = [m for m in order if m in chosen]
+
     out = make_output_dir(out_dir)
     hier_dir = None
     if save_hierarchies:
         hier_dir = out / "hierarchies"
         hier_dir.mkdir(exist_ok=True)
-    vols = vs.volumes
-    n = len(vols)
+    # One run = one encoder per seed: all channels (the VARIANTS rows), then one run per
+    # sequence that has rows wanted (seq_<key>: that channel alone).
+    runs = []
     wanted_by = {prefix: {m for m in chosen if m.startswith(prefix + "_")}
                  for prefix in VARIANTS}
-    any_cuts = any(wanted_by.values())
-    total = (n if "slic3d" in chosen else 0) + (len(seeds) * 2 * n if any_cuts else 0) + 1
+    if any(wanted_by.values()):
+        runs.append(("all", None, wanted_by))
+    for c, key in enumerate(seq_keys or []):
+        mine = {m for m in chosen if m in (f"seq_{key}_{k}" for k in SEQUENCE_ROW_KINDS)}
+        if mine and n_ch > 1:
+            runs.append((f"seq_{key}", c, {f"seq_{key}": mine}))
+    total = (n if "slic3d" in chosen else 0) + len(seeds) * len(runs) * 2 * n + 1
     done = 0
     per: dict = {m: {s: [] for s in seeds} for m in chosen}
     rows: list = []
     timings: dict = {}
     n_levels: list = []
+    runs_info: dict = {}
     ex_idx = sorted({int(round(x)) for x in np.linspace(0, n - 1, min(N_EXAMPLES, n))})
     examples: dict = {}
     points = [innermost_point(v.mask) for v in vols]
@@ -1468,46 +1777,68 @@ def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
             done += 1
         timings["slic3d"] = time.perf_counter() - t0
 
-    if any_cuts:
+    if runs:
         from .pipeline import train_volume_encoder
 
         for seed in seeds:
-            check_cancel(cancel)
-            base = done
-
-            train_progress = _training_progress(progress, base, n, total, seed)
-
-            report(progress, done, total, f"seed {seed}: training one encoder on {n} volumes")
-            t0 = time.perf_counter()
-            enc = train_volume_encoder([v.image for v in vols], spacing=[v.spacing for v in vols],
-                                       epochs=epochs, seconds=train_seconds, seed=seed,
-                                       device=device, progress=train_progress, cancel=cancel)
-            timings["train"] = timings.get("train", 0.0) + time.perf_counter() - t0
-            done = base + n
-            for i, v in enumerate(vols):
+            for run_key, channel, wanted_run in runs:
                 check_cancel(cancel)
-                report(progress, done, total, f"seed {seed}: volume {i + 1}/{n} ({v.name})")
-                for prefix, wanted in wanted_by.items():
-                    if not wanted:
-                        continue
-                    masks, nl = _volume_masks(enc, v, seed, prefix, wanted, cancel,
-                                              timings, hier_dir)
-                    if prefix == "cuts":
-                        n_levels.append(nl)
-                    t0 = time.perf_counter()
-                    for m in METHODS_3D:
-                        if m in masks:
-                            mask, info = masks[m]
-                            if "setting" in info and m.endswith("_click"):
-                                click_rules.add(info["setting"])
-                            record(m, [seed], i, mask, info)
-                    timings["scoring"] = timings.get("scoring", 0.0) + time.perf_counter() - t0
-                done += 1
+                base = done
+                what = "all sequences" if channel is None or seq_names is None else \
+                    f"sequence {seq_names[channel]} alone"
+                label = f"seed {seed}" + ("" if run_key == "all" else f", {what}")
+                train_progress = _training_progress(progress, base, n, total, seed)
+                report(progress, done, total, f"{label}: training one encoder on {n} volumes")
+                images = [v.image if channel is None else v.image[..., channel] for v in vols]
+                t0 = time.perf_counter()
+                enc = train_volume_encoder(images, spacing=[v.spacing for v in vols],
+                                           epochs=epochs, seconds=train_seconds, seed=seed,
+                                           device=device, progress=train_progress,
+                                           cancel=cancel)
+                tkey = "train" if run_key == "all" else f"train_{run_key}"
+                timings[tkey] = timings.get(tkey, 0.0) + time.perf_counter() - t0
+                k = int(enc.metadata.get("context_slices", 0) or 0)
+                prev = runs_info.get(run_key, {})
+                runs_info[run_key] = {
+                    "sequences": (list(seq_names) if channel is None else [seq_names[channel]])
+                    if seq_names else None,
+                    "channel": channel,
+                    "encoder_in_channels": int(enc.in_channels),
+                    "context_slices": k,
+                    # the encoder reads 2k+1 neighbouring slices of every channel
+                    "channels": int(enc.in_channels) // (2 * k + 1),
+                    "rows": sorted(m for w in wanted_run.values() for m in w),
+                    # what the budget bought, seed by seed (the same budget is not the
+                    # same number of steps when the machine is busy)
+                    "steps": {**prev.get("steps", {}), str(seed): enc.metadata.get("steps")},
+                    "train_seconds_used": {**prev.get("train_seconds_used", {}),
+                                           str(seed): enc.metadata.get("seconds_used")},
+                }
+                done = base + n
+                for i, v in enumerate(vols):
+                    check_cancel(cancel)
+                    report(progress, done, total, f"{label}: volume {i + 1}/{n} ({v.name})")
+                    for prefix, wanted in wanted_run.items():
+                        if not wanted:
+                            continue
+                        masks, nl = _volume_masks(enc, v, seed, prefix, wanted, cancel,
+                                                  timings, hier_dir, channel=channel)
+                        if prefix == "cuts":
+                            n_levels.append(nl)
+                        t0 = time.perf_counter()
+                        for m in order:
+                            if m in masks:
+                                mask, info = masks[m]
+                                if "setting" in info and m.endswith("_click"):
+                                    click_rules.add(info["setting"])
+                                record(m, [seed], i, mask, info)
+                        timings["scoring"] = timings.get("scoring", 0.0) + time.perf_counter() - t0
+                    done += 1
 
     report(progress, done, total, "writing results")
     check_cancel(cancel)
     result = {
-        "methods": {m: summarise(per[m]) for m in METHODS_3D if m in per},
+        "methods": {m: summarise(per[m]) for m in order if m in per},
         "seconds": round(time.perf_counter() - t_start, 2),
         "n_images": n,
         "seeds": seeds,
@@ -1518,9 +1849,12 @@ def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
         "label_values": vs.label_values,
         "split": split,
         "cases": [v.name for v in vols],
+        "sequences": ({"names": seq_names, "keys": seq_keys, "source": vs.sequence_source}
+                      if seq_names else None),
+        "runs": runs_info,
         "click_rule": ", ".join(sorted(click_rules)) or None,
-        "train_seconds": train_seconds if any_cuts else None,
-        "epochs": epochs if any_cuts else None,
+        "train_seconds": train_seconds if runs else None,
+        "epochs": epochs if runs else None,
         "device": device,
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "levels": {"n_levels": float(np.mean(n_levels)) if n_levels else None},
@@ -1537,10 +1871,10 @@ def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
     _write_text(out / "per_case.csv", buf.getvalue())
     per_case_dice = {m: np.nanmean(np.array([[r["dice"] for r in per[m][s]] for s in seeds],
                                             dtype=float), axis=0)
-                     for m in METHODS_3D if m in per}
-    _figure_dice(per_case_dice, out / "dice.png", vs.layout, order=METHODS_3D,
+                     for m in order if m in per}
+    _figure_dice(per_case_dice, out / "dice.png", vs.layout, order=order,
                  ylabel="3D Dice (per volume, mean over seeds)", title="3D Dice per volume")
-    _figure_examples_3d(examples, out / "examples.png")
+    _figure_examples_3d(examples, out / "examples.png", order=order)
     _write_text(out / "results.md", _markdown_3d(result))
     write_json(out / "results.json", result)
     report(progress, total, total, "done")
