@@ -53,6 +53,40 @@ def test_write_read_session(tmp_path):
     assert status == "missing" and str(src) in msg and "open the image first" in msg
 
 
+def test_session_of_several_files_checks_every_one(tmp_path):
+    t1, t2 = tmp_path / "T1.nii.gz", tmp_path / "T2.nii.gz"
+    t1.write_bytes(b"first sequence bytes")
+    t2.write_bytes(b"second sequence bytes")
+    chans = [{"name": "T1", "path": str(t1), "sequence_index": None},
+             {"name": "T2", "path": str(t2), "sequence_index": None}]
+    out = core.write_session(tmp_path / "s", hierarchy=_hier(), objects=[], source_path=t1,
+                             source_paths=[t1, t2, t1], source_shape=(4, 6), channels=chans)
+    s = core.read_session(out)
+    assert [r["path"] for r in s.source["sequences"]] == [str(t1.resolve()), str(t2.resolve())]
+    assert s.source["sequences"][1]["size"] == t2.stat().st_size
+    assert [c["name"] for c in s.source["channels"]] == ["T1", "T2"]
+    assert [str(f["path"]) for f in s.source_files()] == [str(t1.resolve()), str(t2.resolve())]
+    assert s.check_source() == ("ok", "")
+    t2.write_bytes(b"second sequence byteZ")            # same size, other content
+    status, msg = s.check_source()
+    assert status == "changed" and str(t2.resolve()) in msg and "file 2 of 2" in msg
+    assert "hash" in msg and str(t1.resolve()) not in msg
+    t2.unlink()
+    status, msg = s.check_source()
+    assert status == "missing" and str(t2.resolve()) in msg and "file 2 of 2" in msg
+    # a segment folder of two files (run.json's source.sequences) is checked the same way
+    seg = tmp_path / "seg"
+    seg.mkdir()
+    _hier().save(seg / "hierarchy.npz")
+    (seg / "run.json").write_text(json.dumps({
+        "input": [str(t1), str(t2)], "shape": [4, 6, 2],
+        "source": {**core.file_digest(t1), "sequences": [core.file_digest(t1),
+                                                         {"path": str(t2.resolve()),
+                                                          "size": 21, "sha256": "0" * 64}]}}))
+    status, msg = core.read_session(seg).check_source()
+    assert status == "missing" and str(t2.resolve()) in msg
+
+
 def test_segment_folder_is_a_session(tmp_path):
     h = _hier()
     h.save(tmp_path / "hierarchy.npz")

@@ -4,7 +4,8 @@ Parts, composed by the panel :class:`CutsWidget` (:mod:`.panel`): :mod:`.ui` (th
 controls), :mod:`.settings` (what the user chose, the source layer), :mod:`.jobs`
 (thread workers), :mod:`.model` (the state model: display values, background, cut-away,
 mask; numpy only, no Qt), :mod:`.clicks` (objects and clicks), :mod:`.view3d` (the
-3D view), :mod:`.export` and :mod:`.phate` (the PHATE view).
+3D view), :mod:`.export`, :mod:`.phate` (the PHATE view), :mod:`.inputs` (several
+layers as one input) and :mod:`.cohort` ("Apply to all images").
 """
 
 from .panel import CutsWidget

@@ -31,12 +31,20 @@ view (:mod:`.view3d`), export (:mod:`.export`) and the PHATE view (:mod:`.phate`
   ids (names in a JSON beside it), or a DICOM SEG with one segment per object.
 - Sessions (:mod:`.session`): "Save session" writes a folder that the plugin's reader
   opens again as image, levels and labels; the widget adopts those layers.
+- Several co-registered layers (:mod:`.inputs`): layers ticked in "Also use" join the
+  chosen image as one input, one channel each (MRI sequences): one encoder on all
+  channels, one hierarchy, clicks in any of them; a session records every file.
+- "Apply to all images" / "Apply to folder..." (:mod:`.cohort`): the mask's structure
+  found in every other open image of the same kind (or every image file of a folder)
+  with the same encoder, in the background: one "<image> CUTS match" layer each.
 
 For tests: ``widget.run_sync = True`` runs jobs on the calling thread; the methods
 :meth:`CutsWidget.train`, :meth:`~CutsWidget.segment`, :meth:`~CutsWidget.load_weights`,
 :meth:`~CutsWidget.save_weights`, :meth:`~CutsWidget.set_level`,
-:meth:`~CutsWidget.click`, :meth:`~CutsWidget.export` and
-:meth:`~CutsWidget.compute_phate` do what the buttons do, without dialogs.
+:meth:`~CutsWidget.click`, :meth:`~CutsWidget.export`,
+:meth:`~CutsWidget.compute_phate`, :meth:`~CutsWidget.use_layers`,
+:meth:`~CutsWidget.apply_to_all` and :meth:`~CutsWidget.apply_to_folder` do what the
+controls do, without dialogs.
 """
 
 from __future__ import annotations
