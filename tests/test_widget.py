@@ -264,8 +264,11 @@ def test_phate_view_picks_a_cluster(segmented):
     viewer, widget = segmented
     s = widget.settings
     widget.settings = Settings(**{**s.__dict__, "phate_samples": 300, "phate_knn": 5})
-    assert widget.compute_phate()
     panel = widget.phate_panel
+    # the matplotlib figure is only built for the first points (docking stays fast)
+    assert panel.canvas is None
+    assert widget.compute_phate()
+    assert panel.canvas is not None and panel.canvas.parent() is panel
     assert panel.coords.shape == (300, 2) and np.isfinite(panel.coords).all()
     assert panel._scatter is not None
     lab = _labels_at(widget)

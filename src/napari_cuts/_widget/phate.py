@@ -67,6 +67,23 @@ class PhatePanel(QWidget):
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
+        # the matplotlib figure is built on the first set_points: building it costs
+        # about 1.2 s, most of the time to dock the widget, and most users never open
+        # the PHATE view
+        self.figure = self.canvas = self.ax = None
+        self.status = QLabel("Segment an image, then compute the PHATE view.")
+        self.status.setWordWrap(True)
+        self._layout = QVBoxLayout(self)
+        self._layout.setContentsMargins(0, 0, 0, 0)
+        self._layout.addWidget(self.status)
+        self.coords: np.ndarray | None = None
+        self.pixels: np.ndarray | None = None
+        self._scatter = None
+        self._highlight = None
+
+    def _ensure_canvas(self) -> None:
+        if self.canvas is not None:
+            return
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
@@ -74,16 +91,7 @@ class PhatePanel(QWidget):
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(220)
         self.ax = self.figure.add_subplot(111)
-        self.status = QLabel("Segment an image, then compute the PHATE view.")
-        self.status.setWordWrap(True)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.canvas)
-        lay.addWidget(self.status)
-        self.coords: np.ndarray | None = None
-        self.pixels: np.ndarray | None = None
-        self._scatter = None
-        self._highlight = None
+        self._layout.insertWidget(0, self.canvas)
         self._style_axes()
         self.canvas.mpl_connect("button_press_event", self._on_press)
 
@@ -97,14 +105,16 @@ class PhatePanel(QWidget):
         """Forget the points (a new segmentation)."""
         self.coords = self.pixels = None
         self._scatter = self._highlight = None
-        self.ax.clear()
-        self._style_axes()
-        self.canvas.draw_idle()
+        if self.ax is not None:
+            self.ax.clear()
+            self._style_axes()
+            self.canvas.draw_idle()
         self.status.setText("Segment an image, then compute the PHATE view.")
 
     def set_points(self, coords: np.ndarray, pixels: np.ndarray, colors: np.ndarray) -> None:
         """Show ``coords`` (n, 2), remembering their image ``pixels`` (n, 2), coloured by
         ``colors``: RGBA (n, 4) or cluster ids (n,)."""
+        self._ensure_canvas()
         self.coords = np.asarray(coords)
         self.pixels = np.asarray(pixels)
         self.ax.clear()
