@@ -155,9 +155,11 @@ def test_session_of_two_files_records_and_checks_both(make_napari_viewer, tmp_pa
     assert [c["name"] for c in src["channels"]] == ["T1", "T2"]
     viewer.close()
 
-    # reopened: the reader gives T1, the widget opens T2 and chooses both
+    # reopened: the reader gives both files' layers, the widget chooses both
     viewer = make_napari_viewer()
     viewer.open(str(folder), plugin=PLUGIN)
+    images = [lay.name for lay in viewer.layers if lay.__class__.__name__ == "Image"]
+    assert images == ["T1", "T2"]
     _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
     widget.run_sync = True
     assert widget.results, widget.last_message

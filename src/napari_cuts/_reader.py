@@ -162,6 +162,17 @@ def read_session_layers(path) -> list[tuple]:
             warnings.warn(note, UserWarning, stacklevel=2)
         image_kwargs = image.layer_kwargs()
         layers.extend(image_layers(image))
+        # a session of several co-registered files (T1, T2, FLAIR chosen together):
+        # every file's layers, so the widget finds all its channels open
+        for rec in sess.source_files()[1:]:
+            for other in io.read_all(rec["path"]):
+                if tuple(other.spatial_shape) != shape:
+                    raise ReadError(
+                        f"session {sess.folder}: its hierarchy is "
+                        f"{' x '.join(map(str, shape))} but the source file {rec['path']} is "
+                        f"{' x '.join(map(str, other.spatial_shape))}; open the original "
+                        "images first, then the session folder, or segment them again.")
+                layers.extend(image_layers(other))
         geometry = {"scale": image_kwargs["scale"], "translate": image_kwargs["translate"],
                     "metadata": dict(image_kwargs["metadata"])}
     else:
