@@ -430,3 +430,30 @@ def test_batch_input_folder_opens_as_a_session(images, encoder_file, cluster, tm
     kinds = [lay[2] if len(lay) > 2 else "image" for lay in layers]
     assert kinds[0] == "image" and "labels" in kinds
     assert layers[0][0].shape[:2] == sess.hierarchy().shape
+
+
+def test_matched_mask_takes_every_part_of_a_multifocal_structure():
+    """Two lesions that look alike are both matched; a structure that looks different,
+    and the background, are not."""
+    fine = np.zeros((12, 12), np.int64)
+    fine[1:4, 1:4] = 1            # lesion A
+    fine[8:11, 7:10] = 2          # lesion B, like A
+    fine[1:4, 8:11] = 3           # another structure, unlike A
+    h = Hierarchy.from_labels(np.stack([fine, fine, np.zeros_like(fine)]))
+    rng = np.random.default_rng(1)
+    feats = rng.normal(0, 0.1, (12, 12, 3)).astype(np.float32)
+    feats[(fine == 1) | (fine == 2)] += np.array([3.0, 0.0, 0.0], np.float32)
+    feats[fine == 3] += np.array([0.0, 3.0, 0.0], np.float32)
+    ref = cohort.prototype_at(h, cohort.standardised(feats), 1, (2, 2))
+    assert ref["mask_pixels"] == 9
+    lv, cid, m, info = cohort.matched_mask(h, feats, 1, ref["prototype"])
+    np.testing.assert_array_equal(m, (fine == 1) | (fine == 2))
+    assert len(info["match_clusters"]) == 2 and cid in info["match_clusters"]
+    # without the rule (a similarity bar above 1) only one lesion would be taken
+    old = cohort.MATCH_SIMILAR
+    try:
+        cohort.MATCH_SIMILAR = 1.01
+        _, _, m1, _ = cohort.matched_mask(h, feats, 1, ref["prototype"])
+    finally:
+        cohort.MATCH_SIMILAR = old
+    assert m1.sum() == 9 and (m1 & m).sum() == 9
