@@ -54,6 +54,8 @@ __all__ = [
     "embed_volume",
     "load_encoder",
     "resolve_device",
+    "packaged_weights",
+    "file_sha256",
     "DEFAULTS",
     "RECEPTIVE_MARGIN",
 ]
@@ -71,6 +73,10 @@ FORMAT = "napari-cuts-encoder"
 FORMAT_VERSION = 1
 #: Channels an input slice may have (sequences or colours), before slice context.
 MAX_INPUT_CHANNELS = 8
+#: Generic warm-start weights shipped with the package, by input channel count
+#: (written by benchmarks/train_warm_start.py; origin and licences in weights/README.md).
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+PACKAGED_WEIGHTS = {3: "warm_rgb.pt", 1: "warm_grey.pt"}
 
 #: Default training options (``train_encoder(**options)`` overrides them).
 #: Chosen by measurement on the development retina images and MRI slices; see the
@@ -307,6 +313,60 @@ def load_encoder(path, device: str = "auto") -> Encoder:
     return enc.to(dev)
 
 
+def packaged_weights(in_channels: int) -> Optional[Path]:
+    """The packaged warm-start weights for ``in_channels``-channel 2D images (3: RGB,
+    1: grey), or None where the package ships none for that channel count."""
+    name = PACKAGED_WEIGHTS.get(int(in_channels))
+    if name is None:
+        return None
+    path = WEIGHTS_DIR / name
+    return path if path.is_file() else None
+
+
+def file_sha256(path) -> str:
+    """Hex sha256 of a file's bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _resolve_init(init, in_channels: int, ctx: int, opts: dict, options: dict):
+    """``(Encoder, origin dict)`` for ``train_encoder(init=...)``; ``init`` is a path or
+    an Encoder. A channel count, slice context or dilations other than the images'
+    raise :class:`WeightsError` (an explicit start point is never silently dropped)."""
+    if isinstance(init, Encoder):
+        src, origin = init, {"file": None, "sha256": None}
+    else:
+        path = Path(init)
+        src = load_encoder(path, device="cpu")
+        origin = {"file": path.name if path.parent == WEIGHTS_DIR else str(path),
+                  "packaged": path.parent == WEIGHTS_DIR, "sha256": file_sha256(path)}
+    what = origin["file"] or "the initial encoder"
+    if src.in_channels != in_channels:
+        raise WeightsError(
+            f"cannot start training from {what}: it was trained on {src.in_channels}-channel "
+            f"images, these have {in_channels}; train from scratch (warm_start=False / "
+            "--no-warm-start) or give weights of the same channel count.")
+    src_ctx = int(src.metadata.get("context_slices", 0) or 0)
+    if src_ctx != ctx:
+        raise WeightsError(f"cannot start training from {what}: it uses {src_ctx} context "
+                           f"slices, this training {ctx}.")
+    src_dil = list(_dilations(src.metadata.get("params", {}).get("dilations")))
+    if "dilations" not in options:
+        opts["dilations"] = src_dil
+    elif list(opts["dilations"]) != src_dil:
+        raise WeightsError(f"cannot start training from {what}: its dilations {src_dil} "
+                           f"differ from the asked {list(opts['dilations'])}.")
+    origin.update({"steps": src.metadata.get("steps"), "seed": src.metadata.get("seed"),
+                   "seconds_used": src.metadata.get("seconds_used"),
+                   "n_images": src.metadata.get("n_images")})
+    return src, origin
+
+
 # -------------------------------------------------------------------- normalisation
 
 
@@ -478,7 +538,7 @@ def receptive_margin(encoder=None) -> int:
 
 def train_encoder(images, *, epochs: Optional[float] = None, seconds: Optional[float] = None,
                   seed: int = 0, device: str = "auto", progress: Progress = None,
-                  cancel: Cancel = None, **options) -> Encoder:
+                  cancel: Cancel = None, init=None, **options) -> Encoder:
     """Train a CUTS encoder on a stack of 2D images, without labels.
 
     Parameters
@@ -500,6 +560,12 @@ def train_encoder(images, *, epochs: Optional[float] = None, seconds: Optional[f
         Called every few steps; the message holds the loss terms.
     cancel : callable() -> bool, optional
         Checked every step; when it returns True, :class:`Cancelled` is raised.
+    init : path or Encoder, optional
+        Warm start: begin from these weights (network and reconstruction head, e.g.
+        :func:`packaged_weights`) instead of a random initialisation, then train as
+        usual on ``images`` (normalised with their own percentiles). A channel count,
+        slice context or dilations other than the images' raise :class:`WeightsError`.
+        ``metadata["warm_start"]`` records the origin (file, sha256) or None.
     **options
         Overrides of :data:`DEFAULTS` (crop_size, batch_size, anchors, temperature,
         lam, lr, ...). Unknown names raise :class:`InputError`.
@@ -535,8 +601,21 @@ def train_encoder(images, *, epochs: Optional[float] = None, seconds: Optional[f
     steps_per_epoch = max(1, int(math.ceil(crops_per_epoch / sampler.batch)))
     max_steps = int(math.ceil(float(epochs) * steps_per_epoch)) if epochs is not None else None
 
+    start, origin = (None, None)
+    if init is not None:
+        start, origin = _resolve_init(init, in_channels, ctx, opts, options)
     net = _Net(in_channels, opts["dilations"]).to(dev)
     head = _ReconHead(in_channels, opts["patch_size"]).to(dev)
+    if start is not None:
+        net.load_state_dict(start.net.state_dict())
+        if start.head is not None and int(start.metadata.get("params", {}).get(
+                "patch_size", DEFAULTS["patch_size"])) == opts["patch_size"]:
+            head.load_state_dict(start.head.state_dict())
+            origin["head"] = True
+        else:
+            origin["head"] = False   # another patch size: a fresh head
+        net.to(dev)
+        head.to(dev)
     params = list(net.parameters()) + list(head.parameters())
     optim = torch.optim.AdamW(params, lr=opts["lr"], weight_decay=opts["weight_decay"])
     net.train()
@@ -644,6 +723,7 @@ def train_encoder(images, *, epochs: Optional[float] = None, seconds: Optional[f
         "epochs_done": step / steps_per_epoch,
         "seconds_used": elapsed,
         "n_images": len(stack),
+        "warm_start": origin,
         "history": hist,
     }
     return Encoder(net, head, meta, dev)
