@@ -80,7 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group()
     g.add_argument("--weights", help="encoder weights to load instead of training")
     g.add_argument("--epochs", type=int, help="training epochs")
-    g.add_argument("--seconds", type=float, help="training budget in seconds (default 60)")
+    g.add_argument("--seconds", type=float, help="training budget in seconds (default: 2D "
+                   "images fine-tune the packaged warm-start weights for 15 s; otherwise 60 s "
+                   "from scratch)")
+    s.add_argument("--no-warm-start", dest="warm_start", action="store_const", const=False,
+                   default=None, help="train from scratch (as in the paper), not from the "
+                   "packaged warm-start weights")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     s.add_argument("--slices", type=int, nargs="+", help="for a volume: segment these slices "
@@ -123,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seconds", type=float, default=None, help="training budget per seed "
                    "(default 120 s for 2D images, 60 s for a set of volumes: one encoder for the set)")
     e.add_argument("--epochs", type=int, default=None)
+    e.add_argument("--warm-start", nargs="?", const=True, default=None, metavar="WEIGHTS",
+                   help="2D images: start every seed's encoder from WEIGHTS (default: the "
+                   "packaged warm-start weights) and fine-tune it for the budget")
     e.add_argument("--methods", nargs="+", default=None, help="a subset of the methods "
                    "(volumes of several sequences also take seq_<name>_best, seq_<name>_click)")
     e.add_argument("--limit", type=int, default=None, help="use only the first N images "
@@ -216,7 +224,7 @@ def cmd_segment(args) -> int:
                               seconds=args.seconds, seed=args.seed, device=args.device,
                               max_points=args.max_points, slices=args.slices,
                               progress=bar, log=lambda m: print(m, file=sys.stderr),
-                              sequences=args.sequences)
+                              sequences=args.sequences, warm_start=args.warm_start)
     finally:
         bar.close()
     out = Path(args.out)
@@ -264,7 +272,7 @@ def cmd_evaluate(args) -> int:
                              device=args.device, progress=bar, labels=args.label,
                              ablation=args.ablation, split=args.split, cases=cases,
                              volumes="slices" if args.slices else "3d",
-                             save_hierarchies=args.save_hierarchies)
+                             save_hierarchies=args.save_hierarchies, init=args.warm_start)
     finally:
         bar.close()
     out = Path(args.out)

@@ -752,8 +752,12 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
                    cancel: Cancel = None, labels: Optional[Sequence[float]] = None,
                    ablation: bool = False, split: str = "all",
                    cases: Optional[Sequence[str]] = None, volumes: str = "3d",
-                   save_hierarchies: bool = False) -> dict:
+                   save_hierarchies: bool = False, init=None) -> dict:
     """Evaluate the baselines and the CUTS variants on a labelled folder.
+
+    ``init`` (2D images only): every seed's encoder starts from these weights (a path,
+    or True for the packaged warm-start weights of the images' channel count) and is
+    fine-tuned for the budget; None trains from scratch.
 
     A folder of volumes (a Decathlon folder, or NIfTI volumes with ``*_seg.nii.gz``
     masks) is scored in 3D by :func:`run_evaluation_3d` (``labels``, ``ablation``,
@@ -775,6 +779,8 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
     if volumes not in ("3d", "slices"):
         raise InputError(f"volumes must be '3d' or 'slices' (got {volumes!r}).")
     if volumes == "3d" and volume_layout(data_dir) is not None:
+        if init is not None:
+            raise InputError("--warm-start applies to 2D images; volumes train from scratch.")
         return run_evaluation_3d(data_dir, out_dir, seeds=seeds, seconds=seconds, epochs=epochs,
                                  methods=methods, limit=limit, device=device,
                                  progress=progress, cancel=cancel, labels=labels,
@@ -856,10 +862,17 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
         timings["baselines"] = time.perf_counter() - t0
 
     # CUTS: one encoder per seed on all images, then every image.
+    warm_start = None
     if cuts_wanted:
         from .encoder import train_encoder
 
         images = [s.image for s in samples]
+        if init is True:
+            from .encoder import packaged_weights
+
+            init = packaged_weights(1 if images[0].ndim == 2 else images[0].shape[-1])
+            if init is None:
+                raise InputError("the package ships no warm-start weights for these images.")
         for si, seed in enumerate(seeds):
             check_cancel(cancel)
             base = done
@@ -869,7 +882,9 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
             report(progress, done, total, f"seed {seed}: training the encoder")
             t0 = time.perf_counter()
             enc = train_encoder(images, epochs=epochs, seconds=train_seconds, seed=seed,
-                                device=device, progress=train_progress, cancel=cancel)
+                                device=device, progress=train_progress, cancel=cancel,
+                                init=init)
+            warm_start = enc.metadata.get("warm_start")
             timings["train"] = timings.get("train", 0.0) + time.perf_counter() - t0
             done = base + n
             for i, smp in enumerate(samples):
@@ -901,6 +916,7 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
         "click_rule": ", ".join(sorted(click_rules)) or None,
         "train_seconds": train_seconds if cuts_wanted else None,
         "epochs": epochs if cuts_wanted else None,
+        "warm_start": warm_start if cuts_wanted else None,
         "device": device,
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "levels": {k: (float(np.mean(v)) if v else None) for k, v in level_info.items()},

@@ -29,8 +29,13 @@ MAX_POINTS = 512 * 512
 #: MNI ventricles best-level Dice 0.37 -> 0.71, persistent 0.25 -> 0.69; retina best
 #: 0.75 -> 0.80, persistent 0.69 -> 0.76, k-means 0.70 -> 0.74 (one encoder each).
 IMAGE_WEIGHT = 8.0
-#: Default training budget (seconds of wall time) when neither epochs nor seconds is given.
+#: Default training budget (seconds of wall time) when neither epochs nor seconds is given
+#: and the encoder is trained from scratch.
 DEFAULT_SECONDS = 60.0
+#: Default fine-tuning budget (seconds) when the encoder starts from the packaged
+#: warm-start weights (:func:`napari_cuts.encoder.packaged_weights`): 2D images, no
+#: epochs/seconds given. Measured on the development retina set (issue 13).
+WARM_START_SECONDS = 15.0
 
 
 @dataclass
@@ -145,20 +150,44 @@ def check_fits(p: Plan) -> None:
 
 
 def get_encoder(images, *, weights=None, epochs=None, seconds=None, seed: int = 0,
-                device: str = "auto", progress: Progress = None, cancel: Cancel = None):
+                device: str = "auto", progress: Progress = None, cancel: Cancel = None,
+                warm_start=None):
     """Load weights (``weights`` is a path or an Encoder) or train an encoder on ``images``.
 
+    ``warm_start`` decides where training starts:
+
+    * ``None`` (default): from the packaged generic weights for the images' channel
+      count (:func:`napari_cuts.encoder.packaged_weights`) when no budget is given
+      (``epochs`` and ``seconds`` both None), fine-tuned for :data:`WARM_START_SECONDS`;
+      otherwise, or where the package ships no weights for that channel count (it
+      falls back, it does not fail), from scratch for :data:`DEFAULT_SECONDS`;
+    * ``True``: from the packaged weights whatever the budget (from scratch where
+      there are none);
+    * ``False``: from scratch, as in the paper;
+    * a path or an Encoder: from those weights (a channel mismatch raises
+      :class:`~napari_cuts.errors.WeightsError`).
+
+    ``encoder.metadata["warm_start"]`` records the start point (file, sha256) or None.
     Returns ``(encoder, trained)``.
     """
-    from .encoder import Encoder, load_encoder, train_encoder
+    from .encoder import Encoder, load_encoder, packaged_weights, train_encoder
 
     if weights is not None:
         enc = weights if isinstance(weights, Encoder) else load_encoder(weights, device=device)
         return enc, False
-    if epochs is None and seconds is None:
-        seconds = DEFAULT_SECONDS
+    no_budget = epochs is None and seconds is None
+    init = None
+    if warm_start is None:
+        warm_start = no_budget
+    if isinstance(warm_start, (str, Path, Encoder)):
+        init = warm_start
+    elif warm_start:
+        stack = as_image_list(images)
+        init = packaged_weights(stack[0].shape[-1])
+    if no_budget:
+        seconds = WARM_START_SECONDS if init is not None else DEFAULT_SECONDS
     enc = train_encoder(images, epochs=epochs, seconds=seconds, seed=seed, device=device,
-                        progress=progress, cancel=cancel)
+                        progress=progress, cancel=cancel, init=init)
     return enc, True
 
 
@@ -423,7 +452,7 @@ def _figure_levels(image: np.ndarray, hier, path: Path, max_panels: int = 7) -> 
 def run_segment(image_path, out_dir, *, weights=None, epochs=None, seconds=None, seed: int = 0,
                 device: str = "auto", max_points: Optional[int] = None, slices=None,
                 progress: Progress = None, cancel: Cancel = None, log=print,
-                sequences: Optional[bool] = None) -> dict:
+                sequences: Optional[bool] = None, warm_start=None) -> dict:
     """The ``napari-cuts segment`` job: read, train or load, condense, write the outputs.
 
     2D input writes ``hierarchy.npz``, ``persistent.png``/``.npy``, ``levels.png`` (and
@@ -436,8 +465,11 @@ def run_segment(image_path, out_dir, *, weights=None, epochs=None, seconds=None,
     FLAIR ...), ONE input with one channel each (:func:`napari_cuts.sequences.
     stack_sequences`); a list of one path is that path. ``sequences`` overrides the
     4D NIfTI guess (``True``: its volumes are sequences, ``False``: a time series).
-    Returns a summary dict (also written as ``run.json``; ``sequences`` lists the
-    channel names of a multi-sequence input).
+    ``warm_start``: where a 2D encoder's training starts (:func:`get_encoder`; by
+    default the packaged weights when no budget is given); a volume's 2.5D encoder is
+    always trained from scratch. Returns a summary dict (also written as ``run.json``;
+    ``sequences`` lists the channel names of a multi-sequence input; ``warm_start`` the
+    encoder's start point).
     """
     from .fileutil import make_output_dir, write_json
     from .io import read_image
@@ -480,6 +512,7 @@ def run_segment(image_path, out_dir, *, weights=None, epochs=None, seconds=None,
                   "weights": None if weights is None else str(weights),
                   "epochs": epochs, "seconds": seconds}
     common = dict(weights=weights, epochs=epochs, seconds=seconds, seed=seed, device=device,
+                  warm_start=warm_start,
                   progress=progress, cancel=cancel, log=log, summary=summary,
                   provenance=provenance, image_path=image_path)
     if is_volume and slices is None:
@@ -496,6 +529,7 @@ def run_segment(image_path, out_dir, *, weights=None, epochs=None, seconds=None,
 def _train_or_load(train, out, *, weights, summary, log, t_start):
     enc, trained = train()
     summary["trained"] = trained
+    summary["warm_start"] = enc.metadata.get("warm_start")
     if trained:
         enc.save(out / "encoder.pt")
         summary["encoder"] = str(out / "encoder.pt")
@@ -512,7 +546,7 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 
 def _segment_2d_job(src, data, out, *, max_points, weights, epochs, seconds, seed, device,
-                    progress, cancel, log, summary, provenance, image_path) -> None:
+                    warm_start, progress, cancel, log, summary, provenance, image_path) -> None:
     from .io import write_labels
 
     p = plan(data.shape, max_points)
@@ -523,7 +557,7 @@ def _segment_2d_job(src, data, out, *, max_points, weights, epochs, seconds, see
     t0 = time.perf_counter()
     enc = _train_or_load(
         lambda: get_encoder([data], weights=weights, epochs=epochs, seconds=seconds, seed=seed,
-                            device=device, progress=_stage(progress, "training"), cancel=cancel),
+                            device=device, warm_start=warm_start, progress=_stage(progress, "training"), cancel=cancel),
         out, weights=weights, summary=summary, log=log, t_start=t0)
     res = segment_image(enc, data, seed=seed, max_points=max_points,
                         progress=_stage(progress, "segmenting"), cancel=cancel)
@@ -546,7 +580,7 @@ def _segment_2d_job(src, data, out, *, max_points, weights, epochs, seconds, see
 
 
 def _segment_volume_job(src, data, out, *, max_points, weights, epochs, seconds, seed, device,
-                        progress, cancel, log, summary, provenance, image_path) -> None:
+                        warm_start, progress, cancel, log, summary, provenance, image_path) -> None:
     from .io import write_labels
     from .volume import MAX_VOLUME_POINTS, check_volume, estimate_note, volume_plan
 
@@ -595,7 +629,7 @@ def _segment_volume_job(src, data, out, *, max_points, weights, epochs, seconds,
 
 
 def _segment_slices_job(src, data, out, slices, *, max_points, weights, epochs, seconds, seed,
-                        device, progress, cancel, log, summary, provenance, image_path) -> None:
+                        device, warm_start, progress, cancel, log, summary, provenance, image_path) -> None:
     from .io import write_labels
 
     all_slices = volume_slices(data)
@@ -614,7 +648,7 @@ def _segment_slices_job(src, data, out, slices, *, max_points, weights, epochs, 
     train_imgs = training_subset([all_slices[i] for i in work])
     enc = _train_or_load(
         lambda: get_encoder(train_imgs, weights=weights, epochs=epochs, seconds=seconds, seed=seed,
-                            device=device, progress=_stage(progress, "training"), cancel=cancel),
+                            device=device, warm_start=warm_start, progress=_stage(progress, "training"), cancel=cancel),
         out, weights=weights, summary=summary, log=log, t_start=t0)
     pers_vol = np.zeros(data.shape[:3], dtype=np.uint32)
     n_levels = []
