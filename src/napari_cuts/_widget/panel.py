@@ -103,6 +103,7 @@ class CutsWidget(QWidget):
         build_controls(self)
         self.view3d = View3D(self)
         self.settings = Settings()
+        self.warm_check.toggled.connect(self._warm_start_toggled)
         self.destroyed.connect(self.runner.state.stop)
         try:
             ev = self.viewer.layers.events
@@ -120,7 +121,8 @@ class CutsWidget(QWidget):
         """The settings shown in the controls."""
         return Settings(budget=self.budget_spin.value(), unit=self.unit_combo.currentText(),
                         seed=self.seed_spin.value(), device=self.device_combo.currentText(),
-                        phate_samples=self._phate_samples, phate_knn=self._phate_knn)
+                        phate_samples=self._phate_samples, phate_knn=self._phate_knn,
+                        warm_start=self.warm_check.isChecked())
 
     @settings.setter
     def settings(self, s: Settings) -> None:
@@ -131,6 +133,16 @@ class CutsWidget(QWidget):
         self.seed_spin.setValue(int(s.seed))
         self.device_combo.setCurrentText(s.device)
         self._phate_samples, self._phate_knn = int(s.phate_samples), int(s.phate_knn)
+        self.warm_check.blockSignals(True)
+        self.warm_check.setChecked(bool(s.warm_start))
+        self.warm_check.blockSignals(False)
+
+    def _warm_start_toggled(self, on: bool) -> None:
+        """Ticking or unticking the warm start moves a default budget to the other default
+        (15 s of fine-tuning, 60 s from scratch); a budget the user chose stays."""
+        if self.unit_combo.currentText() == "seconds" and \
+                abs(self.budget_spin.value() - Settings.default_budget(not on)) < 1e-9:
+            self.budget_spin.setValue(Settings.default_budget(on))
 
     @property
     def mask(self) -> Optional[np.ndarray]:
@@ -459,9 +471,11 @@ class CutsWidget(QWidget):
         if src.one_volume:
             return pipeline.train_volume_encoder(src.array, spacing=src.spacing, seed=s.seed,
                                                  device=s.device, progress=progress,
-                                                 cancel=cancel, **s.budget_kwargs())
+                                                 cancel=cancel, **s.train_kwargs(0, True))
+        chans = int(np.asarray(images[0]).shape[-1]) if np.asarray(images[0]).ndim == 3 else 1
         enc, _ = pipeline.get_encoder(images, seed=s.seed, device=s.device,
-                                      progress=progress, cancel=cancel, **s.budget_kwargs())
+                                      progress=progress, cancel=cancel,
+                                      **s.train_kwargs(chans, False))
         return enc
 
     def _check_encoder(self, enc, src: Source) -> Optional[str]:

@@ -27,12 +27,16 @@ NO_IMAGE_HINT = ("Open an image to start (File > Open, or File > Open Sample > "
 class Settings:
     """What the user chose in the widget."""
 
-    budget: float = 60.0          #: training budget, in ``unit``
+    budget: float = pipeline.WARM_START_SECONDS  #: training budget, in ``unit``
     unit: str = "seconds"         #: "epochs", "seconds" or "minutes"
     seed: int = 0
     device: str = "auto"          #: "auto", "cpu", "cuda" or "mps"
     phate_samples: int = 2000     #: pixels in the PHATE view
     phate_knn: int = 5
+    #: 2D images start from the packaged generic weights of their channel count and
+    #: fine-tune them for ``budget`` (from scratch where none is packaged, and always for
+    #: volumes); False trains from scratch, as in the paper
+    warm_start: bool = True
 
     def budget_kwargs(self) -> dict:
         """``epochs=`` / ``seconds=`` for :func:`pipeline.get_encoder`."""
@@ -40,6 +44,25 @@ class Settings:
             return {"epochs": max(1, int(round(self.budget))), "seconds": None}
         seconds = self.budget * (60.0 if self.unit == "minutes" else 1.0)
         return {"epochs": None, "seconds": float(seconds)}
+
+    def train_kwargs(self, channels: int, volume: bool) -> dict:
+        """``warm_start=`` and the budget for training on an input of ``channels``
+        channels (``volume``: a 2.5D volume encoder, never warm-started). Where no warm
+        start applies (a volume, a channel count with no packaged weights, or it is
+        unticked) the untouched default of 15 s becomes the from-scratch default of 60 s."""
+        from ..encoder import packaged_weights
+
+        warm = bool(self.warm_start) and not volume and packaged_weights(channels) is not None
+        kw = self.budget_kwargs()
+        if (not warm and self.unit == "seconds"
+                and abs(self.budget - pipeline.WARM_START_SECONDS) < 1e-9):
+            kw = {"epochs": None, "seconds": float(pipeline.DEFAULT_SECONDS)}
+        return {**kw, "warm_start": warm} if not volume else kw
+
+    @staticmethod
+    def default_budget(warm_start: bool) -> float:
+        """The default budget in seconds: fine-tuning from the warm start, or from scratch."""
+        return pipeline.WARM_START_SECONDS if warm_start else pipeline.DEFAULT_SECONDS
 
 
 @dataclass

@@ -48,6 +48,13 @@ def build_controls(w) -> None:
     budget_row.addWidget(w.budget_spin)
     budget_row.addWidget(w.unit_combo)
     ef.addRow("Budget", budget_row)
+    w.warm_check = QCheckBox("Start from generic weights")
+    w.warm_check.setChecked(True)
+    w.warm_check.setToolTip(
+        "2D images: fine-tune the generic weights shipped with napari-cuts (trained without "
+        "labels on redistributable fundus photographs and MRI slices) on this image; a first "
+        "result in about 20 s. Untick to train from scratch as in the paper (60 s).")
+    ef.addRow("", w.warm_check)
     w.seed_spin = QSpinBox()
     w.seed_spin.setRange(0, 2**31 - 1)
     w.device_combo = QComboBox()
