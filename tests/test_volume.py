@@ -191,3 +191,16 @@ def test_volume_grid_matches_the_plan():
     vol, _ = blob_volume((20, 40, 40))
     p, grid = volume_grid(vol, (1.0, 1.0, 1.0), max_points=8000)
     assert grid.shape[:3] == p.grid_shape and p.points <= 8000
+
+
+def test_one_encoder_gives_the_same_hierarchy_for_a_rescaled_volume(blob_result):
+    """MRI has no intensity unit: a scan of the same head 1000 times brighter (another
+    scanner), segmented with the encoder trained on the first, gives the same hierarchy
+    (each volume is scaled by its own percentiles before the encoder sees it)."""
+    vol, blob, enc, res = blob_result
+    bright = segment_volume(enc, 1000.0 * vol + 5.0, seed=0)
+    assert np.array_equal(bright.hierarchy.n_clusters, res.hierarchy.n_clusters)
+    for lv in (0, res.hierarchy.n_levels // 2):
+        assert np.array_equal(bright.hierarchy.labels(lv), res.hierarchy.labels(lv))
+    pt = innermost_point(blob)
+    assert dice(bright.hierarchy.click_mask(pt), blob) == dice(res.hierarchy.click_mask(pt), blob)

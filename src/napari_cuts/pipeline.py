@@ -241,10 +241,17 @@ def segment_image(encoder, image, *, seed: int = 0, max_points: int = MAX_POINTS
 
 def volume_grid(volume, spacing=None, max_points: Optional[int] = None):
     """The working grid of a volume: ``(plan, grid volume (z, y, x, C) float32)``
-    (:func:`napari_cuts.volume.volume_plan`, block means)."""
-    from .volume import MAX_VOLUME_POINTS, block_reduce, check_volume, volume_plan
+    (:func:`napari_cuts.volume.volume_plan`, block means of the volume scaled per
+    channel to [0, 1] between its own 0.5 and 99.5 percentiles).
 
-    vol = check_volume(volume)
+    The per-volume scaling comes first because MRI intensities have no fixed unit: one
+    encoder for a cohort (``batch``, "Apply to all images") would otherwise normalise
+    every volume with the percentiles of the volumes it was trained on, and a scan ten
+    times brighter would be clipped flat. A volume and any positive affine rescaling of it
+    give the same hierarchy."""
+    from .volume import MAX_VOLUME_POINTS, block_reduce, check_volume, normalise_volume, volume_plan
+
+    vol = normalise_volume(check_volume(volume))
     p = volume_plan(vol.shape, spacing, MAX_VOLUME_POINTS if max_points is None else max_points)
     return p, block_reduce(vol, p.pools)
 
