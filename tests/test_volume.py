@@ -204,3 +204,27 @@ def test_one_encoder_gives_the_same_hierarchy_for_a_rescaled_volume(blob_result)
         assert np.array_equal(bright.hierarchy.labels(lv), res.hierarchy.labels(lv))
     pt = innermost_point(blob)
     assert dice(bright.hierarchy.click_mask(pt), blob) == dice(res.hierarchy.click_mask(pt), blob)
+
+
+def test_volume_encoders_record_their_input_scaling(blob_result, tmp_path):
+    """New volume encoders say they read per-volume scaled input (kept through save and
+    load); an encoder saved before (trained on raw intensities, no such key) still gets
+    the raw intensities and still finds the blob."""
+    from napari_cuts.encoder import load_encoder, normalised_image, train_encoder
+    from napari_cuts.pipeline import VOLUME_INPUT, volume_training_slices
+
+    vol, blob, enc, res = blob_result
+    assert enc.metadata["volume_input"] == VOLUME_INPUT
+    enc.save(tmp_path / "enc.pt")
+    assert load_encoder(tmp_path / "enc.pt").metadata["volume_input"] == VOLUME_INPUT
+    _, grid_new = volume_grid(vol)
+    _, grid_old = volume_grid(vol, scaled=False)
+    assert 0.0 <= grid_new.min() and grid_new.max() <= 1.0 and grid_old.max() > 100
+    # a legacy encoder: trained on the raw grid, without the key
+    legacy = train_encoder(volume_training_slices(grid_old, 0), epochs=1, seed=0)
+    legacy.metadata["volume"] = True
+    assert "volume_input" not in legacy.metadata
+    img = normalised_image(legacy, grid_old[8])
+    assert img.min() < 0.2 and img.max() > 0.8          # raw input spans its range
+    old = segment_volume(legacy, vol, seed=0)
+    assert dice(old.hierarchy.click_mask(innermost_point(blob)), blob) > 0.8

@@ -239,10 +239,17 @@ def segment_image(encoder, image, *, seed: int = 0, max_points: int = MAX_POINTS
 
 # --------------------------------------------------------------------------- volumes
 
-def volume_grid(volume, spacing=None, max_points: Optional[int] = None):
+#: ``encoder.metadata["volume_input"]`` of volume encoders trained on volumes scaled per
+#: channel by their own percentiles (:func:`volume_grid`); encoders without it (saved
+#: before) get the raw intensities they were trained on.
+VOLUME_INPUT = "per-volume percentiles"
+
+
+def volume_grid(volume, spacing=None, max_points: Optional[int] = None, *, scaled: bool = True):
     """The working grid of a volume: ``(plan, grid volume (z, y, x, C) float32)``
     (:func:`napari_cuts.volume.volume_plan`, block means of the volume scaled per
-    channel to [0, 1] between its own 0.5 and 99.5 percentiles).
+    channel to [0, 1] between its own 0.5 and 99.5 percentiles; ``scaled=False``: of
+    the raw intensities, for encoders saved before that scaling).
 
     The per-volume scaling comes first because MRI intensities have no fixed unit: one
     encoder for a cohort (``batch``, "Apply to all images") would otherwise normalise
@@ -251,7 +258,9 @@ def volume_grid(volume, spacing=None, max_points: Optional[int] = None):
     give the same hierarchy."""
     from .volume import MAX_VOLUME_POINTS, block_reduce, check_volume, normalise_volume, volume_plan
 
-    vol = normalise_volume(check_volume(volume))
+    vol = check_volume(volume)
+    if scaled:
+        vol = normalise_volume(vol)
     p = volume_plan(vol.shape, spacing, MAX_VOLUME_POINTS if max_points is None else max_points)
     return p, block_reduce(vol, p.pools)
 
@@ -292,6 +301,7 @@ def train_volume_encoder(volume, *, spacing=None, max_points: Optional[int] = No
     enc = train_encoder(imgs, epochs=epochs, seconds=seconds, seed=seed, device=device,
                         progress=progress, cancel=cancel, context_slices=k, **options)
     enc.metadata["volume"] = True       # embed() then reads (Z, Y, X[, C]) as a volume
+    enc.metadata["volume_input"] = VOLUME_INPUT
     return enc
 
 
@@ -314,7 +324,8 @@ def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
 
     vol = check_volume(volume)
     t0 = time.perf_counter()
-    p, grid = volume_grid(vol, spacing, max_points)
+    p, grid = volume_grid(vol, spacing, max_points,
+                          scaled=encoder.metadata.get("volume_input") == VOLUME_INPUT)
     check_fits_volume(p)
     times = {"grid": time.perf_counter() - t0}
     k = int(encoder.metadata.get("context_slices", 0) or 0)
