@@ -123,15 +123,21 @@ class Cohort:
         area = float(np.count_nonzero(w.mask)) / float(w.mask.size)
         return enc, proto, area, int(w.settings.seed)
 
+    def _ready(self):
+        """The reference (see :meth:`_reference`) when a job can start now, else None
+        (with a message: busy, or no reference)."""
+        w = self.w
+        if w.busy:
+            w._notify("warning", f"napari-cuts is busy ({w.runner.name}); wait or Cancel.")
+            return None
+        return self._reference()
+
     def apply(self) -> bool:
         """Start the job; False (with a message saying why) when it cannot run."""
         from ..cohort import match_image
 
         w = self.w
-        if w.busy:
-            w._notify("warning", f"napari-cuts is busy ({w.runner.name}); wait or Cancel.")
-            return False
-        ref = self._reference()
+        ref = self._ready()
         if ref is None:
             return False
         enc, proto, area, seed = ref
@@ -229,10 +235,7 @@ class Cohort:
         from ..cohort import match_folder
 
         w = self.w
-        if w.busy:
-            w._notify("warning", f"napari-cuts is busy ({w.runner.name}); wait or Cancel.")
-            return False
-        ref = self._reference()
+        ref = self._ready()
         if ref is None:
             return False
         enc, proto, area, seed = ref
