@@ -56,3 +56,14 @@ def test_widget_trains_from_the_warm_start_by_default(docked):
     widget.settings = Settings(budget=1, unit="epochs", warm_start=False)
     assert widget.train(), widget.last_message
     assert not widget.encoder.metadata.get("warm_start")
+
+
+def test_warm_start_box_is_off_for_a_volume(docked):
+    viewer, widget = docked
+    viewer.add_image(np.random.default_rng(0).random((40, 40)).astype(np.float32), name="slice")
+    assert widget.warm_check.isEnabled()
+    viewer.add_image(np.random.default_rng(1).random((6, 40, 40)).astype(np.float32), name="vol")
+    widget.image_combo.setCurrentText("vol")
+    assert widget.image_layer.name == "vol" and not widget.warm_check.isEnabled()
+    widget.image_combo.setCurrentText("slice")
+    assert widget.warm_check.isEnabled()

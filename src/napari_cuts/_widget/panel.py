@@ -356,6 +356,10 @@ class CutsWidget(QWidget):
         self.apply_all_btn.setEnabled(self.mask is not None and not busy)
         self.apply_folder_btn.setEnabled(self.mask is not None and not busy)
         self.train_btn.setEnabled(has_image and not busy)
+        # the warm start is for 2D images: a grey volume trains its encoder from scratch
+        lay = self.image_layer
+        volume = lay is not None and not getattr(lay, "rgb", False) and lay.ndim >= 3
+        self.warm_check.setEnabled(not busy and not volume)
         self.segment_btn.setEnabled(has_image and not busy)
         self.load_btn.setEnabled(not busy)
         self.save_btn.setEnabled((self.encoder is not None
