@@ -332,14 +332,15 @@ def prototype_at(hierarchy, features, pools, point) -> dict:
 
 
 def match_structure(hierarchy, features, pools, prototype, *, min_area: float = MIN_MATCH_AREA,
-                    max_area: float = MAX_MATCH_AREA) -> tuple[int, int, float]:
+                    max_area: float = MAX_MATCH_AREA, means=None) -> tuple[int, int, float]:
     """The ``(level, cluster, cosine similarity)`` of the cluster most similar to
     ``prototype`` among the clusters of all levels covering ``min_area``..``max_area``
     of the image (ties: the finest level, then the lowest id). Raises
-    :class:`InputError` when no cluster has a size in that range."""
+    :class:`InputError` when no cluster has a size in that range. ``means``: the
+    :func:`structure_means` of ``features`` when the caller has them already."""
     proto = np.asarray(prototype, dtype=np.float64)
     pn = proto / max(float(np.linalg.norm(proto)), 1e-12)
-    means, areas = structure_means(hierarchy, features, pools)
+    means, areas = structure_means(hierarchy, features, pools) if means is None else means
     best = (-1, -1, -np.inf)
     for lv, (mu, a) in enumerate(zip(means, areas)):
         ok = (a >= min_area) & (a <= max_area)
@@ -391,7 +392,8 @@ def matched_mask(hierarchy, features, pools, prototype, *, area: Optional[float]
     from .selection import innermost_point
 
     std = standardised(features)
-    slv, scid, sim = match_structure(hierarchy, std, pools, prototype)
+    stats = structure_means(hierarchy, std, pools)
+    slv, scid, sim = match_structure(hierarchy, std, pools, prototype, means=stats)
     seed = innermost_point(hierarchy.labels(slv) == scid)
     lv = int(hierarchy.click_level(seed) if area is None else
              extent_level(hierarchy, seed, area))
@@ -400,7 +402,7 @@ def matched_mask(hierarchy, features, pools, prototype, *, area: Optional[float]
     # every other cluster of that level that looks as much like the reference (a
     # multifocal lesion, both hippocampi): at least MATCH_SIMILAR of the match's own
     # similarity
-    means, areas = structure_means(hierarchy, std, pools)
+    means, areas = stats
     proto = np.asarray(prototype, dtype=np.float64)
     proto = proto / max(float(np.linalg.norm(proto)), 1e-12)
     mu = means[lv]

@@ -745,6 +745,18 @@ def _training_progress(progress: Progress, base: int, n: int, total: int, seed: 
 
 # --------------------------------------------------------------------------- main entry
 
+def _check_seeds_seconds(seeds, seconds) -> list[int]:
+    """The seeds as ints (at least one, distinct); a clear error for a bad budget."""
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise InputError("give at least one seed.")
+    if len(set(seeds)) != len(seeds):
+        raise InputError(f"seeds {seeds} repeat; give distinct seeds.")
+    if seconds is not None and seconds <= 0:
+        raise InputError(f"seconds must be positive (got {seconds}).")
+    return seeds
+
+
 def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
                    seconds: Optional[float] = None, epochs: Optional[float] = None,
                    methods: Optional[Sequence[str]] = None, limit: Optional[int] = None,
@@ -796,13 +808,7 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
     bad = [m for m in chosen if m not in METHODS]
     if bad or not chosen:
         raise InputError(f"unknown method(s) {bad or chosen}; choose from {', '.join(METHODS)}.")
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise InputError("give at least one seed.")
-    if len(set(seeds)) != len(seeds):
-        raise InputError(f"seeds {seeds} repeat; give distinct seeds.")
-    if seconds is not None and seconds <= 0:
-        raise InputError(f"seconds must be positive (got {seconds}).")
+    seeds = _check_seeds_seconds(seeds, seconds)
     # With both, training stops at whichever comes first (the encoder's rule).
     train_seconds = seconds if (seconds is not None or epochs is not None) else DEFAULT_SECONDS
 
@@ -1705,13 +1711,7 @@ def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
         raise InputError(f"unknown method(s) {bad or chosen} for volumes; choose from "
                          f"{', '.join(METHODS_3D)}, or seq_<sequence>_best / "
                          "seq_<sequence>_click on volumes of several sequences.")
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise InputError("give at least one seed.")
-    if len(set(seeds)) != len(seeds):
-        raise InputError(f"seeds {seeds} repeat; give distinct seeds.")
-    if seconds is not None and seconds <= 0:
-        raise InputError(f"seconds must be positive (got {seconds}).")
+    seeds = _check_seeds_seconds(seeds, seconds)
     train_seconds = seconds if (seconds is not None or epochs is not None) else DEFAULT_SECONDS_3D
 
     from .fileutil import make_output_dir, write_json

@@ -476,7 +476,8 @@ class CutsWidget(QWidget):
             return pipeline.train_volume_encoder(src.array, spacing=src.spacing, seed=s.seed,
                                                  device=s.device, progress=progress,
                                                  cancel=cancel, **s.train_kwargs(0, True))
-        chans = int(np.asarray(images[0]).shape[-1]) if np.asarray(images[0]).ndim == 3 else 1
+        first = np.asarray(images[0])
+        chans = int(first.shape[-1]) if first.ndim == 3 else 1
         enc, _ = pipeline.get_encoder(images, seed=s.seed, device=s.device,
                                       progress=progress, cancel=cancel,
                                       **s.train_kwargs(chans, False))
