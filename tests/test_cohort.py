@@ -221,8 +221,11 @@ def test_batch_local_cluster_then_two_workers_identical(images, cluster, tmp_pat
         assert r["area_mm2"] == "" and r["volume_ml"] == ""    # pictures: no physical spacing
         h = Hierarchy.load(d / "hierarchy.npz")
         assert int(r["n_clusters"]) == int(h.n_clusters[int(r["level"])])
-        np.testing.assert_array_equal(mask, h.labels(int(r["level"])) == h.labels(
-            int(r["level"]))[np.unravel_index(np.argmax(mask), mask.shape)])
+        # the match is whole clusters of its level (the best one, and any that look as
+        # much like the reference: multifocal structures): no cluster is cut
+        lab = np.asarray(h.labels(int(r["level"])))
+        inside = np.unique(lab[mask])
+        np.testing.assert_array_equal(mask, np.isin(lab, inside))
         disk = _disk(CENTRES[i])
         assert (mask & disk).sum() > 0.5 * mask.sum()            # the disk, found in each
     assert not list(out1.glob(".partial-*"))

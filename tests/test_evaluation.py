@@ -298,6 +298,18 @@ def test_2d_ablation_rows_come_from_their_own_hierarchies(retina_dir, tmp_path, 
             assert refined <= max(cand_d + [d_click]) + 1e-6
             assert refined == pytest.approx(max(cand_d + [d_click]), abs=1e-5)
             per_method["cuts_click_refined"].append(refined)
+            # connected part only: the cluster's 4-connected component holding the click
+            # (scipy), at the level chosen on the connected sizes
+            from scipy import ndimage
+
+            lv = int(rows[("cuts_click_connected", smp.name)]["level"])
+            assert lv == hier.click_level(pt, connected=True)
+            lab = np.asarray(hier.labels(lv))
+            comp, _ = ndimage.label(lab == lab[pt])
+            d_conn = _np_dice(comp == comp[pt], gt)
+            assert float(rows[("cuts_click_connected", smp.name)]["dice"]) == pytest.approx(
+                d_conn, abs=1e-5)
+            per_method["cuts_click_connected"].append(d_conn)
     for m, vals in per_method.items():
         assert res["methods"][m]["dice"] == pytest.approx(np.mean(vals), abs=1e-6), m
 

@@ -253,3 +253,63 @@ def test_model_objects_history_and_steps():
     while m2.undo():
         n += 1
     assert n >= 20
+
+
+def test_model_connected_click_takes_the_part_under_the_click_and_is_saved():
+    """A click with ``connected`` takes the part of the cluster connected to it; the
+    choice is stored with the click (JSON) and kept by grow / shrink and reload."""
+    from napari_cuts._widget.objects import Click, HierarchyStructures, ObjectSet
+    from napari_cuts.hierarchy import Hierarchy
+
+    lab = np.zeros((6, 6), int)
+    lab[0:2, 0:2] = 1
+    lab[4:6, 4:6] = 1                           # the same cluster, another place
+    coarse = (lab > 0) | (np.arange(6)[None, :] < 3) & (np.arange(6)[:, None] < 3)
+    h = Hierarchy.from_labels(np.stack([lab, coarse.astype(int), np.zeros_like(lab)]))
+    st = HierarchyStructures(lambda z: h)
+    m = ObjectSet((6, 6))
+    m.click(st, (0, 0), "replace", 0)
+    assert m.current.mask.sum() == 8            # the whole cluster: both squares
+    m.click(st, (0, 0), "replace", 0, connected=True)
+    assert m.current.mask.sum() == 4 and not m.current.mask[4:, 4:].any()
+    c = m.current.clicks[0]
+    assert c.connected and Click.from_json(c.to_json()) == c
+    assert not Click.from_json({"mode": "add", "point": [0, 0], "level": 0}).connected
+    assert m.step(st, +1)                       # up to the connected 3 x 3 + 2 x 2 cluster
+    assert m.current.levels == [1] and m.current.mask.sum() == 9
+    rec = m.to_json()
+    m2 = ObjectSet((6, 6))
+    m2.load(rec, None, st)
+    np.testing.assert_array_equal(m2.current.mask, m.current.mask)
+    assert m2.current.clicks[0].connected
+
+
+def test_connected_part_only_click_in_the_viewer(segmented):
+    """With "Connected part only" ticked a click in the viewer takes the part of the
+    cluster connected to the clicked pixel (scipy's 4-connected label), unticked the
+    whole cluster; the saved session JSON records the choice per click."""
+    from scipy import ndimage
+
+    viewer, widget = segmented
+    hier = widget.results[0].hierarchy
+    # a level and a pixel whose cluster has more than one connected part
+    found = None
+    for lv in range(hier.n_levels - 1):
+        lab = np.asarray(hier.labels(lv))
+        for cid in np.unique(lab):
+            comp, n = ndimage.label(lab == cid)
+            if n > 1:
+                found = (lv, tuple(int(v) for v in np.argwhere(comp == 1)[0]), lab == cid, comp == 1)
+                break
+        if found:
+            break
+    assert found, "the test image should have a cluster in several parts"
+    lv, p, whole, part = found
+    widget.set_level(lv)
+    fake_click(widget, widget.levels_layer, p)
+    np.testing.assert_array_equal(widget.objects.model.current.mask, whole)
+    widget.connected_check.setChecked(True)
+    fake_click(widget, widget.levels_layer, p)
+    obj = widget.objects.model.current
+    np.testing.assert_array_equal(obj.mask, part)
+    assert obj.clicks[-1].connected and json.loads(json.dumps(obj.to_json()))["clicks"][0]["connected"]

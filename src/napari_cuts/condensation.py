@@ -50,6 +50,15 @@ two far-apart regions of the same appearance stay apart until eps spans their di
 to their ``knn``-th neighbour and grows by ``eps_growth`` per iteration; the merge
 threshold is ``merge_factor`` times the starting ``eps``. Both come from the data.
 
+**Step control** (``min_keep``, default 0.5): an iteration that would merge the points
+into fewer than ``min_keep`` times as many clusters is undone and retried with eps
+divided by ``eps_backoff``; eps then grows again from there. In 16 PCA dimensions the
+knn-th neighbour is nearly as far as everything else, so without it one diffusion step
+could merge a thousand points into a few dozen and the hierarchy would skip every
+scale in between (measured: MNI volume encoder hierarchies of 11-14 levels became 29,
+best ventricle level 0.68 / 0.61 -> 0.73 / 0.69 on seeds 2 / 3; the retina
+development images, which never jumped, unchanged).
+
 Levels: every iteration that merged something is a candidate level; kept are those
 with at most ``max_clusters`` clusters, thinned to at most ``max_levels`` levels
 spaced evenly in log(cluster count) (so the coarse end, where segmentations of 2-20
@@ -118,6 +127,13 @@ DEFAULTS: dict = {
     # 0.330/0.250 -> 0.327/0.266; MNI ventricle best 0.63 -> 0.50-0.57).
     "spatial_weight": 0.0,
     "spatial_unit": "fov",
+    # Step control: a diffusion iteration that would leave fewer than this fraction of
+    # the points is undone and retried with a smaller eps (eps / eps_backoff), so that
+    # no single step jumps over the scales in between (with 0, the default until 0.4,
+    # one step took the MNI volume's encoder hierarchy from 439 clusters to 39 and a
+    # hippocampus crop's from 1220 to 19). 0: off.
+    "min_keep": 0.5,
+    "eps_backoff": 1.5,
 }
 
 
@@ -388,6 +404,8 @@ def condense(embeddings, *, seed: int = 0, spacing=None, progress: Progress = No
     # --------------------------------------------------- 3./4. condensation
     dense_max = int(p["dense_max"])
     max_iter = int(p["max_iter"])
+    min_keep = float(p["min_keep"] or 0.0)
+    eps_floor = 1e-3 * eps0
     n_diffusion = 0
     while m > 1:
         check_cancel(cancel)
@@ -399,6 +417,7 @@ def condense(embeddings, *, seed: int = 0, spacing=None, progress: Progress = No
             rec.add(lab, 1, it)
             m = 1
             break
+        y_prev = y
         inv = -1.0 / (eps * eps)
         if m > dense_max:
             kq = min(knn, m - 1)
@@ -425,11 +444,19 @@ def condense(embeddings, *, seed: int = 0, spacing=None, progress: Progress = No
             d2 = sq[:, None] + sq[None, :] - 2.0 * (y64 @ y64.T)
             ia, ib = np.nonzero(np.triu(d2 < merge_thr * merge_thr, k=1))
             y = y64.astype(np.float32)
+        if ia.size:
+            ncomp, lab = _components(m, ia, ib)
+            if ncomp < min_keep * m and eps > eps_floor:
+                # this step would jump over the scales in between: undo it and retry
+                # with a smaller bandwidth
+                y = y_prev
+                eps /= float(p["eps_backoff"])
+                n_diffusion += 1
+                continue
         it += 1
         n_diffusion += 1
         eps *= growth
         if ia.size:
-            ncomp, lab = _components(m, ia, ib)
             if ncomp < m:
                 y, wts = _merge(lab, ncomp, y, wts)
                 rec.add(lab, ncomp, it)

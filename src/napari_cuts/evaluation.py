@@ -96,7 +96,7 @@ from .selection import innermost_point, label_hint, select_cluster
 #: The rows that ``ablation=True`` (``--ablation``) adds, in 2D and in 3D: the same
 #: condensation and click on the image channels alone (``image_only_*``, no network)
 #: and on the unit embeddings alone (``embedding_only_*``, the image left out).
-ABLATION_METHODS = ("image_only_best", "image_only_click",
+ABLATION_METHODS = ("cuts_click_connected", "image_only_best", "image_only_click",
                     "embedding_only_best", "embedding_only_click")
 #: Every method, in table order (the paper's rows first, then the extras, then the
 #: ablation rows).
@@ -140,6 +140,7 @@ DISPLAY = {
     "cuts_best": "CUTS + diffusion (best granularity)",
     "cuts_click": "CUTS + diffusion, one click (tool's own answer, no labels)",
     "cuts_click_refined": "CUTS + diffusion, one click then <= 3 grow/shrink steps (best Dice)",
+    "cuts_click_connected": "CUTS + diffusion, one click, connected part only (the widget option)",
     "image_only_best": "no encoder (image channels alone), best granularity",
     "image_only_click": "no encoder (image channels alone), one click",
     "embedding_only_best": "embeddings alone (no image channels), best granularity",
@@ -535,6 +536,13 @@ def _hierarchy_rows(hier, gt, point, prefix: str, wanted: set) -> dict:
             out[f"{prefix}_click"] = (m, info)
         if f"{prefix}_click_refined" in wanted:
             out[f"{prefix}_click_refined"] = refine_click(hier, point, gt, m, info["level"])
+    if f"{prefix}_click_connected" in wanted:
+        # the widget's "Connected part only": the level chosen on the sizes of the
+        # connected structure under the click, the part connected to it
+        lv = int(hier.click_level(point, connected=True))
+        out[f"{prefix}_click_connected"] = (hier.structure(point, lv, connected=True), {
+            "level": lv, "n_clusters": int(np.asarray(hier.n_clusters)[lv]),
+            "setting": "click_level, connected"})
     return out
 
 
@@ -971,6 +979,7 @@ DISPLAY_3D = {
     "cuts_best": "CUTS, best level + label hint (oracle)",
     "cuts_click": "CUTS, one click (tool's own answer, no labels)",
     "cuts_click_refined": "CUTS, one click then <= 3 grow/shrink steps (best Dice)",
+    "cuts_click_connected": "CUTS, one click, connected part only (the widget option)",
     "image_only_best": "no encoder (image + slice context), best level + label hint (oracle)",
     "image_only_click": "no encoder (image + slice context), one click",
     "embedding_only_best": "embeddings alone (no image), best level + label hint (oracle)",

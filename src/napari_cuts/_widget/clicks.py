@@ -135,7 +135,8 @@ class Objects:
             return False
         if self.model.per_slice and idx[0] not in w.results:
             return False
-        self.model.click(self.structures(), idx, mode, self._click_level())
+        self.model.click(self.structures(), idx, mode, self._click_level(),
+                         connected=w.connected_check.isChecked())
         self.show()
         return True
 

@@ -47,22 +47,25 @@ def colour_of(label_id: int) -> tuple:
 @dataclass(frozen=True)
 class Click:
     """One click: ``mode`` ("replace", "add", "remove"), ``point`` (one index per axis of
-    the result layers) and ``level`` (the hierarchy level of its structure; None: the
-    persistent map)."""
+    the result layers), ``level`` (the hierarchy level of its structure; None: the
+    persistent map) and ``connected`` (the structure is only the part of the cluster
+    connected to the click, not every part of the image the cluster covers)."""
 
     mode: str
     point: tuple
     level: Optional[int]
+    connected: bool = False
 
     def to_json(self) -> dict:
         return {"mode": self.mode, "point": [int(v) for v in self.point],
-                "level": None if self.level is None else int(self.level)}
+                "level": None if self.level is None else int(self.level),
+                "connected": bool(self.connected)}
 
     @classmethod
     def from_json(cls, d: dict) -> "Click":
         lv = d.get("level")
         return cls(str(d.get("mode", "add")), tuple(int(v) for v in d["point"]),
-                   None if lv is None else int(lv))
+                   None if lv is None else int(lv), bool(d.get("connected", False)))
 
 
 @dataclass(frozen=True)
@@ -130,28 +133,38 @@ class HierarchyStructures:
         z = p[0] if self.per_slice else 0
         return self.hierarchy_for(z), (p[1:] if self.per_slice else p), z
 
-    def structure(self, point, level: Optional[int]) -> np.ndarray:
+    def structure(self, point, level: Optional[int], connected: bool = False) -> np.ndarray:
         """Bool mask of the structure under ``point`` at ``level`` (a slice's ``(H, W)``
-        for ``per_slice``)."""
+        for ``per_slice``); ``connected``: only the part connected to the point
+        (4-connected in 2D, 6-connected in 3D)."""
         hier, p, z = self._local(point)
         if level is None:
             pers = self.persistent_for(z)
-            return pers == pers[p]
+            m = pers == pers[p]
+            if connected:
+                from scipy import ndimage
+
+                lab, _ = ndimage.label(m)
+                m = lab == lab[p]
+            return m
         lv = int(np.clip(level, 0, hier.n_levels - 1))
+        if connected:
+            return hier.structure(p, lv, connected=True)
         lut = np.asarray(hier.lut(lv))
         fin = hier.finest
         return np.take(lut == lut[fin[p]], fin)
 
-    def step_level(self, point, level: Optional[int], step: int) -> int:
+    def step_level(self, point, level: Optional[int], step: int, connected: bool = False) -> int:
         """The level one step up (+1) or down (-1) the lineage of ``point`` from ``level``
-        (the persistent map's structure starts at the level of the same size)."""
+        (the persistent map's structure starts at the level of the same size); with
+        ``connected``, steps between sizes of the connected structure."""
         hier, p, z = self._local(point)
         if level is None:
-            size = int(np.count_nonzero(self.structure(point, None)))
-            lin = hier.lineage(p)
+            size = int(np.count_nonzero(self.structure(point, None, connected)))
+            lin = hier.structure_lineage(p) if connected else hier.lineage(p)
             level = min(range(len(lin)), key=lambda k: (abs(lin[k][2] - size), k))
         level = int(np.clip(level, 0, hier.n_levels - 1))
-        return int(hier.step_level(p, level, int(step)))
+        return int(hier.step_level(p, level, int(step), connected=connected))
 
 
 class ObjectSet:
@@ -264,14 +277,17 @@ class ObjectSet:
             self.current_id = rest[min(pos, len(rest) - 1)].id if rest else None
         return True
 
-    def click(self, structures, point, mode: str, level: Optional[int]) -> CutObject:
+    def click(self, structures, point, mode: str, level: Optional[int],
+              connected: bool = False) -> CutObject:
         """Write the structure under ``point`` at ``level`` into the current object (made
-        first when there is none): ``replace`` it, ``add`` to it or ``remove`` from it."""
+        first when there is none): ``replace`` it, ``add`` to it or ``remove`` from it;
+        ``connected``: only the part of the cluster connected to the click."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}.")
         self._push()
         obj = self.current or self._new()
-        c = Click(mode, tuple(int(v) for v in point), None if level is None else int(level))
+        c = Click(mode, tuple(int(v) for v in point), None if level is None else int(level),
+                  bool(connected))
         if mode == "replace" or obj.mask is None:
             clicks = (c,)
             mask = self._apply(np.zeros(self.shape, bool), structures, c, fresh=True)
@@ -283,7 +299,7 @@ class ObjectSet:
         return obj
 
     def _apply(self, mask: np.ndarray, structures, c: Click, fresh: bool = False) -> np.ndarray:
-        s = structures.structure(c.point, c.level)
+        s = structures.structure(c.point, c.level, c.connected)
         mode = "add" if fresh and c.mode == "replace" else c.mode
         target = mask[c.point[0]] if self.per_slice else mask
         if mode == "replace":
@@ -314,7 +330,7 @@ class ObjectSet:
         obj = self.get(self.current_id if label_id is None else label_id)
         if obj is None or not obj.clicks:
             return False
-        clicks = tuple(replace(c, level=structures.step_level(c.point, c.level, step))
+        clicks = tuple(replace(c, level=structures.step_level(c.point, c.level, step, c.connected))
                        for c in obj.clicks)
         if clicks == obj.clicks:
             return False
