@@ -258,3 +258,19 @@ def test_spatial_term_leaves_the_premerge_alone():
     assert h0.metadata["unit_distance"] == h1.metadata["unit_distance"]
     assert h0.n_clusters[0] == h1.n_clusters[0]
     assert np.array_equal(h0.labels(0), h1.labels(0))
+
+
+def test_step_control_keeps_the_middle_scales():
+    """16-d noise: without step control one diffusion step merges 1,447 points into one
+    cluster; with the default (min_keep 0.5) no level has more than twice the clusters of
+    the next, so the hierarchy keeps every scale in between."""
+    import numpy as np
+
+    from napari_cuts.condensation import DEFAULTS, condense
+
+    assert DEFAULTS["min_keep"] == 0.5
+    emb = np.random.default_rng(0).normal(size=(40, 40, 16)).astype(np.float32)
+    off = condense(emb, min_keep=0.0, normalize=False, premerge_points=1600).n_clusters
+    on = condense(emb, normalize=False, premerge_points=1600).n_clusters
+    assert np.max(off[:-1] / off[1:]) > 100
+    assert np.max(on[:-1] / on[1:]) <= 2.0 + 1e-9 and on[-1] == 1 and len(on) >= 10
