@@ -55,9 +55,8 @@ into fewer than ``min_keep`` times as many clusters is undone and retried with e
 divided by ``eps_backoff``; eps then grows again from there. In 16 PCA dimensions the
 knn-th neighbour is nearly as far as everything else, so without it one diffusion step
 could merge a thousand points into a few dozen and the hierarchy would skip every
-scale in between (measured: MNI volume encoder hierarchies of 11-14 levels became 29,
-best ventricle level 0.68 / 0.61 -> 0.73 / 0.69 on seeds 2 / 3; the retina
-development images, which never jumped, unchanged).
+scale in between (MNI volume encoder hierarchies of 11-14 levels became 28-29; the
+retina development images, which never jumped, unchanged; numbers in the README).
 
 Levels: every iteration that merged something is a candidate level; kept are those
 with at most ``max_clusters`` clusters, thinned to at most ``max_levels`` levels
