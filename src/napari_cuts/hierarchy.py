@@ -119,6 +119,7 @@ class Hierarchy:
         self._persistent: Optional[np.ndarray] = None
         self._sizes = None
         self._region_cache = None
+        self._pieces_cache = None
 
     # ------------------------------------------------------------------ access
     def labels(self, level: int) -> np.ndarray:
@@ -219,6 +220,11 @@ class Hierarchy:
         idx = self._index(point)
         reg, region_base, region_px, ea, eb = self._regions()
         r0 = int(reg[idx])
+        cached = getattr(self, "_pieces_cache", None)
+        if cached is not None and cached[0] == r0:
+            # the same piece as the last call (a click, then its grow / shrink steps):
+            # every level's answer is the same
+            return cached[1]
         sizes = self._cluster_sizes()
         out = []
         prev_size = -1
@@ -244,6 +250,7 @@ class Hierarchy:
             ssize = int(region_px[pieces].sum())
             prev_size, prev = csize, (ssize, pieces)
             out.append((lv, cid, ssize, pieces))
+        self._pieces_cache = (r0, out)
         return out
 
     def _index(self, point) -> tuple[int, ...]:
