@@ -267,3 +267,49 @@ def test_level_with(real):
     lv = real.level_with(k)
     assert real.n_clusters[lv] >= k
     assert lv == real.n_levels - 1 or real.n_clusters[lv + 1] < k
+
+
+def _object_among_specks():
+    """64 x 64: a 16 x 16 object (halves 16 x 8) in a background that starts as
+    single-pixel specks and coarsens into 4 x 4, 8 x 8, 16 x 16 blocks, quadrants, one.
+    The halves are born at the finest level while 3,840 specks merge around them; the
+    object forms only once the background is in 8 x 8 blocks."""
+    yy, xx = np.mgrid[:64, :64]
+    obj = (yy < 16) & (xx < 16)
+    half = xx < 8
+    maps = []
+    for block, merged, joined in [(1, False, False), (4, False, False), (8, False, False),
+                                  (8, True, False), (16, True, False), (32, True, True),
+                                  (64, True, True)]:
+        lab = 10 ** 6 + (yy // block) * (64 // block) + xx // block
+        if not joined:
+            lab = np.where(obj, np.where(half | merged, 1, 2), lab)
+        maps.append(lab)
+    return Hierarchy.from_labels(np.stack(maps)), obj, obj & half
+
+
+def test_persistence_counts_structures_not_specks():
+    h, obj, half = _object_among_specks()
+    clusters = h.persistence_counts("clusters")
+    structures = h.persistence_counts()
+    assert clusters.tolist() == [3842, 242, 62, 61, 16, 4, 1]
+    # 1 % of 4,096 pixels: the 128-pixel halves count from the start, the background
+    # blocks once they are 8 x 8 (64 pixels)
+    assert structures.tolist() == [2, 2, 62, 61, 16, 4, 1]
+    assert structures[-1] == 1
+    with pytest.raises(InputError, match="persistence measure"):
+        h.persistence_counts("voxels")
+
+
+def test_click_and_persistent_are_not_fooled_by_merging_specks():
+    h, obj, half = _object_among_specks()
+    pt = (10, 3)
+    # counted in all clusters, the half looks long-lived (3,842 -> 61 clusters) ...
+    assert np.array_equal(h.click_mask(pt, measure="clusters"), half)
+    per = np.asarray(h.persistent(measure="clusters"))
+    assert len(np.unique(per[obj])) == 2
+    # ... counted in structures it is not (2 -> 61): the object is (61 -> 4)
+    assert np.array_equal(h.click_mask(pt), obj)
+    assert np.array_equal(h.click_mask(pt, measure="structures"), obj)
+    per = np.asarray(h.persistent())
+    assert len(np.unique(per[obj])) == 1 and not np.any(per[~obj] == per[obj][0])

@@ -36,6 +36,13 @@ PERSISTENT_MAX_AREA = 0.5
 #: A clicked structure lasts while its cluster grows by at most this fraction
 #: (see :meth:`Hierarchy.click_level`).
 CLICK_TOLERANCE = 0.1
+#: How persistence is counted (see :meth:`Hierarchy.persistence_counts`):
+#: ``"structures"``, the clusters of each level at least ``PERSISTENT_MIN_AREA`` large
+#: (specks merging elsewhere do not age a structure), or ``"clusters"``, all of them
+#: (the count used before; it makes the fine levels, where specks merge by the hundred,
+#: look long-lived).
+PERSISTENCE_MEASURES = ("structures", "clusters")
+PERSISTENCE_MEASURE = "structures"
 
 
 def _label_dtype(n: int):
@@ -118,6 +125,7 @@ class Hierarchy:
         self.metadata = dict(metadata or {})
         self._persistent: Optional[np.ndarray] = None
         self._sizes = None
+        self._pcounts: dict = {}
         self._region_cache = None
         self._pieces_cache = None
 
@@ -167,6 +175,31 @@ class Hierarchy:
             self._sizes = [np.bincount(t, weights=px, minlength=int(n)).astype(np.int64)
                            for t, n in zip(self._luts, self.n_clusters)]
         return self._sizes
+
+    def persistence_counts(self, measure: Optional[str] = None,
+                           min_area: float = PERSISTENT_MIN_AREA) -> np.ndarray:
+        """Per level, the count that persistence is measured in, ``(L,)`` float64 >= 1.
+
+        ``"structures"`` (the default, :data:`PERSISTENCE_MEASURE`): the clusters at
+        least ``min_area`` of the image large (for a volume ``min_area ** 1.5``, the same
+        linear size), so a segment ages only when structures merge, not when specks
+        elsewhere join their neighbours. ``"clusters"``: every cluster of the level.
+        Both are scale-free (a ratio of counts); the first does not favour the finest
+        levels, where hundreds of specks merge in every step."""
+        measure = measure or PERSISTENCE_MEASURE
+        if measure not in PERSISTENCE_MEASURES:
+            raise InputError(f"unknown persistence measure {measure!r}; use one of "
+                             f"{', '.join(PERSISTENCE_MEASURES)}.")
+        if measure == "clusters":
+            return np.maximum(self.n_clusters, 1).astype(np.float64)
+        key = (measure, float(min_area))
+        if key not in self._pcounts:
+            frac = min_area ** 1.5 if len(self.shape) == 3 else min_area
+            bound = frac * float(self._finest.size)
+            self._pcounts[key] = np.array(
+                [max(int(np.count_nonzero(s >= bound)), 1) for s in self._cluster_sizes()],
+                dtype=np.float64)
+        return self._pcounts[key].copy()
 
     def lineage(self, point) -> list[tuple[int, int, int]]:
         """The clicked pixel's clusters from fine to coarse: ``[(level, cluster id,
@@ -284,14 +317,16 @@ class Hierarchy:
 
     def click_level(self, point, *, tolerance: float = CLICK_TOLERANCE,
                     min_area: float = PERSISTENT_MIN_AREA,
-                    max_area: float = PERSISTENT_MAX_AREA, connected: bool = False) -> int:
+                    max_area: float = PERSISTENT_MAX_AREA, connected: bool = False,
+                    measure: Optional[str] = None) -> int:
         """The level at which the structure under ``point`` is most persistent.
 
         Walking the clicked pixel's lineage from fine to coarse, a *structure* lasts
         while its cluster grows by at most ``tolerance`` (a fraction of its size when it
         appeared: specks joining it do not end it); its persistence is
-        ``ln(n_birth / n_death)``, the span of the hierarchy in log cluster count it
-        survives (as in :meth:`segment_persistence`). Structures covering more than
+        ``ln(n_birth / n_death)``, the span of the hierarchy in log count it survives,
+        counted in structures (clusters of at least ``min_area``; ``measure``, see
+        :meth:`persistence_counts`) as in :meth:`segment_persistence`. Structures covering more than
         ``max_area`` of the image (the context: background, whole organ) and the
         one-cluster root do not compete. Returns the finest level of the most persistent
         structure. Structures smaller than ``min_area`` (specks) compete only when the
@@ -304,6 +339,7 @@ class Hierarchy:
         lin = self.structure_lineage(point) if connected else self.lineage(point)
         total = float(self._finest.size)
         counts = self.n_clusters.astype(np.float64)
+        pcounts = self.persistence_counts(measure, min_area)
         if len(self.shape) == 3:
             min_area, max_area = min_area ** 1.5, max_area ** 1.5
         ok = [lv for lv, _, size in lin
@@ -323,8 +359,8 @@ class Hierarchy:
             end = ok[j]
             # the last merge (two clusters into one) joins complements, not structures:
             # surviving until then counts as dying at two clusters
-            n_death = counts[end + 1] if end + 1 < self.n_levels else 1.0
-            pers = float(np.log(counts[start] / max(n_death, 2.0)))
+            n_death = pcounts[end + 1] if end + 1 < self.n_levels else 1.0
+            pers = float(np.log(pcounts[start] / max(n_death, 2.0)))
             if pers > best_p + 1e-12:
                 best_lv, best_p = start, pers
             i = j + 1
@@ -404,20 +440,23 @@ class Hierarchy:
         return [np.bincount(t, weights=frac, minlength=int(n))
                 for t, n in zip(self._luts, self.n_clusters)]
 
-    def segment_persistence(self) -> list[np.ndarray]:
+    def segment_persistence(self, measure: Optional[str] = None,
+                            min_area: float = PERSISTENT_MIN_AREA) -> list[np.ndarray]:
         """Per level, how persistent each cluster's segment is, ``[(n_l,) ...]`` floats.
 
         A segment (see :meth:`segment_lifetimes`) appears at a level with ``n_birth``
-        clusters and is merged at the first level where its cluster has grown, which has
-        ``n_death`` clusters (1 for a segment never merged). Its persistence is
-        ``ln(n_birth / n_death)``: the span of the hierarchy, in log cluster count, that
-        it survives unmerged. This is scale-free: it does not depend on the image size,
+        structures and is merged at the first level where its cluster has grown, which
+        has ``n_death`` (1 for a segment never merged), counted by
+        :meth:`persistence_counts` (``measure``; default: the clusters at least
+        ``min_area`` large, so that specks merging elsewhere do not age it). Its
+        persistence is ``ln(n_birth / n_death)``: the span of the hierarchy, in log
+        count, that it survives unmerged. This is scale-free: it does not depend on the image size,
         on how many iterations the diffusion took between merges (the last merges take
         the most, which would favour the trivial near-root clusters) or on how the
         levels were thinned (they are kept evenly in log cluster count).
         """
         L = self.n_levels
-        logn = np.log(np.maximum(self.n_clusters, 1).astype(np.float64))
+        logn = np.log(self.persistence_counts(measure, min_area))
         logn_death = np.append(logn[1:], 0.0)        # merged at level l+1 / never merged
         canon_lv, _ = self._segment_roots()
         parents = [self._parent(lv) for lv in range(L - 1)]
@@ -433,12 +472,13 @@ class Hierarchy:
         return [logn[canon_lv[lv]] - death[lv] for lv in range(L)]
 
     def persistent(self, *, min_area: float = PERSISTENT_MIN_AREA,
-                   max_area: float = PERSISTENT_MAX_AREA) -> np.ndarray:
+                   max_area: float = PERSISTENT_MAX_AREA,
+                   measure: Optional[str] = None) -> np.ndarray:
         """The persistent-structures map ``(H, W)`` (uint16/uint32, ids 0..n-1).
 
         Segments (see :meth:`segment_lifetimes`) are ranked by their persistence, the
-        span of the hierarchy in log cluster count they survive unmerged
-        (:meth:`segment_persistence`); more persistent segments are painted over less
+        span of the hierarchy in log count of structures they survive unmerged
+        (:meth:`segment_persistence`, ``measure``); more persistent segments are painted over less
         persistent ones (ties: the coarser segment wins). Only segments covering between
         (for a volume: both fractions to the power 3/2, the same linear size)
         ``min_area`` and ``max_area`` of the image compete as structures: a speck that
@@ -449,14 +489,15 @@ class Hierarchy:
         coarsest level is never used. Every pixel gets a label: the finest level covers
         the image. Computed from the lookup tables only (a few ms at 512 x 512).
         """
-        default = (min_area, max_area) == (PERSISTENT_MIN_AREA, PERSISTENT_MAX_AREA)
+        default = ((min_area, max_area) == (PERSISTENT_MIN_AREA, PERSISTENT_MAX_AREA)
+                   and measure in (None, PERSISTENCE_MEASURE))
         if default and self._persistent is not None:
             return self._persistent.copy()
+        pers = self.segment_persistence(measure, min_area)
         if len(self.shape) == 3:
             # the same linear size in 3D: a structure a tenth of the side covers 1 % of an
             # image but 0.1 % of a volume (fractions to the power 3/2)
             min_area, max_area = min_area ** 1.5, max_area ** 1.5
-        pers = self.segment_persistence()
         areas = self.segment_areas()
         L = self.n_levels
         last = L - 1 if self.n_clusters[-1] <= 1 and L > 1 else L
