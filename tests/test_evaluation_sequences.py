@@ -44,29 +44,32 @@ def _save(path, zyx, affine=None):
     return path
 
 
-def combination_case(seed: int):
+def combination_case(seed: int, width: int = 6):
     """``(t1, flair, labels)``, each ``(Z, Y, X)``: labels 1 = A, 2 = B (the target),
-    3 = C, three adjacent 6-voxel boxes along x on slices 2..9; t1 bright on A and B,
-    flair bright on B and C, Gaussian noise everywhere."""
+    3 = C, three adjacent boxes ``width`` voxels wide along x (``2 * width`` along y) on
+    slices 2..9; t1 bright on A and B, flair bright on B and C, Gaussian noise
+    everywhere. ``width`` 6 gives :data:`SHAPE`; ``benchmarks/two_sequences.py`` writes
+    wider ones (regions wider than the encoder's receptive field)."""
     rng = np.random.default_rng(seed)
-    zz, yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    shape = (SHAPE[0], 2 * width + 12, 3 * width + 6)
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
     y0 = 6 + seed % 3
-    band = (zz >= 2) & (zz <= 9) & (yy >= y0) & (yy < y0 + 12)
+    band = (zz >= 2) & (zz <= 9) & (yy >= y0) & (yy < y0 + 2 * width)
     x0 = 3 + seed % 2
-    lab = np.zeros(SHAPE, np.uint8)
-    for value, lo in ((1, x0), (2, x0 + 6), (3, x0 + 12)):
-        lab[band & (xx >= lo) & (xx < lo + 6)] = value
-    t1 = np.array([0.2, 0.9, 0.9, 0.2], np.float32)[lab] + rng.normal(0, 0.03, SHAPE)
-    flair = np.array([0.2, 0.2, 0.9, 0.9], np.float32)[lab] + rng.normal(0, 0.03, SHAPE)
+    lab = np.zeros(shape, np.uint8)
+    for value, lo in ((1, x0), (2, x0 + width), (3, x0 + 2 * width)):
+        lab[band & (xx >= lo) & (xx < lo + width)] = value
+    t1 = np.array([0.2, 0.9, 0.9, 0.2], np.float32)[lab] + rng.normal(0, 0.03, shape)
+    flair = np.array([0.2, 0.2, 0.9, 0.9], np.float32)[lab] + rng.normal(0, 0.03, shape)
     return (1000 * t1).astype(np.float32), (800 * flair).astype(np.float32), lab
 
 
-def _write_cases(root, seeds=(1, 2)):
+def _write_cases(root, seeds=(1, 2), width: int = 6):
     root.mkdir(parents=True, exist_ok=True)
     cases = {}
     for s in seeds:
         name = f"sub{s:02d}"
-        t1, flair, lab = combination_case(s)
+        t1, flair, lab = combination_case(s, width)
         _save(root / f"{name}_t1.nii.gz", t1)
         _save(root / f"{name}_flair.nii.gz", flair)
         _save(root / f"{name}_seg.nii.gz", (lab == 2).astype(np.uint8))
@@ -255,3 +258,28 @@ def test_decathlon_4d_names_from_dataset_json_or_index(tmp_path):
     with pytest.raises(InputError, match="seq_FLAIR_best"):
         E.run_evaluation(root, tmp_path / "o", seeds=(1,), epochs=1, methods=["seq_T2_best"])
     assert not (tmp_path / "o").exists()
+
+
+def test_two_sequences_benchmark_writes_wider_cases(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "two_sequences.py"
+    spec = importlib.util.spec_from_file_location("two_sequences", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([str(tmp_path / "w8"), "--width", "8"]) == 0
+    for case in ("sub01", "sub02"):
+        seg = np.asarray(nib.load(str(tmp_path / "w8" / f"{case}_seg.nii.gz")).dataobj)
+        t1 = np.asarray(nib.load(str(tmp_path / "w8" / f"{case}_t1.nii.gz")).dataobj)
+        # stored x, y, z: B is 8 wide (x), 16 high (y), on 8 slices
+        assert seg.shape == t1.shape == (3 * 8 + 6, 2 * 8 + 12, SHAPE[0])
+        assert int(seg.sum()) == 8 * 16 * 8
+        xs = np.flatnonzero(seg.any(axis=(1, 2)))
+        assert xs.size == 8 and np.all(np.diff(xs) == 1)
+    # the default width is the test's own geometry at width 6
+    t1, _, lab = combination_case(1)
+    assert t1.shape == SHAPE and int((lab == 2).sum()) == 6 * 12 * 8
+    assert mod.main([str(tmp_path / "bad"), "--width", "x"]) == 2
+    assert "whole number" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
