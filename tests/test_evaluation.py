@@ -272,10 +272,17 @@ def test_2d_ablation_rows_come_from_their_own_hierarchies(retina_dir, tmp_path, 
             best = max(_np_label_hint_dice(hier.labels(lv), gt) for lv in range(hier.n_levels))
             got = float(rows[(f"{prefix}_best", smp.name)]["dice"])
             assert got == pytest.approx(best, abs=1e-5), (prefix, smp.name)
-            # the click: the tool's own answer at the innermost point (the 2D rule)
-            assert E.CLICK_RULE == "click_level"
-            lab = np.asarray(hier.labels(hier.click_level(pt)))
-            click = lab == lab[pt]
+            # the click: the tool's own answer at the innermost point (the 2D rule): the
+            # 4-connected component (scipy) holding the click of the clicked cluster, at
+            # the level chosen on the connected sizes
+            from scipy import ndimage
+
+            assert E.CLICK_RULE == "click_level" and E.CLICK_CONNECTED
+            lv_c = hier.click_level(pt, connected=True)
+            assert int(rows[(f"{prefix}_click", smp.name)]["level"]) == lv_c
+            lab = np.asarray(hier.labels(lv_c))
+            comp, _ = ndimage.label(lab == lab[pt])
+            click = comp == comp[pt]
             d_click = _np_dice(click, gt)
             got_click = float(rows[(f"{prefix}_click", smp.name)]["dice"])
             assert got_click == pytest.approx(d_click, abs=1e-5), (prefix, smp.name)
@@ -284,32 +291,38 @@ def test_2d_ablation_rows_come_from_their_own_hierarchies(retina_dir, tmp_path, 
             if prefix != "cuts":
                 continue
             # refined: >= the click, and the best of the click and its lineage candidates
+            # (steps between sizes of the connected structure, its connected part)
             start = int(rows[("cuts_click", smp.name)]["level"])
             cands = {start}
             for step in (+1, -1):
                 lv = start
                 for _ in range(3):
-                    lv = hier.step_level(pt, lv, step)
+                    lv = hier.step_level(pt, lv, step, connected=True)
                     cands.add(lv)
             assert len(cands) <= 7
-            cand_d = [_np_dice(hier.labels(lv) == hier.labels(lv)[pt], gt) for lv in cands]
+
+            def _part(lv):
+                lab = np.asarray(hier.labels(lv))
+                comp, _ = ndimage.label(lab == lab[pt])
+                return comp == comp[pt]
+
+            cand_d = [_np_dice(_part(lv), gt) for lv in cands]
             refined = float(rows[("cuts_click_refined", smp.name)]["dice"])
             assert refined >= got_click - 1e-5  # per_image.csv: 6 significant digits
             assert refined <= max(cand_d + [d_click]) + 1e-6
             assert refined == pytest.approx(max(cand_d + [d_click]), abs=1e-5)
             per_method["cuts_click_refined"].append(refined)
-            # connected part only: the cluster's 4-connected component holding the click
-            # (scipy), at the level chosen on the connected sizes
-            from scipy import ndimage
-
-            lv = int(rows[("cuts_click_connected", smp.name)]["level"])
-            assert lv == hier.click_level(pt, connected=True)
+            # the whole cluster (the box unticked): every part of the clicked cluster, at
+            # the level chosen on the whole cluster's sizes
+            lv = int(rows[("cuts_click_whole", smp.name)]["level"])
+            assert lv == hier.click_level(pt, connected=False)
             lab = np.asarray(hier.labels(lv))
-            comp, _ = ndimage.label(lab == lab[pt])
-            d_conn = _np_dice(comp == comp[pt], gt)
-            assert float(rows[("cuts_click_connected", smp.name)]["dice"]) == pytest.approx(
-                d_conn, abs=1e-5)
-            per_method["cuts_click_connected"].append(d_conn)
+            d_whole = _np_dice(lab == lab[pt], gt)
+            assert float(rows[("cuts_click_whole", smp.name)]["dice"]) == pytest.approx(
+                d_whole, abs=1e-5)
+            assert d_whole <= 1.0 and np.count_nonzero(lab == lab[pt]) >= np.count_nonzero(
+                _part(lv))
+            per_method["cuts_click_whole"].append(d_whole)
     for m, vals in per_method.items():
         assert res["methods"][m]["dice"] == pytest.approx(np.mean(vals), abs=1e-6), m
 

@@ -96,3 +96,23 @@ def test_structure_outside_the_map_is_a_clear_error():
         h.structure((10, 0), 0, connected=True)
     with pytest.raises(InputError, match="outside"):
         h.structure_lineage((0, -1))
+
+
+@pytest.mark.parametrize("shape", [(30, 36), (9, 15, 18)])
+def test_the_tools_click_is_the_connected_part_by_default(shape):
+    """`click_mask` (the tool's answer) takes the connected part at the level chosen on
+    the connected sizes; `connected=False` the whole cluster at the whole-cluster level."""
+    from napari_cuts import hierarchy as H
+
+    assert H.CLICK_CONNECTED
+    h = _random_hierarchy(shape, seed=3)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        pt = tuple(int(rng.integers(0, s)) for s in shape)
+        lv = h.click_level(pt, connected=True)
+        lab = np.asarray(h.labels(lv))
+        comp, _ = ndimage.label(lab == lab[pt])
+        np.testing.assert_array_equal(h.click_mask(pt), comp == comp[pt])
+        lw = h.click_level(pt, connected=False)
+        lab = np.asarray(h.labels(lw))
+        np.testing.assert_array_equal(h.click_mask(pt, connected=False), lab == lab[pt])

@@ -88,6 +88,8 @@ def test_three_objects_grow_shrink_undo_redo_export(segmented, tmp_path):
     from napari_cuts._widget import LABELS_NAME, LEVELS_NAME, MASK_NAME
 
     viewer, widget = segmented
+    # whole clusters here (the connected option has its own test below)
+    widget.connected_check.setChecked(False)
     hier = widget.results[0].hierarchy
     widget.set_level(min(hier.n_levels - 1, max(1, widget.level)))
     pts = _points(widget, 3)
@@ -306,10 +308,18 @@ def test_connected_part_only_click_in_the_viewer(segmented):
     assert found, "the test image should have a cluster in several parts"
     lv, p, whole, part = found
     widget.set_level(lv)
-    fake_click(widget, widget.levels_layer, p)
-    np.testing.assert_array_equal(widget.objects.model.current.mask, whole)
-    widget.connected_check.setChecked(True)
+    assert widget.connected_check.isChecked()          # on by default
     fake_click(widget, widget.levels_layer, p)
     obj = widget.objects.model.current
     np.testing.assert_array_equal(obj.mask, part)
     assert obj.clicks[-1].connected and json.loads(json.dumps(obj.to_json()))["clicks"][0]["connected"]
+    widget.connected_check.setChecked(False)
+    fake_click(widget, widget.levels_layer, p)
+    obj = widget.objects.model.current
+    np.testing.assert_array_equal(obj.mask, whole)
+    assert not obj.clicks[-1].connected
+    assert not json.loads(json.dumps(obj.to_json()))["clicks"][0]["connected"]
+    widget.connected_check.setChecked(True)
+    fake_click(widget, widget.levels_layer, p)
+    obj = widget.objects.model.current
+    np.testing.assert_array_equal(obj.mask, part)

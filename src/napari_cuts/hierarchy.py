@@ -43,6 +43,10 @@ CLICK_TOLERANCE = 0.1
 #: look long-lived).
 PERSISTENCE_MEASURES = ("structures", "clusters")
 PERSISTENCE_MEASURE = "structures"
+#: The tool's one-click answer (:meth:`Hierarchy.click_mask`) is the part of the clicked
+#: cluster connected to the click, as a magic wand's "contiguous" mode: far-away parts of
+#: the same cluster (other tissue of the same look) are left out; shift-click adds them.
+CLICK_CONNECTED = True
 
 
 def _label_dtype(n: int):
@@ -388,9 +392,13 @@ class Hierarchy:
             lv = nxt
         return int(lv)
 
-    def click_mask(self, point, connected: bool = False, **kw) -> np.ndarray:
-        """The structure under ``point`` at :meth:`click_level`, as a bool mask (the
-        whole cluster; ``connected``: only its part connected to the click)."""
+    def click_mask(self, point, connected: Optional[bool] = None, **kw) -> np.ndarray:
+        """The tool's answer to one click: the structure under ``point`` at
+        :meth:`click_level`, as a bool mask. ``connected`` (default
+        :data:`CLICK_CONNECTED`, True): only the part of the cluster connected to the click
+        (4-connected in 2D, 6-connected in 3D), the level chosen on the sizes of that part;
+        False: the whole cluster, every part of the image it covers."""
+        connected = CLICK_CONNECTED if connected is None else bool(connected)
         lv = self.click_level(point, connected=connected, **kw)
         return self.structure(point, lv, connected=connected)
 

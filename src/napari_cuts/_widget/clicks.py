@@ -121,9 +121,10 @@ class Objects:
                          shown.shape)
 
     # ------------------------------------------------------------- changes
-    def click(self, point, mode: str = "replace") -> bool:
+    def click(self, point, mode: str = "replace", connected: Optional[bool] = None) -> bool:
         """Write the structure at ``point`` (data coordinates of the result layers) into
-        the current object. False if outside."""
+        the current object. ``connected``: only the part of the cluster connected to the
+        point (default: the "Connected part only" box). False if outside."""
         w = self.w
         if mode not in ("replace", "add", "remove"):
             raise InputError(f"mode must be 'replace', 'add' or 'remove', not {mode!r}.")
@@ -135,8 +136,10 @@ class Objects:
             return False
         if self.model.per_slice and idx[0] not in w.results:
             return False
+        if connected is None:
+            connected = w.connected_check.isChecked()
         self.model.click(self.structures(), idx, mode, self._click_level(),
-                         connected=w.connected_check.isChecked())
+                         connected=bool(connected))
         self.show()
         return True
 

@@ -158,10 +158,12 @@ class CutsWidget(QWidget):
     def mask_layer(self):
         return self.objects.layer
 
-    def click(self, point, mode: str = "replace") -> bool:
+    def click(self, point, mode: str = "replace", connected: Optional[bool] = None) -> bool:
         """Binarise at ``point``: data coordinates of the result layers, (row, col) or
-        (z, row, col). ``mode``: "replace", "add" or "remove". False if outside."""
-        return self.objects.click(point, mode)
+        (z, row, col). ``mode``: "replace", "add" or "remove". ``connected``: only the
+        part of the cluster connected to the point (default: the "Connected part only"
+        box). False if outside."""
+        return self.objects.click(point, mode, connected)
 
     def _on_mouse(self, layer, event):
         return self.objects.on_mouse(layer, event)
@@ -952,10 +954,11 @@ class CutsWidget(QWidget):
         self.phate_panel.set_colors(self._phate_colors(), hl)
 
     def pick_phate(self, index: int, modifiers=()) -> bool:
-        """Select the cluster of PHATE point ``index`` into the mask (as a click would)."""
+        """Select the cluster of PHATE point ``index`` into the mask (as a click would,
+        but the whole cluster: a point of the PHATE view is a cluster, not a place)."""
         if self._phate is None:
             return False
         _, pixels, i = self._phate
         r, c = (int(v) for v in pixels[int(index)])
         point = (i, r, c) if self.source.volume else (r, c)
-        return self.click(point, click_mode(modifiers))
+        return self.click(point, click_mode(modifiers), connected=False)

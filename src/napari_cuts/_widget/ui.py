@@ -120,7 +120,10 @@ def build_controls(w) -> None:
     w.connected_check.setToolTip("A click takes only the part of the cluster connected to "
                                  "the clicked pixel (one lesion, not every place that "
                                  "looks like it); grow and shrink then walk that part's "
-                                 "sizes. Each click keeps the choice it was made with.")
+                                 "sizes. Each click keeps the choice it was made with. "
+                                 "On by default; untick it to take every part of the "
+                                 "cluster (a structure in several pieces).")
+    w.connected_check.setChecked(True)
     w.follow_check = QCheckBox("Mask follows slider")
     w.follow_check.toggled.connect(w._on_follow)
     rl.addWidget(w.persistent_check)
