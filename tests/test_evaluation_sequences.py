@@ -11,6 +11,7 @@ hierarchies the run saved, with numpy.
 
 import csv
 import json
+from typing import Optional
 
 import nibabel as nib
 import numpy as np
@@ -44,32 +45,35 @@ def _save(path, zyx, affine=None):
     return path
 
 
-def combination_case(seed: int, width: int = 6):
+def combination_case(seed: int, width: int = 6, side: Optional[int] = None):
     """``(t1, flair, labels)``, each ``(Z, Y, X)``: labels 1 = A, 2 = B (the target),
-    3 = C, three adjacent boxes ``width`` voxels wide along x (``2 * width`` along y) on
-    slices 2..9; t1 bright on A and B, flair bright on B and C, Gaussian noise
-    everywhere. ``width`` 6 gives :data:`SHAPE`; ``benchmarks/two_sequences.py`` writes
-    wider ones (regions wider than the encoder's receptive field)."""
+    3 = C, three adjacent boxes along x on slices 2..9, ``2 * width`` voxels along y;
+    B is ``width`` wide, A and C ``side`` (default ``width``); t1 bright on A and B,
+    flair bright on B and C, Gaussian noise everywhere. ``width`` 6 gives
+    :data:`SHAPE`; ``benchmarks/two_sequences.py`` writes wider ones (regions wider
+    than the encoder's receptive field, and A, C twice as wide as B, so that what one
+    sequence alone can see, B with its look-alike, scores at most 0.5)."""
+    side = width if side is None else int(side)
     rng = np.random.default_rng(seed)
-    shape = (SHAPE[0], 2 * width + 12, 3 * width + 6)
+    shape = (SHAPE[0], 2 * width + 12, width + 2 * side + 6)
     zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
     y0 = 6 + seed % 3
     band = (zz >= 2) & (zz <= 9) & (yy >= y0) & (yy < y0 + 2 * width)
     x0 = 3 + seed % 2
     lab = np.zeros(shape, np.uint8)
-    for value, lo in ((1, x0), (2, x0 + width), (3, x0 + 2 * width)):
-        lab[band & (xx >= lo) & (xx < lo + width)] = value
+    for value, lo, wd in ((1, x0, side), (2, x0 + side, width), (3, x0 + side + width, side)):
+        lab[band & (xx >= lo) & (xx < lo + wd)] = value
     t1 = np.array([0.2, 0.9, 0.9, 0.2], np.float32)[lab] + rng.normal(0, 0.03, shape)
     flair = np.array([0.2, 0.2, 0.9, 0.9], np.float32)[lab] + rng.normal(0, 0.03, shape)
     return (1000 * t1).astype(np.float32), (800 * flair).astype(np.float32), lab
 
 
-def _write_cases(root, seeds=(1, 2), width: int = 6):
+def _write_cases(root, seeds=(1, 2), width: int = 6, side: Optional[int] = None):
     root.mkdir(parents=True, exist_ok=True)
     cases = {}
     for s in seeds:
         name = f"sub{s:02d}"
-        t1, flair, lab = combination_case(s, width)
+        t1, flair, lab = combination_case(s, width, side)
         _save(root / f"{name}_t1.nii.gz", t1)
         _save(root / f"{name}_flair.nii.gz", flair)
         _save(root / f"{name}_seg.nii.gz", (lab == 2).astype(np.uint8))
@@ -272,11 +276,18 @@ def test_two_sequences_benchmark_writes_wider_cases(tmp_path, capsys):
     for case in ("sub01", "sub02"):
         seg = np.asarray(nib.load(str(tmp_path / "w8" / f"{case}_seg.nii.gz")).dataobj)
         t1 = np.asarray(nib.load(str(tmp_path / "w8" / f"{case}_t1.nii.gz")).dataobj)
-        # stored x, y, z: B is 8 wide (x), 16 high (y), on 8 slices
-        assert seg.shape == t1.shape == (3 * 8 + 6, 2 * 8 + 12, SHAPE[0])
+        fl = np.asarray(nib.load(str(tmp_path / "w8" / f"{case}_flair.nii.gz")).dataobj)
+        # stored x, y, z: B is 8 wide (x), 16 high (y), on 8 slices; A and C 16 wide
+        assert seg.shape == t1.shape == (8 + 2 * 16 + 6, 2 * 8 + 12, SHAPE[0])
         assert int(seg.sum()) == 8 * 16 * 8
         xs = np.flatnonzero(seg.any(axis=(1, 2)))
         assert xs.size == 8 and np.all(np.diff(xs) == 1)
+        # what one sequence alone shows: B with A (t1) or with C (flair), 3x B's size,
+        # so their union scores 0.5 Dice
+        for img in (t1, fl):
+            bright = img > 0.5 * img.max()
+            assert int(bright.sum()) == 3 * int(seg.sum())
+            assert 2 * (bright & (seg > 0)).sum() / (bright.sum() + seg.sum()) == 0.5
     # the default width is the test's own geometry at width 6
     t1, _, lab = combination_case(1)
     assert t1.shape == SHAPE and int((lab == 2).sum()) == 6 * 12 * 8

@@ -677,7 +677,8 @@ def _markdown(result: dict, layout: str) -> str:
         "who stops when the mask looks right).",
         "- Ablation rows (`--ablation`): the same condensation, levels and click on the "
         "encoder-normalised image channels alone (no network: `image_only_*`) and on the "
-        "unit embeddings alone (no image channels: `embedding_only_*`).",
+        "unit embeddings alone (no image channels: `embedding_only_*`); `cuts_click_whole`: "
+        "the whole clicked cluster instead of its part connected to the click.",
         "- Hausdorff/HD95 of an empty prediction = the image diagonal (paper's convention).",
         "",
     ]
@@ -1623,8 +1624,10 @@ def _markdown_3d(result: dict) -> str:
         "- `cuts_best` / `image_only_best`: the hierarchy level whose label-hint mask (the "
         "cluster most frequent under the ground truth) has the best 3D Dice, per case: an "
         "oracle. `cuts_persistent`: the label hint on the persistent-structures map.",
-        "- `cuts_click` / `image_only_click`: no labels; the cluster under the click on the "
-        f"tool's own answer ({click_rule or 'persistent map'}).",
+        "- `cuts_click` / `image_only_click`: no labels; the tool's own answer to the click "
+        f"({click_rule or 'persistent map'}): the part of the clicked cluster 6-connected to "
+        "the click, at the level chosen on that part's sizes; `cuts_click_whole` "
+        "(`--ablation`): the whole cluster, every part of the volume it covers.",
         "- `cuts_click_refined`: the one-click structure and up to 3 grow and 3 shrink steps "
         "along its lineage (`Hierarchy.step_level`), the best 3D Dice kept (a user who stops "
         "when the mask looks right).",
