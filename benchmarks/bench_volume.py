@@ -9,7 +9,8 @@
      "n_levels", "n_clusters": [finest, coarsest],
      "slider_ms": {"median", "max", "n"},
      "click_ms": {"replace_median", "add_median", "max", "n"},
-     "tool_click_ms": {"first", "median"},
+     "tool_click_ms": {"first", "median"}, "prepare_connected_ms",
+     "connected_click_ms": {"median", "max", "n"},
      "dice": {"ventricles": {...}, "lateral_ventricles": {...}},
      "targets": {...}}
 
@@ -25,7 +26,11 @@ Latencies on the full-resolution volume: ``slider_ms`` is ``labels(level)`` (eve
 level, 3 rounds); ``click_ms`` is :func:`napari_cuts.selection.update_mask` on one
 level's labels (replace, and add to an existing mask); ``tool_click_ms`` the tool's own
 click answer without labels (:func:`napari_cuts.evaluation.click_mask`: the click level
-when the hierarchy has one, else the persistent map), first call and repeated.
+when the hierarchy has one, else the persistent map), first call and repeated, after
+``prepare_connected_ms`` (:meth:`~napari_cuts.hierarchy.Hierarchy.prepare_connected`, which
+the widget runs in its worker thread); ``connected_click_ms`` the widget's default click
+(the connected part of the cluster under the pointer at the slider's level) at five new
+points.
 
 Quality (the ground truth is a thresholded template, not an expert tracing): one click
 at the innermost voxel of the pseudo ground truth (``ventricles`` = every label,
@@ -127,10 +132,23 @@ for i in range(15):
     t = time.perf_counter(); update_mask(mask, mid, pt, 'add'); add_ms.append((time.perf_counter() - t) * 1e3)
 R['click_ms'] = {'replace_median': float(np.median(rep_ms)), 'add_median': float(np.median(add_ms)),
                  'max': float(max(rep_ms + add_ms)), 'n': len(rep_ms) + len(add_ms)}
+# what the widget does once per hierarchy, in its worker thread, before any click
+t = time.perf_counter(); h.prepare_connected()
+R['prepare_connected_ms'] = (time.perf_counter() - t) * 1e3
 tc = []
 for i in range(5):
     t = time.perf_counter(); _, rule = click_mask(h, pt); tc.append((time.perf_counter() - t) * 1e3)
 R['tool_click_ms'] = {'first': tc[0], 'median': float(np.median(tc[1:])), 'rule': rule}
+# the widget's default click at the slider's level: the connected part under the pointer,
+# each at a new point (its connected lineage computed afresh)
+rng = np.random.default_rng(0)
+inside = np.argwhere(gt_all)
+pts = [pt] + [tuple(int(v) for v in inside[k]) for k in rng.integers(0, len(inside), 4)]
+cc = []
+for q in pts:
+    t = time.perf_counter(); h.structure(q, h.n_levels // 2, connected=True)
+    cc.append((time.perf_counter() - t) * 1e3)
+R['connected_click_ms'] = {'median': float(np.median(cc)), 'max': float(max(cc)), 'n': len(cc)}
 peak['latency'] = hwm_mb()
 
 def quality(gt):
@@ -192,6 +210,7 @@ def run(quick: bool = False, timeout: float = 1800.0, *, volume=None, seg=None,
                 "slider_under_100_ms": out["slider_ms"]["max"] <= 100.0,
                 "click_under_100_ms": out["click_ms"]["max"] <= 100.0,
                 "tool_click_under_100_ms": out["tool_click_ms"]["median"] <= 100.0,
+                "connected_click_under_100_ms": out["connected_click_ms"]["max"] <= 100.0,
                 "ventricle_click_at_best_level_ge_0.80":
                     out["dice"]["ventricles"]["click_at_best_level"] >= 0.80,
                 "ventricle_persistent_ge_0.70":

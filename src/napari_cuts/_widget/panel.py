@@ -617,8 +617,11 @@ class CutsWidget(QWidget):
                 res = pipeline.segment_volume(encoder, src.array, spacing=src.spacing,
                                               seed=s.seed, progress=progress, cancel=cancel)
                 check_cancel(cancel)
-                # the display model and the first level are made here, off the GUI thread
+                # the display model, the first level and what the default (connected)
+                # click needs are made here, off the GUI thread
                 display = LevelsDisplay.from_hierarchy(res.hierarchy)
+                check_cancel(cancel)
+                res.hierarchy.prepare_connected()
                 level = default_level(np.asarray(res.hierarchy.n_clusters))
                 first = display.values(level)
                 check_cancel(cancel)
