@@ -100,9 +100,11 @@ def test_persistent_prefers_a_long_lived_fine_segment():
     # bases 0 and 3 survive alone until the last level; 1 and 2 merge early
     luts = [np.arange(4), np.array([0, 1, 1, 2]), np.array([0, 0, 0, 0])]
     h = Hierarchy(finest, luts, iterations=[0, 1, 9], iterations_total=10)
-    p = h.persistent()
+    # one id per structure (1 and 2 touch only diagonally: two connected pieces)
+    p = h.persistent(connected=False)
     assert p[0, 0] != p[0, 1] and p[1, 1] != p[0, 1]
     assert p[0, 1] == p[1, 0]
+    assert len(np.unique(h.persistent())) == 4       # by default: one id per piece
 
 
 def speck_hierarchy():
@@ -313,3 +315,23 @@ def test_click_and_persistent_are_not_fooled_by_merging_specks():
     assert np.array_equal(h.click_mask(pt, measure="structures"), obj)
     per = np.asarray(h.persistent())
     assert len(np.unique(per[obj])) == 1 and not np.any(per[~obj] == per[obj][0])
+
+
+def test_persistent_gives_each_connected_piece_its_own_id():
+    """One structure in two separate parts gets two ids; a piece under a tenth of the
+    speck size joins the piece it touches most; connected=False keeps one id."""
+    yy, xx = np.mgrid[:40, :40]
+    left = (xx < 8) & (yy >= 10) & (yy < 30)          # part 1 of the structure
+    right = (xx >= 32) & (yy >= 10) & (yy < 30)       # part 2, far away
+    dot = (yy == 2) & (xx == 20)                      # one pixel of it on its own
+    obj = left | right | dot
+    maps = [np.where(obj, 1, 0), np.zeros((40, 40), int)]
+    h = Hierarchy.from_labels(np.stack(maps))
+    whole = np.asarray(h.persistent(connected=False))
+    assert len(np.unique(whole[obj])) == 1
+    p = np.asarray(h.persistent())
+    assert p[15, 2] != p[15, 35]                      # two parts, two ids
+    assert np.all(p[left] == p[15, 2]) and np.all(p[right] == p[15, 35])
+    # the lone pixel (1/1600 < 0.1 % of the image) joined the background it touches
+    assert p[2, 20] == p[0, 0] and not np.any(p[~obj] == p[15, 2])
+    assert len(np.unique(p)) == 3

@@ -47,6 +47,15 @@ PERSISTENCE_MEASURE = "structures"
 #: cluster connected to the click, as a magic wand's "contiguous" mode: far-away parts of
 #: the same cluster (other tissue of the same look) are left out; shift-click adds them.
 CLICK_CONNECTED = True
+#: The persistent map gives each connected piece of a structure its own id (4-connected
+#: in 2D, 6-connected in 3D; pieces smaller than the speck size join the piece they touch
+#: most), as the default click takes the connected part (see :meth:`Hierarchy.persistent`).
+PERSISTENT_CONNECTED = True
+#: ... and a piece smaller than this fraction of the speck size (``PERSISTENT_MIN_AREA``:
+#: 0.1 % of an image, 0.01 % of a volume) joins the piece it touches most. At the full
+#: speck size a lateral ventricle (5.7 mL of the 1 mm MNI brain's field of view) would
+#: count as a speck (MNI: label-hint Dice 0.06 against 0.59 at a tenth).
+PIECE_SPECK = 0.1
 
 
 def _label_dtype(n: int):
@@ -489,7 +498,8 @@ class Hierarchy:
 
     def persistent(self, *, min_area: float = PERSISTENT_MIN_AREA,
                    max_area: float = PERSISTENT_MAX_AREA,
-                   measure: Optional[str] = None) -> np.ndarray:
+                   measure: Optional[str] = None,
+                   connected: Optional[bool] = None) -> np.ndarray:
         """The persistent-structures map ``(H, W)`` (uint16/uint32, ids 0..n-1).
 
         Segments (see :meth:`segment_lifetimes`) are ranked by their persistence, the
@@ -504,9 +514,18 @@ class Hierarchy:
         structure covers, ranked the same way. The single cluster of a one-cluster
         coarsest level is never used. Every pixel gets a label: the finest level covers
         the image. Computed from the lookup tables only (a few ms at 512 x 512).
+
+        ``connected`` (default :data:`PERSISTENT_CONNECTED`, True): every connected piece
+        of a painted structure gets its own id (4-connected in 2D, 6-connected in 3D),
+        so that one id is one connected structure, as the default click takes it; a piece
+        smaller than :data:`PIECE_SPECK` times ``min_area`` joins the larger piece it
+        touches most. Uses the connected pieces of the base partition (:meth:`prepare_connected`;
+        about 1 s once for a 1 mm brain). ``False``: one id per structure, its pieces
+        wherever they are.
         """
+        connected = PERSISTENT_CONNECTED if connected is None else bool(connected)
         default = ((min_area, max_area) == (PERSISTENT_MIN_AREA, PERSISTENT_MAX_AREA)
-                   and measure in (None, PERSISTENCE_MEASURE))
+                   and measure in (None, PERSISTENCE_MEASURE) and connected == PERSISTENT_CONNECTED)
         if default and self._persistent is not None:
             return self._persistent.copy()
         pers = self.segment_persistence(measure, min_area)
@@ -541,12 +560,52 @@ class Hierarchy:
             if np.any(sel):
                 keys[sel] = canon_lv[lv][best_id[sel]] * (n0 + 1) + canon_id[lv][best_id[sel]]
         keys = self._absorb_specks(keys, min_area)
-        base, n = _contiguous(keys)
-        out = np.take(base.astype(_label_dtype(n)), self._finest)
+        if connected:
+            piece, n = self._connected_pieces(keys, min_area * PIECE_SPECK)
+            out = np.take(piece.astype(_label_dtype(n)), self._regions()[0])
+        else:
+            base, n = _contiguous(keys)
+            out = np.take(base.astype(_label_dtype(n)), self._finest)
         if default:
             self._persistent = out
             return out.copy()
         return out
+
+    def _connected_pieces(self, keys: np.ndarray, min_area: float) -> tuple[np.ndarray, int]:
+        """Split the labels ``keys`` (one per base id) into connected pieces.
+
+        Returns ``(piece, n)``: for each connected piece of the base partition
+        (:meth:`_regions`) the id ``0..n-1`` of the piece of its label it lies in. Pieces
+        under ``min_area`` of the image (already a volume fraction here) join the piece
+        of at least that size they share the most piece contacts with (none: they stay)."""
+        from scipy import sparse
+        from scipy.sparse.csgraph import connected_components
+
+        _reg, region_base, region_px, ea, eb = self._regions()
+        n_r = region_base.shape[0]
+        lab = keys[region_base]
+        same = lab[ea] == lab[eb]
+        g = sparse.coo_matrix((np.ones(int(same.sum()), dtype=np.int8), (ea[same], eb[same])),
+                              shape=(n_r, n_r))
+        n_p, comp = connected_components(g, directed=False)
+        size = np.bincount(comp, weights=region_px, minlength=n_p)
+        small = size < min_area * float(self._finest.size)
+        if small.any() and (~small).any():
+            diff = ~same
+            pa, pb = comp[ea[diff]], comp[eb[diff]]
+            a = np.concatenate([pa, pb])
+            b = np.concatenate([pb, pa])
+            keep = small[a] & ~small[b]
+            if keep.any():
+                pair, cnt = np.unique(a[keep].astype(np.int64) * n_p + b[keep], return_counts=True)
+                src, dst = pair // n_p, pair % n_p
+                order = np.lexsort((dst, -cnt, src))          # per small piece: most contacts
+                first = order[np.r_[True, np.diff(src[order]) != 0]]
+                target = np.arange(n_p)
+                target[src[first]] = dst[first]
+                comp = target[comp]
+        piece, n = _contiguous(comp)
+        return piece, n
 
     def _absorb_specks(self, keys: np.ndarray, min_area: float) -> np.ndarray:
         """Give the base ids of painted labels smaller than ``min_area`` of the image the

@@ -622,6 +622,7 @@ class CutsWidget(QWidget):
                 display = LevelsDisplay.from_hierarchy(res.hierarchy)
                 check_cancel(cancel)
                 res.hierarchy.prepare_connected()
+                res.hierarchy.persistent()                # cached for the persistent view
                 level = default_level(np.asarray(res.hierarchy.n_clusters))
                 first = display.values(level)
                 check_cancel(cancel)
