@@ -48,8 +48,9 @@ PERSISTENCE_MEASURE = "structures"
 #: the same cluster (other tissue of the same look) are left out; shift-click adds them.
 CLICK_CONNECTED = True
 #: The persistent map gives each connected piece of a structure its own id (4-connected
-#: in 2D, 6-connected in 3D; pieces smaller than the speck size join the piece they touch
-#: most), as the default click takes the connected part (see :meth:`Hierarchy.persistent`).
+#: in 2D, 6-connected in 3D; tiny pieces join the piece they touch most, see
+#: ``PIECE_SPECK``), as the default click takes the connected part
+#: (see :meth:`Hierarchy.persistent`).
 PERSISTENT_CONNECTED = True
 #: ... and a piece smaller than this fraction of the speck size (``PERSISTENT_MIN_AREA``:
 #: 0.1 % of an image, 0.01 % of a volume) joins the piece it touches most. At the full
