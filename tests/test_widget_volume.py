@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_widget import PLUGIN, WIDGET, fake_click, fundus
+from test_widget import docked, fake_click, fundus  # noqa: F401 (docked: the fixture)
 
 SHAPE = (24, 48, 48)
 SCALE = (1.5, 1.0, 1.0)
@@ -49,14 +49,6 @@ def volume_encoder(blob):
     from napari_cuts.pipeline import train_volume_encoder
 
     return train_volume_encoder(blob[0], spacing=SCALE, epochs=1, seed=0)
-
-
-@pytest.fixture
-def docked(make_napari_viewer):
-    viewer = make_napari_viewer()
-    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
-    widget.run_sync = True
-    return viewer, widget
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from napari_cuts import pipeline
 from napari_cuts._widget import Settings
 
-PLUGIN, WIDGET = "napari-cuts", "CUTS segmentation"
+from test_widget import docked  # noqa: F401 (the docked-widget fixture)
 
 
 def test_settings_train_kwargs():
@@ -26,14 +26,6 @@ def test_settings_train_kwargs():
     s2 = Settings(budget=30.0, warm_start=False)
     assert s2.train_kwargs(3, False) == {"epochs": None, "seconds": 30.0, "warm_start": False}
     assert Settings(budget=2, unit="epochs").train_kwargs(1, True) == {"epochs": 2, "seconds": None}
-
-
-@pytest.fixture
-def docked(make_napari_viewer):
-    viewer = make_napari_viewer()
-    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
-    widget.run_sync = True
-    return viewer, widget
 
 
 def test_widget_trains_from_the_warm_start_by_default(docked):

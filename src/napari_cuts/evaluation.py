@@ -467,6 +467,12 @@ def _level_of_mask(hier, point, mask) -> int:
     return int(best_lv)
 
 
+def _clicks_connected(hier) -> bool:
+    """Whether the tool's click on ``hier`` is the connected part (:data:`CLICK_CONNECTED`
+    and a hierarchy that has connected structures)."""
+    return bool(CLICK_CONNECTED) and callable(getattr(hier, "structure", None))
+
+
 def one_click(hier, point, rule: Optional[str] = None) -> tuple[np.ndarray, dict]:
     """The tool's answer to one click at ``point``, without labels, by ``rule`` (default
     :data:`CLICK_RULE`, :data:`CLICK_RULE_3D` for volumes): ``"click_level"`` the structure under the click at
@@ -479,7 +485,7 @@ def one_click(hier, point, rule: Optional[str] = None) -> tuple[np.ndarray, dict
     if rule is None:
         rule = CLICK_RULE_3D if len(getattr(hier, "shape", ())) == 3 else CLICK_RULE
     if rule == "click_level" and callable(getattr(hier, "click_level", None)):
-        conn = bool(CLICK_CONNECTED) and callable(getattr(hier, "structure", None))
+        conn = _clicks_connected(hier)
         lv = int(hier.click_level(point, connected=True) if conn else hier.click_level(point))
         mask = hier.structure(point, lv, connected=True) if conn else _cluster_at(hier, lv, point)
         setting = "click_level, connected" if conn else "click_level"
@@ -522,7 +528,7 @@ def refine_click(hier, point, gt, start_mask, start_level: int,
     the click, :data:`CLICK_CONNECTED`): the steps and masks are of the connected
     structure under the click."""
     if connected is None:
-        connected = bool(CLICK_CONNECTED) and callable(getattr(hier, "structure", None))
+        connected = _clicks_connected(hier)
     best, best_d = np.asarray(start_mask, dtype=bool), dice_score(start_mask, gt)
     best_lv, best_step = int(start_level), 0
     cands = refine_candidates(hier, point, start_level, steps, connected=connected)
