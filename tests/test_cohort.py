@@ -155,9 +155,16 @@ def test_match_structure_finds_the_cluster_with_the_prototype_feature():
     assert [m.shape for m in means] == [(4, 3), (2, 3)]
     np.testing.assert_allclose(areas[0], 0.25)
     proto = cohort.prototype_at(h, feats, 2, (1, 6))       # top right
-    np.testing.assert_allclose(proto["prototype"], (0, 1, 0))
-    lv, cid, sim = cohort.match_structure(h, feats, 2, proto["prototype"])
+    # its mean z-scored feature, and its centroid on the grid scaled to [-1, 1]
+    std = cohort.standardised(feats)
+    np.testing.assert_allclose(proto["prototype"], std[:2, 2:].reshape(-1, 3).mean(0))
+    np.testing.assert_allclose(proto["centroid"], (-0.5, 0.5))
+    lv, cid, sim = cohort.match_structure(h, feats, 2, (0, 1, 0))   # a plain vector: cosine
     assert (h.labels(lv) == cid)[1, 6] and (h.labels(lv) == cid).sum() == 16 and sim > 0.999
+    # in the match space, with the centroid: the same quarter, score = cosine (distance 0)
+    lv, cid, score = cohort.match_structure(h, cohort.match_space(feats), 2, proto)
+    assert (h.labels(lv) == cid)[1, 6] and (h.labels(lv) == cid).sum() == 16
+    assert score == pytest.approx(1.0)
     # the bottom half (coarse level, 50%) matches (0, 0, 1) better than a quarter does
     lv, cid, _ = cohort.match_structure(h, feats, 2, (0, 0, 1))
     assert (h.labels(lv) == cid).sum() in (16, 32) and (h.labels(lv) == cid)[7, 0]
@@ -177,10 +184,10 @@ def test_prototype_of_a_mask_and_the_extent_closest_in_size():
     mask[:4, 4:] = True                                   # the top-right quarter
     proto = cohort.prototype_of_mask(feats, 2, mask)
     std = cohort.standardised(feats)
-    np.testing.assert_allclose(proto, std[:2, 2:].reshape(-1, 3).mean(0), atol=1e-9)
-    # the same as the cluster mean structure_means gives (pixel-weighted)
-    means, _ = cohort.structure_means(h, std, 2)
-    np.testing.assert_allclose(proto, means[0][1], atol=1e-9)
+    np.testing.assert_allclose(proto["prototype"], std[:2, 2:].reshape(-1, 3).mean(0), atol=1e-9)
+    # the same as the cluster mean structure_means gives (pixel-weighted), positions last
+    means, _ = cohort.structure_means(h, cohort.match_space(feats), 2)
+    np.testing.assert_allclose(proto["prototype"] + proto["centroid"], means[0][1], atol=1e-9)
     with pytest.raises(InputError, match="empty"):
         cohort.prototype_of_mask(feats, 2, np.zeros((8, 8), bool))
     # extent: the cluster on the point's lineage whose size is closest (the root never)
@@ -447,8 +454,9 @@ def test_matched_mask_takes_every_part_of_a_multifocal_structure():
     feats = rng.normal(0, 0.1, (12, 12, 3)).astype(np.float32)
     feats[(fine == 1) | (fine == 2)] += np.array([3.0, 0.0, 0.0], np.float32)
     feats[fine == 3] += np.array([0.0, 3.0, 0.0], np.float32)
-    ref = cohort.prototype_at(h, cohort.standardised(feats), 1, (2, 2))
+    ref = cohort.prototype_at(h, feats, 1, (2, 2))
     assert ref["mask_pixels"] == 9
+    # the appearance alone (no centroid): both look-alikes
     lv, cid, m, info = cohort.matched_mask(h, feats, 1, ref["prototype"])
     np.testing.assert_array_equal(m, (fine == 1) | (fine == 2))
     assert len(info["match_clusters"]) == 2 and cid in info["match_clusters"]
@@ -460,3 +468,68 @@ def test_matched_mask_takes_every_part_of_a_multifocal_structure():
     finally:
         cohort.MATCH_SIMILAR = old
     assert m1.sum() == 9 and (m1 & m).sum() == 9
+    # with the reference centroid (what batch and the widget pass): the look-alike at
+    # the reference's place, not the one across the image
+    _, _, m2, info2 = cohort.matched_mask(h, feats, 1, ref)
+    np.testing.assert_array_equal(m2, fine == 1)
+    assert len(info2["match_clusters"]) == 1
+
+
+def test_match_space_balances_the_image_columns_and_adds_positions():
+    rng = np.random.default_rng(0)
+    feats = rng.normal(0, 1, (6, 4, 10)).astype(np.float32)
+    sp = cohort.match_space(feats, n_image=2)
+    std = cohort.standardised(feats)
+    assert sp.shape == (6, 4, 12)
+    np.testing.assert_allclose(sp[..., :8], std[..., :8])
+    np.testing.assert_allclose(sp[..., 8:10], std[..., 8:] * 2.0)     # sqrt(8 / 2)
+    np.testing.assert_allclose(sp[:, 0, 10], (np.arange(6) + 0.5) / 6 * 2 - 1)
+    np.testing.assert_allclose(sp[0, :, 11], (np.arange(4) + 0.5) / 4 * 2 - 1)
+    # no embeddings (n_image 0) or only image columns: nothing rescaled
+    np.testing.assert_allclose(cohort.match_space(feats)[..., :10], std)
+    np.testing.assert_allclose(cohort.match_space(feats, n_image=10)[..., :10], std)
+
+
+def test_a_prototype_from_another_encoder_gets_a_clear_message():
+    fine = np.zeros((8, 8), np.int64)
+    fine[:4] = 1
+    h = Hierarchy.from_labels(np.stack([fine, np.zeros_like(fine)]))
+    feats = np.random.default_rng(0).normal(0, 1, (8, 8, 3)).astype(np.float32)
+    with pytest.raises(InputError, match="same encoder"):
+        cohort.matched_mask(h, feats, 1, {"prototype": [1.0] * 5, "centroid": [0.0, 0.0]})
+    with pytest.raises(InputError, match="2D images and volumes"):
+        cohort.matched_mask(h, feats, 1, {"prototype": [1.0] * 3, "centroid": [0.0] * 3})
+
+
+def test_appearance_similarity_counts_direction_and_strength():
+    p = np.array([2.0, 0.0, 0.0])
+    means = np.array([[2.0, 0.0, 0.0], [1.0, 0.0, 0.0], [4.0, 0.0, 0.0],
+                      [0.0, 2.0, 0.0], [-2.0, 0.0, 0.0]])
+    np.testing.assert_allclose(cohort.appearance_similarity(means, p), (1, 0.5, 0.5, 0, -1))
+
+
+def test_the_place_decides_between_look_alikes_only():
+    """A white blob that moved across the image is still found, although a grey bar
+    sits where the reference blob was; between two white blobs the nearer one wins."""
+    fine = np.zeros((16, 16), np.int64)
+    fine[2:6, 2:6] = 1            # grey bar at the reference place (top left)
+    fine[10:14, 10:14] = 2        # white blob (bottom right)
+    h = Hierarchy.from_labels(np.stack([fine, np.zeros_like(fine)]))
+    feats = np.zeros((16, 16, 2), np.float32)
+    feats[..., 0] = np.where(fine == 1, 1.0, np.where(fine == 2, 3.0, 0.0))
+    feats[..., 1] = np.random.default_rng(0).normal(0, 0.01, (16, 16))
+    space = cohort.match_space(feats)
+    blob = cohort.structure_means(h, space, 1)[0][0][2]
+    proto = {"prototype": list(blob[:2]), "centroid": [-0.5, -0.5]}
+    _, _, m, info = cohort.matched_mask(h, feats, 1, proto)
+    np.testing.assert_array_equal(m, fine == 2)
+    # two white blobs: the one near the reference centroid
+    feats[..., 0] = np.where(fine > 0, 3.0, 0.0)
+    space = cohort.match_space(feats)
+    blob = cohort.structure_means(h, space, 1)[0][0][2]
+    _, _, m, _ = cohort.matched_mask(h, feats, 1, {"prototype": list(blob[:2]),
+                                                   "centroid": [-0.5, -0.5]})
+    np.testing.assert_array_equal(m, fine == 1)
+    _, _, m, _ = cohort.matched_mask(h, feats, 1, {"prototype": list(blob[:2]),
+                                                   "centroid": [0.5, 0.5]})
+    np.testing.assert_array_equal(m, fine == 2)

@@ -92,7 +92,7 @@ class Cohort:
     def _reference(self) -> Optional[tuple]:
         """``(encoder, prototype, area, seed)`` of the clicked structure, or None after a
         message saying what is missing."""
-        from ..cohort import prototype_of_mask
+        from ..cohort import image_columns, prototype_of_mask
 
         w = self.w
         if not w.results or w.source is None or w.mask is None or not w.mask.any():
@@ -116,7 +116,8 @@ class Cohort:
             w._notify("error", "No encoder: Train one or Load weights first.")
             return None
         try:
-            proto = prototype_of_mask(res.features, res.pool, w.mask)
+            proto = prototype_of_mask(res.features, res.pool, w.mask,
+                                      n_image=image_columns(res))
         except CutsError as exc:
             w._notify("error", str(exc))
             return None
