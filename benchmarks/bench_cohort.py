@@ -29,6 +29,14 @@ image's mask (``selection.innermost_point``; default: the first image id) gives 
 for the other 39; their mean Dice against the expert masks, beside the per-image one
 click (``Hierarchy.click_mask`` at each image's own innermost point, on the same
 hierarchies).
+
+``python benchmarks/bench_cohort.py --decathlon DIR [--reference CASE] [--label V ...]
+[--seconds 60] [--weights FILE]``: the same measure on a Decathlon folder of volumes
+(``imagesTr/``, ``labelsTr/``; e.g. ``../shared/data/msd_hippocampus``), scored in 3D:
+the structure is the union of the ``--label`` values (default every non-zero label), the
+reference click at its innermost voxel in the reference case (default the first),
+Dice of every other case's matched mask beside that case's own one click.
+``--weights``: reuse a cohort encoder (an A/B of matching rules on one encoder).
 """
 
 from __future__ import annotations
@@ -249,8 +257,77 @@ def retina(data=None, seconds: float = 60.0, reference=None, workers: int = 2,
     return R
 
 
+def decathlon(data, seconds: float = 60.0, reference=None, labels=None, workers: int = 2,
+              weights=None, out=None) -> dict:
+    """The one-click-for-all measure on a Decathlon folder of volumes (module doc)."""
+    from napari_cuts.cohort import run_batch
+    from napari_cuts.evaluation import structure_mask
+    from napari_cuts.hierarchy import Hierarchy
+    from napari_cuts.io import read_image
+    from napari_cuts.metrics import dice
+    from napari_cuts.selection import innermost_point
+
+    root = Path(data)
+    imgs = sorted((root / "imagesTr").glob("*.nii.gz"))
+    imgs = [p for p in imgs if not p.name.startswith(".")]
+    if not imgs:
+        return {"error": f"no volumes under {root / 'imagesTr'}"}
+    stems = [p.name[: -len(".nii.gz")] for p in imgs]
+    gts = {s: structure_mask(np.asarray(read_image(root / "labelsTr" / f"{s}.nii.gz").data),
+                             labels) for s in stems}
+    ref = str(reference) if reference is not None else stems[0]
+    ref_pt = innermost_point(gts[ref])
+    tmpd = None
+    if out is None:
+        tmpd = tempfile.TemporaryDirectory(prefix="napari_cuts_decathlon_cohort_")
+        out = tmpd.name
+    out = Path(out)
+    t0 = time.perf_counter()
+    kw = {"weights": weights} if weights else {"seconds": seconds}
+    res = run_batch(imgs, out, reference=root / "imagesTr" / f"{ref}.nii.gz", point=ref_pt,
+                    workers=workers, seed=0, log=lambda m: print(m, file=sys.stderr), **kw)
+    wall = time.perf_counter() - t0
+    matched, own, per = [], [], {}
+    for s in stems:
+        d = out / s
+        h = Hierarchy.load(d / "hierarchy.npz")
+        own_d = float(dice(h.click_mask(innermost_point(gts[s])), gts[s]))
+        md = float(dice(np.asarray(read_image(d / "mask.nii.gz").data) > 0, gts[s]))
+        per[s] = {"matched": round(md, 4), "own_click": round(own_d, 4)}
+        own.append(own_d)
+        if s != ref:
+            matched.append(md)
+    R = {"data": str(root), "reference_case": ref, "point": list(ref_pt),
+         "labels": labels, "train_seconds": None if weights else seconds,
+         "weights": str(weights) if weights else None, "n_volumes": len(stems),
+         "one_click_for_all_mean_dice": round(float(np.mean(matched)), 4),
+         "one_click_for_all_median_dice": round(float(np.median(matched)), 4),
+         "per_image_one_click_mean_dice_others": round(float(np.mean(
+             [per[s]["own_click"] for s in stems if s != ref])), 4),
+         "reference_self_match_dice": per[ref]["matched"], "failed": res["failed"],
+         "seconds_total": round(wall, 1), "per_image": per}
+    if tmpd is not None:
+        tmpd.cleanup()
+    return R
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if "--decathlon" in args:
+        kw = {}
+        for flag, key, conv in (("--seconds", "seconds", float), ("--reference", "reference", str),
+                                ("--weights", "weights", str), ("--out", "out", str)):
+            if flag in args:
+                kw[key] = conv(args[args.index(flag) + 1])
+        if "--label" in args:
+            i = args.index("--label") + 1
+            vals = []
+            while i < len(args) and not args[i].startswith("--"):
+                vals.append(float(args[i]))
+                i += 1
+            kw["labels"] = vals
+        print(json.dumps(decathlon(args[args.index("--decathlon") + 1], **kw), indent=2))
+        sys.exit(0)
     if "--retina" in args:
         kw = {}
         if "--seconds" in args:

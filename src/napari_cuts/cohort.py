@@ -542,7 +542,8 @@ def matched_mask(hierarchy, features, pools, prototype, *, area: Optional[float]
                          f"has {ndim} axes: match 2D images and volumes separately.")
     proto = {"prototype": app, "centroid": cen}
     stats = structure_means(hierarchy, space, pools)
-    slv, scid, score = match_structure(hierarchy, space, pools, proto, means=stats)
+    slv, scid, score = match_structure(hierarchy, space, pools, proto, means=stats,
+                                       position=MATCH_POSITION, lookalike=MATCH_LOOKALIKE)
     seed = innermost_point(hierarchy.labels(slv) == scid)
     lv = int(hierarchy.click_level(seed) if area is None else
              extent_level(hierarchy, seed, area))
