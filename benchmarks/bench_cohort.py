@@ -196,14 +196,54 @@ def _fault_run(paths, tmp: Path, kw: dict, stems) -> dict:
 
 # ------------------------------------------------------------------ retina
 
-def retina(data=None, seconds: float = 60.0, reference=None, workers: int = 2,
-           out=None) -> dict:
-    """The one-click-for-all measure (module doc)."""
+def _one_click_for_all(inputs, names, gts, ref, ref_path, mask_file, read_mask, *,
+                       workers: int, out=None, prefix: str, **batch_kw) -> dict:
+    """Run the batch with the reference click at the innermost point of ``gts[ref]`` and
+    score every input: the matched mask (``out/<name>/<mask_file>``, read by
+    ``read_mask``) and the input's own one click on its hierarchy, against ``gts``."""
     from napari_cuts.cohort import run_batch
     from napari_cuts.hierarchy import Hierarchy
     from napari_cuts.metrics import dice
     from napari_cuts.selection import innermost_point
 
+    ref_pt = innermost_point(gts[ref])
+    tmpd = None
+    if out is None:
+        tmpd = tempfile.TemporaryDirectory(prefix=prefix)
+        out = tmpd.name
+    out = Path(out)
+    t0 = time.perf_counter()
+    res = run_batch(inputs, out, reference=ref_path, point=ref_pt, workers=workers, seed=0,
+                    log=lambda m: print(m, file=sys.stderr), **batch_kw)
+    wall = time.perf_counter() - t0
+    per = {}
+    for name in names:
+        gt = gts[name]
+        h = Hierarchy.load(out / name / "hierarchy.npz")
+        per[name] = {"matched": round(float(dice(read_mask(out / name / mask_file), gt)), 4),
+                     "own_click": round(float(dice(h.click_mask(innermost_point(gt)), gt)), 4)}
+    others = [n for n in names if n != ref]
+    R = {"point": list(ref_pt), "workers": workers, "n_images": len(names),
+         "one_click_for_all_mean_dice": round(float(np.mean([per[n]["matched"] for n in others])), 4),
+         "one_click_for_all_median_dice": round(float(np.median([per[n]["matched"] for n in others])), 4),
+         "n_matched": len(others),
+         "per_image_one_click_mean_dice": round(float(np.mean([v["own_click"] for v in per.values()])), 4),
+         "per_image_one_click_mean_dice_others": round(float(np.mean(
+             [per[n]["own_click"] for n in others])), 4),
+         "reference_self_match_dice": per[ref]["matched"],
+         "reference_structure": res.get("reference") and {k: res["reference"][k] for k in
+                                               ("level", "n_clusters", "mask_pixels",
+                                                "area_fraction")},
+         "failed": res["failed"], "seconds_total": round(wall, 1),
+         "seconds_tasks": res["seconds_tasks"], "per_image": per}
+    if tmpd is not None:
+        tmpd.cleanup()
+    return R
+
+
+def retina(data=None, seconds: float = 60.0, reference=None, workers: int = 2,
+           out=None) -> dict:
+    """The one-click-for-all measure (module doc)."""
     import imageio.v3 as iio
 
     root = Path(data) if data else Path(os.environ.get("NAPARI_CUTS_DATA", REPO.parent / "shared" / "data")) / "retina"
@@ -212,102 +252,39 @@ def retina(data=None, seconds: float = 60.0, reference=None, workers: int = 2,
     if not imgs:
         return {"error": f"no retina images under {root}"}
     ids = [p.stem[len("image"):] for p in imgs]
-    gts = {i: np.load(root / "label_with_GA" / f"label{i}.npy") > 0 for i in ids}
+    gts = {f"image{i}": np.load(root / "label_with_GA" / f"label{i}.npy") > 0 for i in ids}
     ref_id = str(reference) if reference is not None else ids[0]
-    ref_pt = innermost_point(gts[ref_id])
-    tmpd = None
-    if out is None:
-        tmpd = tempfile.TemporaryDirectory(prefix="napari_cuts_retina_cohort_")
-        out = tmpd.name
-    out = Path(out)
-    t0 = time.perf_counter()
-    res = run_batch(imgs, out, seconds=seconds, reference=root / "image_with_GA" / f"image{ref_id}.png",
-                    point=ref_pt, workers=workers, seed=0, log=lambda m: print(m, file=sys.stderr))
-    wall = time.perf_counter() - t0
-    matched, own, per = [], [], {}
-    for i in ids:
-        d = out / f"image{i}"
-        gt = gts[i]
-        h = Hierarchy.load(d / "hierarchy.npz")
-        own_d = float(dice(h.click_mask(innermost_point(gt)), gt))
-        m = iio.imread(d / "mask.png") > 0
-        md = float(dice(m, gt))
-        per[i] = {"matched": round(md, 4), "own_click": round(own_d, 4)}
-        own.append(own_d)
-        if i != ref_id:
-            matched.append(md)
-    R = {"point": list(ref_pt), "train_seconds": seconds,
-         "workers": workers, "n_images": len(ids),
-         "one_click_for_all_mean_dice": round(float(np.mean(matched)), 4),
-         "one_click_for_all_median_dice": round(float(np.median(matched)), 4),
-         "n_matched": len(matched),
-         "per_image_one_click_mean_dice": round(float(np.mean(own)), 4),
-         "per_image_one_click_mean_dice_others": round(float(np.mean(
-             [per[i]["own_click"] for i in ids if i != ref_id])), 4),
-         "reference_self_match_dice": per[ref_id]["matched"],
-         "reference_structure": res.get("reference") and {k: res["reference"][k] for k in
-                                               ("level", "n_clusters", "mask_pixels",
-                                                "area_fraction")},
-         "reference_image": f"image{ref_id}",
-         "failed": res["failed"], "seconds_total": round(wall, 1),
-         "seconds_tasks": res["seconds_tasks"], "per_image": per}
+    R = _one_click_for_all(imgs, [f"image{i}" for i in ids], gts, f"image{ref_id}",
+                           root / "image_with_GA" / f"image{ref_id}.png", "mask.png",
+                           lambda f: iio.imread(f) > 0, workers=workers, out=out,
+                           prefix="napari_cuts_retina_cohort_", seconds=seconds)
+    R["per_image"] = {k[len("image"):]: v for k, v in R["per_image"].items()}
+    R.update(train_seconds=seconds, reference_image=f"image{ref_id}")
     R["targets"] = {"one_click_for_all_ge_0.55": R["one_click_for_all_mean_dice"] >= 0.55}
-    if tmpd is not None:
-        tmpd.cleanup()
     return R
 
 
 def decathlon(data, seconds: float = 60.0, reference=None, labels=None, workers: int = 2,
               weights=None, out=None) -> dict:
     """The one-click-for-all measure on a Decathlon folder of volumes (module doc)."""
-    from napari_cuts.cohort import run_batch
     from napari_cuts.evaluation import structure_mask
-    from napari_cuts.hierarchy import Hierarchy
     from napari_cuts.io import read_image
-    from napari_cuts.metrics import dice
-    from napari_cuts.selection import innermost_point
 
     root = Path(data)
-    imgs = sorted((root / "imagesTr").glob("*.nii.gz"))
-    imgs = [p for p in imgs if not p.name.startswith(".")]
+    imgs = [p for p in sorted((root / "imagesTr").glob("*.nii.gz")) if not p.name.startswith(".")]
     if not imgs:
         return {"error": f"no volumes under {root / 'imagesTr'}"}
     stems = [p.name[: -len(".nii.gz")] for p in imgs]
     gts = {s: structure_mask(np.asarray(read_image(root / "labelsTr" / f"{s}.nii.gz").data),
                              labels) for s in stems}
     ref = str(reference) if reference is not None else stems[0]
-    ref_pt = innermost_point(gts[ref])
-    tmpd = None
-    if out is None:
-        tmpd = tempfile.TemporaryDirectory(prefix="napari_cuts_decathlon_cohort_")
-        out = tmpd.name
-    out = Path(out)
-    t0 = time.perf_counter()
     kw = {"weights": weights} if weights else {"seconds": seconds}
-    res = run_batch(imgs, out, reference=root / "imagesTr" / f"{ref}.nii.gz", point=ref_pt,
-                    workers=workers, seed=0, log=lambda m: print(m, file=sys.stderr), **kw)
-    wall = time.perf_counter() - t0
-    matched, own, per = [], [], {}
-    for s in stems:
-        d = out / s
-        h = Hierarchy.load(d / "hierarchy.npz")
-        own_d = float(dice(h.click_mask(innermost_point(gts[s])), gts[s]))
-        md = float(dice(np.asarray(read_image(d / "mask.nii.gz").data) > 0, gts[s]))
-        per[s] = {"matched": round(md, 4), "own_click": round(own_d, 4)}
-        own.append(own_d)
-        if s != ref:
-            matched.append(md)
-    R = {"data": str(root), "reference_case": ref, "point": list(ref_pt),
-         "labels": labels, "train_seconds": None if weights else seconds,
-         "weights": str(weights) if weights else None, "n_volumes": len(stems),
-         "one_click_for_all_mean_dice": round(float(np.mean(matched)), 4),
-         "one_click_for_all_median_dice": round(float(np.median(matched)), 4),
-         "per_image_one_click_mean_dice_others": round(float(np.mean(
-             [per[s]["own_click"] for s in stems if s != ref])), 4),
-         "reference_self_match_dice": per[ref]["matched"], "failed": res["failed"],
-         "seconds_total": round(wall, 1), "per_image": per}
-    if tmpd is not None:
-        tmpd.cleanup()
+    R = _one_click_for_all(imgs, stems, gts, ref, root / "imagesTr" / f"{ref}.nii.gz",
+                           "mask.nii.gz", lambda f: np.asarray(read_image(f).data) > 0,
+                           workers=workers, out=out, prefix="napari_cuts_decathlon_cohort_", **kw)
+    R.update(data=str(root), reference_case=ref, labels=labels,
+             train_seconds=None if weights else seconds,
+             weights=str(weights) if weights else None)
     return R
 
 
