@@ -459,12 +459,13 @@ def match_structure(hierarchy, features, pools, prototype, *, min_area: float = 
                     lookalike: float = MATCH_LOOKALIKE) -> tuple[int, int, float]:
     """The ``(level, cluster, score)`` of the best-scoring cluster among the clusters of
     all levels covering ``min_area``..``max_area`` of the image (ties: the finest level,
-    then the lowest id). ``prototype``: a vector (the score is the cosine similarity of
-    a cluster's mean feature to it) or a dict with ``"prototype"`` and ``"centroid"``
-    (then the last ``len(centroid)`` columns of ``features`` are positions, as
-    :func:`match_space` gives them, the score is the cosine of the other columns minus
-    ``position`` times the squared distance to the centroid, and only the look-alikes
-    compete: clusters whose cosine is within ``lookalike`` of the best). Raises
+    then the lowest id). ``prototype``: a vector (the score is the
+    :func:`appearance_similarity` of a cluster's mean feature to it) or a dict with
+    ``"prototype"`` and ``"centroid"`` (then the last ``len(centroid)`` columns of
+    ``features`` are positions, as :func:`match_space` gives them, the score is the
+    appearance similarity of the other columns minus ``position`` times the squared
+    distance to the centroid, and only the look-alikes compete: clusters whose
+    similarity is within ``lookalike`` of the best). Raises
     :class:`InputError` when no cluster has a size in that range. ``means``: the
     :func:`structure_means` of ``features`` when the caller has them already."""
     app, cen = _split_prototype(prototype)
