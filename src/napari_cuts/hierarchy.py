@@ -52,8 +52,9 @@ CLICK_CONNECTED = True
 #: ``PIECE_SPECK``), as the default click takes the connected part
 #: (see :meth:`Hierarchy.persistent`).
 PERSISTENT_CONNECTED = True
-#: ... and a piece smaller than this fraction of the speck size (``PERSISTENT_MIN_AREA``:
-#: 0.1 % of an image, 0.01 % of a volume) joins the piece it touches most. At the full
+#: ... and a piece smaller than this fraction of the speck size (``PERSISTENT_MIN_AREA``,
+#: 1 % of an image, 0.1 % of a volume: so pieces under 0.1 % of an image, 0.01 % of a
+#: volume) joins the piece it touches most. At the full
 #: speck size a lateral ventricle (5.7 mL of the 1 mm MNI brain's field of view) would
 #: count as a speck (MNI: label-hint Dice 0.06 against 0.59 at a tenth).
 PIECE_SPECK = 0.1
