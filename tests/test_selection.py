@@ -98,3 +98,17 @@ def test_innermost_point_is_deep_inside():
     assert S.innermost_point(b)[1] in (3, 4)
     with pytest.raises(InputError):
         S.innermost_point(np.zeros((5, 5)))
+
+
+def test_innermost_point_takes_the_middle_of_a_plateau():
+    """A slab 8 slices thick and 48 x 24 voxels wide is deepest (4 voxels) on a whole
+    plateau of its middle slices; the click is the plateau voxel nearest its centroid,
+    not the plateau's first voxel (4 voxels inside one end)."""
+    m = np.zeros((12, 60, 126), dtype=bool)
+    m[2:10, 6:54, 51:75] = True
+    z, y, x = S.innermost_point(m)
+    assert z in (5, 6) and abs(y - 29.5) <= 1 and abs(x - 62.5) <= 1
+    # a band of even width in 2D: the middle of its ridge, not its first pixel
+    b = np.zeros((20, 60), dtype=bool)
+    b[8:12, 5:55] = True
+    assert abs(S.innermost_point(b)[1] - 29.5) <= 1

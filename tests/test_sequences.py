@@ -281,11 +281,12 @@ def combination_results():
 
 @pytest.mark.parametrize("mode", ["joined", "embeddings"])
 def test_region_distinct_only_in_the_combination(combination_results, mode):
-    """B is found by one click (the best level of the clicked lineage) with both
-    sequences, not with either alone; with the embeddings alone (image_weight=0) too, so
-    the encoder itself uses both channels."""
+    """B is found by one click (the tool's own answer, ``click_mask`` at the innermost
+    voxel, no labels) with both sequences, not with either alone; with the embeddings
+    alone (image_weight=0) too, so the encoder itself uses both channels (issue 18)."""
     r = combination_results
     assert r["both", mode]["best"] >= 0.9, r
+    assert r["both", mode]["click"] >= 0.9, r
     for alone in ("seq1", "seq2"):
         assert r[alone, mode]["best"] <= 0.5, r
         assert r[alone, mode]["click"] <= 0.5, r

@@ -117,15 +117,23 @@ def innermost_point(mask) -> tuple[int, ...]:
     """The foreground pixel farthest from the background (what a user would click).
 
     ``scipy.ndimage.distance_transform_edt`` argmax, with the outside of the array
-    counted as background (a mask touching the border is not "deep" there); ties go
-    to the first pixel in C order. Raises :class:`InputError` for an empty mask.
+    counted as background (a mask touching the border is not "deep" there). Where the
+    largest distance is reached at several pixels (a plateau: a slab a few slices thick,
+    a band of even width), the plateau pixel nearest the plateau's centroid wins, so the
+    click lands in the middle of the structure, as a user's would, rather than at the
+    plateau's first pixel in C order, which can lie a few voxels inside one end (remaining
+    ties: the first in C order). Raises :class:`InputError` for an empty mask.
     """
     m = np.asarray(mask) != 0
     if m.ndim == 0 or not m.any():
         raise InputError("the mask is empty; there is no point inside it to click.")
     dist = ndimage.distance_transform_edt(np.pad(m, 1))
     inner = dist[tuple(slice(1, -1) for _ in range(m.ndim))]
-    return tuple(int(v) for v in np.unravel_index(int(np.argmax(inner)), m.shape))
+    top = np.argwhere(inner == inner.max())          # C order
+    if len(top) == 1:
+        return tuple(int(v) for v in top[0])
+    d2 = ((top - top.mean(axis=0)) ** 2).sum(axis=1)
+    return tuple(int(v) for v in top[int(np.argmin(d2))])
 
 
 def click_mask(hierarchy, point, **kw) -> np.ndarray:
