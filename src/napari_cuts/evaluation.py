@@ -52,8 +52,9 @@ under the ground truth, :func:`napari_cuts.selection.label_hint`).
     paper's code took the best level *separately for each metric*, which makes its
     "best" Hausdorff/SSIM/ERGAS/RMSE slightly more optimistic than ours.
   - ``cuts_click``: no label hint; one click at the mask's innermost point (largest
-    distance to the background, :func:`napari_cuts.selection.innermost_point`: where a
-    clinician would click), answered by the tool's own rule (:func:`one_click`,
+    distance to the background, the middle of a plateau of equal depth,
+    :func:`napari_cuts.selection.innermost_point`: where a clinician would click),
+    answered by the tool's own rule (:func:`one_click`,
     :data:`CLICK_RULE`): the part of the clicked cluster connected to the click
     (:data:`CLICK_CONNECTED`); with ``ablation`` also ``cuts_click_whole``, the whole
     cluster.
@@ -1626,7 +1627,9 @@ def _markdown_3d(result: dict) -> str:
         "",
         "Notes:",
         "- The click is at the innermost voxel of the ground truth (largest distance to the "
-        "background, `selection.innermost_point`), where a user would click.",
+        "background, `selection.innermost_point`; on a plateau of equal depth, such as a "
+        "slab a few slices thick, the plateau voxel nearest its centroid), where a user "
+        "would click.",
         "- `cuts_best` / `image_only_best`: the hierarchy level whose label-hint mask (the "
         "cluster most frequent under the ground truth) has the best 3D Dice, per case: an "
         "oracle. `cuts_persistent`: the label hint on the persistent-structures map.",
