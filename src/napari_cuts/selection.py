@@ -129,9 +129,7 @@ def innermost_point(mask) -> tuple[int, ...]:
         raise InputError("the mask is empty; there is no point inside it to click.")
     dist = ndimage.distance_transform_edt(np.pad(m, 1))
     inner = dist[tuple(slice(1, -1) for _ in range(m.ndim))]
-    top = np.argwhere(inner == inner.max())          # C order
-    if len(top) == 1:
-        return tuple(int(v) for v in top[0])
+    top = np.argwhere(inner == inner.max())          # C order; one row if no plateau
     d2 = ((top - top.mean(axis=0)) ** 2).sum(axis=1)
     return tuple(int(v) for v in top[int(np.argmin(d2))])
 
