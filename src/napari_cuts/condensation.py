@@ -65,7 +65,10 @@ clusters live, keeps nearly every count), always keeping the finest and the
 coarsest (one cluster). After ``max_iter`` diffusion iterations (a safety bound,
 never reached with the defaults) whatever is left is merged into one cluster.
 
-Everything is deterministic (no random sampling); ``seed`` is recorded.
+Everything is deterministic for a given ``seed``, which is recorded. The one random
+step is the row sample (at most 65,536 rows) behind the PCA axes of a large image or
+volume; the hierarchy is sensitive to it: on the MNI volume, with one saved encoder,
+seeds 0-3 gave best-level ventricle Dice 0.710-0.785 (README).
 """
 
 from __future__ import annotations
