@@ -270,7 +270,8 @@ def condense(embeddings, *, seed: int = 0, spacing=None, progress: Progress = No
         ``r`` times as similar to be pre-merged (thick slices are not fine-grid
         neighbours). Recorded in the metadata.
     seed : int
-        Recorded in the metadata; the algorithm itself is deterministic.
+        Seeds the row sample behind the PCA axes (inputs of more than 65,536 points)
+        and is recorded in the metadata; everything else is deterministic.
     progress : callable ``progress(done, total, message)``, optional
         Called every iteration (``total`` is an estimate that may grow).
     cancel : callable ``cancel() -> bool``, optional
