@@ -40,6 +40,25 @@ def test_pooled_grid_maps_back_to_full_resolution(tiny_encoder):
     assert any("grid" in n for n in res.notes)
 
 
+def test_pooled_grid_labels_follow_an_edge_between_blocks(tiny_encoder):
+    # the edge at x = 35 falls inside the 3-pixel block of columns 33-35: nearest blocks
+    # would put column 35 on the dark side; the refinement gives it to the bright side
+    yy, xx = np.mgrid[:90, :70]
+    img = ((xx >= 35).astype(np.float32) + 0.05 * np.random.default_rng(1).random((90, 70)))
+    res = pipeline.segment_image(tiny_encoder, img, max_points=30 * 24, seed=0)
+    h = res.hierarchy
+    assert res.pool == 3 and "refine" in res.seconds
+    halves = []
+    for lv in range(h.n_levels):
+        lab = h.labels(lv)
+        left, right = np.unique(lab[:, :35]), np.unique(lab[:, 35:])
+        if left.size == 1 and right.size == 1 and left[0] != right[0]:
+            halves.append(lv)
+    assert halves, "no level separates the two halves at the pixel edge"
+    near = h.finest[:, 33:36]
+    assert np.all(near[:, 2] != near[:, 1])      # column 35 left its block's region
+
+
 def test_segment_image_cancel(tiny_encoder):
     img = np.random.default_rng(2).random((48, 48)).astype(np.float32)
     with pytest.raises(Cancelled):

@@ -21,7 +21,8 @@ from .errors import InputError
 from .images import Cancel, Progress, as_image_list, check_cancel, check_image, report
 
 #: Condensation runs on at most this many points; larger images are condensed on a
-#: grid of block means of their embeddings and the labels mapped back (nearest).
+#: grid of block means of their embeddings and the labels mapped back guided by the
+#: image (:func:`refined_hierarchy`).
 MAX_POINTS = 512 * 512
 #: Weight of the encoder-normalised image channels joined to the unit-length embeddings
 #: before condensation and k-means, divided by sqrt(C): black-to-white in every channel
@@ -71,7 +72,7 @@ def plan(shape, max_points: int = MAX_POINTS) -> Plan:
         notes.append(
             f"The image has {h * w / 1e6:.1f} million pixels: condensing on a {gh} x {gw} "
             f"grid of {pool} x {pool} block means of the embeddings, labels mapped back "
-            "to full resolution."
+            "to full resolution along the image's edges."
         )
     return Plan((h, w), pool, (gh, gw), est_mb, est_s, notes)
 
@@ -216,7 +217,8 @@ def segment_image(encoder, image, *, seed: int = 0, max_points: int = MAX_POINTS
         report(progress, 1, 2, f"condensing: {message}")
 
     t0 = time.perf_counter()
-    img01 = block_mean(normalised_image(encoder, img), p.pool)
+    full01 = normalised_image(encoder, img)
+    img01 = block_mean(full01, p.pool)
     if not use_embeddings:
         w = image_weight if image_weight > 0 else IMAGE_WEIGHT
         feats = ((w / np.sqrt(img01.shape[-1])) * img01).astype(np.float32)
@@ -228,7 +230,10 @@ def segment_image(encoder, image, *, seed: int = 0, max_points: int = MAX_POINTS
     hier = condense(feats, seed=seed, progress=cond_progress, cancel=cancel, **condense_params)
     times["condense"] = time.perf_counter() - t0
     if p.pool > 1:
-        hier = hier.upsampled(img.shape[:2], p.pool)
+        t0 = time.perf_counter()
+        hier = refined_hierarchy(hier, full01[None], (1, p.pool, p.pool), normalised=True)
+        times["refine"] = time.perf_counter() - t0
+    del full01
     hier.metadata.update({"napari_cuts_version": __version__, "seed": int(seed), "pool": p.pool,
                           "image_weight": image_weight, "use_embeddings": bool(use_embeddings),
                           "encoder": {k: encoder.metadata.get(k) for k in
@@ -369,20 +374,34 @@ def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
     return SegmentResult(hier, emb, p.pools, [*p.notes, estimate_note(p)], times, feats)
 
 
-def refined_hierarchy(hier, volume: np.ndarray, pools):
+def refined_hierarchy(hier, volume: np.ndarray, pools, *, normalised: bool = False):
     """A grid hierarchy mapped to every voxel of ``volume`` by
     :func:`napari_cuts.volume.refine_finest` (image-guided, not nearest blocks): each
     voxel takes the base region, of its own block or a neighbouring one, whose clusters
     match its intensity best over every level of the hierarchy (the one-cluster root
-    left out: it is the same for every candidate)."""
+    left out: it is the same for every candidate).
+
+    A 2D hierarchy (a large photograph condensed on block means) is refined as a volume
+    of one slice: ``volume`` is then ``(1, H, W, C)``, ``pools`` ``(1, p, p)``, and the
+    result is 2D again. ``normalised``: ``volume`` is already in [0, 1] per channel (the
+    encoder's normalisation of a 2D image)."""
     from .hierarchy import Hierarchy
     from .volume import normalise_volume, refine_finest
 
+    flat = hier.finest.ndim == 2
+    base = hier.finest[None] if flat else hier.finest
     last = hier.n_levels - 1 if hier.n_levels > 1 and int(hier.n_clusters[-1]) <= 1 else hier.n_levels
-    full = refine_finest(hier.finest, normalise_volume(volume), pools,
-                         luts=[hier.lut(lv) for lv in range(last)])
+    img = np.asarray(volume, dtype=np.float32) if normalised else normalise_volume(volume)
+    if img.ndim == 3:
+        img = img[..., None]
+    full = refine_finest(base, img, pools, luts=[hier.lut(lv) for lv in range(last)])
+    if flat:
+        full = full[0]
     meta = dict(hier.metadata)
     meta.update({"grid_shape": list(hier.shape), "pools": [int(v) for v in pools]})
+    if flat:
+        meta.pop("pools")
+        meta["pool"] = int(pools[-1])
     return Hierarchy(full, [hier.lut(lv) for lv in range(hier.n_levels)],
                      iterations=hier.iterations, iterations_total=hier.iterations_total,
                      metadata=meta, check=False)
