@@ -13,13 +13,14 @@ its time is not the default's).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _segment_process import run_segment  # noqa: E402
+
 TARGET_SECONDS = 30.0
 
 
@@ -30,18 +31,10 @@ def run(quick: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
         args = ["segment", str(src), "--out", str(out)] + (["--seconds", "3"] if quick else [])
-        code = (
-            "import resource, json; from napari_cuts.cli import main; "
-            f"rc = main({args!r}); "
-            "print(json.dumps({'rc': rc, 'maxrss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))"
-        )
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            return {"error": proc.stderr.strip().splitlines()[-1:] or proc.returncode}
-        stats = json.loads(proc.stdout.strip().splitlines()[-1])
-        summary = json.loads((out / "run.json").read_text())
+        job = run_segment(args, out)
+        if "error" in job:
+            return job
+        wall, summary = job["wall"], job["summary"]
     ws = summary.get("warm_start") or {}
     res = {
         "image": "sample_data/fundus.png",
@@ -53,7 +46,7 @@ def run(quick: bool = False) -> dict:
         "seconds_embed": summary.get("seconds_embed"),
         "seconds_condense": summary.get("seconds_condense"),
         "seconds_in_command": summary.get("seconds_total"),
-        "peak_mb": round(stats["maxrss_kb"] / 1024, 1),
+        "peak_mb": job["peak_mb"],
         "n_levels": summary.get("n_levels"),
     }
     if not quick:

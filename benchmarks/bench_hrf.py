@@ -8,15 +8,14 @@ downscale and a 10-second training budget.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _segment_process import run_segment  # noqa: E402
 
 
 def _data_dir() -> Path:
@@ -38,18 +37,10 @@ def run(quick: bool = False) -> dict:
             iio.imwrite(image, im)
         seconds = 10 if quick else 60
         out = Path(tmp) / "out"
-        code = (
-            "import resource, sys, json; from napari_cuts.cli import main; "
-            f"rc = main(['segment', {str(image)!r}, '--out', {str(out)!r}, '--seconds', '{seconds}']); "
-            "print(json.dumps({'rc': rc, 'maxrss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))"
-        )
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            return {"error": proc.stderr.strip().splitlines()[-1:] or proc.returncode}
-        stats = json.loads(proc.stdout.strip().splitlines()[-1])
-        summary = json.loads((out / "run.json").read_text())
+        job = run_segment(["segment", image, "--out", out, "--seconds", seconds], out)
+        if "error" in job:
+            return job
+        wall, summary = job["wall"], job["summary"]
     return {
         "image": src.name if not quick else f"{src.name} (half size)",
         "shape": summary["shape"],
@@ -57,7 +48,7 @@ def run(quick: bool = False) -> dict:
         "seconds_total": round(wall, 1),
         "seconds_embed": summary.get("seconds_embed"),
         "seconds_condense": summary.get("seconds_condense"),
-        "peak_mb": round(stats["maxrss_kb"] / 1024, 1),
+        "peak_mb": job["peak_mb"],
         "pool": summary.get("pool"),
         "n_levels": summary.get("n_levels"),
     }

@@ -233,7 +233,6 @@ def segment_image(encoder, image, *, seed: int = 0, max_points: int = MAX_POINTS
         t0 = time.perf_counter()
         hier = refined_hierarchy(hier, full01[None], (1, p.pool, p.pool), normalised=True)
         times["refine"] = time.perf_counter() - t0
-    del full01
     hier.metadata.update({"napari_cuts_version": __version__, "seed": int(seed), "pool": p.pool,
                           "image_weight": image_weight, "use_embeddings": bool(use_embeddings),
                           "encoder": {k: encoder.metadata.get(k) for k in
@@ -398,10 +397,11 @@ def refined_hierarchy(hier, volume: np.ndarray, pools, *, normalised: bool = Fal
     if flat:
         full = full[0]
     meta = dict(hier.metadata)
-    meta.update({"grid_shape": list(hier.shape), "pools": [int(v) for v in pools]})
+    meta["grid_shape"] = list(hier.shape)
     if flat:
-        meta.pop("pools")
         meta["pool"] = int(pools[-1])
+    else:
+        meta["pools"] = [int(v) for v in pools]
     return Hierarchy(full, [hier.lut(lv) for lv in range(hier.n_levels)],
                      iterations=hier.iterations, iterations_total=hier.iterations_total,
                      metadata=meta, check=False)
