@@ -15,8 +15,8 @@ from napari_cuts.metrics import dice
 from napari_cuts.pipeline import (check_fits_volume, segment_volume, train_volume_encoder,
                                   volume_grid)
 from napari_cuts.selection import innermost_point
-from napari_cuts.volume import (block_reduce, check_volume, context_stack, refine_finest,
-                                volume_plan)
+from napari_cuts.volume import (GUIDE_ITERATIONS, GUIDE_SIGMA, block_reduce, check_volume,
+                                context_stack, guided_smooth, refine_finest, volume_plan)
 
 
 def blob_volume(shape=(16, 40, 40), seed=0):
@@ -35,6 +35,13 @@ def blob_result():
     enc = train_volume_encoder(vol, epochs=1, seed=0)
     res = segment_volume(enc, vol, seed=0)
     return vol, blob, enc, res
+
+
+def test_volume_embeddings_are_smoothed_within_the_image_before_condensing(blob_result):
+    *_, res = blob_result
+    assert res.hierarchy.metadata["guided_smoothing"] == {"iterations": GUIDE_ITERATIONS,
+                                                         "sigma": GUIDE_SIGMA}
+    assert "smooth" in res.seconds
 
 
 def test_one_click_finds_the_blob_in_3d(blob_result):
@@ -118,6 +125,45 @@ def test_anisotropic_spacing_weights_cross_slice_edges():
     assert mixed(iso, 1) > 20 and mixed(iso, 2) > 10
     assert mixed(thick, 1) == 0 and mixed(thick, 2) == 0
     assert thick.metadata["spacing"] == [5.0, 1.0, 1.0]
+
+
+def test_guided_smoothing_joins_a_regions_core_and_rim_but_not_across_its_edge():
+    # a dark slab (CSF) in bright tissue; the encoder gave the slab's rim (the voxels next
+    # to the edge, whose patch holds tissue) other features than its core
+    shape = (6, 12, 20)
+    guide = np.full(shape, 0.8, np.float32)
+    guide[:, :, 6:14] = 0.1
+    feats = np.zeros(shape + (3,), np.float32)
+    feats[..., 0] = 1.0                                   # tissue
+    feats[:, :, 6:14, 0], feats[:, :, 6:14, 1] = 0.0, 1.0  # slab core
+    for x in (6, 13):                                      # slab rim
+        feats[:, :, x, 1], feats[:, :, x, 2] = 0.0, 1.0
+    out = guided_smooth(feats, guide, sigma=GUIDE_SIGMA, iterations=GUIDE_ITERATIONS)
+    assert out.shape == feats.shape and out.dtype == np.float32
+    assert np.array_equal(feats[:, :, 7, 1], np.ones((6, 12)))      # the input is untouched
+
+    def gap(f, xa, xb):
+        return float(np.linalg.norm(f[:, :, xa].mean((0, 1)) - f[:, :, xb].mean((0, 1))))
+
+    assert gap(out, 6, 9) < 0.6 * gap(feats, 6, 9)       # rim and core of the slab come closer
+    # nothing crosses the edge: the tissue beside the slab keeps its features, the rim
+    # takes none of the tissue's
+    assert np.allclose(out[:, :, 5], feats[:, :, 5], atol=1e-3) and out[:, :, 6, 0].max() < 1e-3
+    # in place into a view (the pipeline smooths the embedding columns of its features)
+    joined = np.concatenate([feats, guide[..., None]], -1)
+    guided_smooth(joined[..., :3], guide, inplace=True)
+    assert np.allclose(joined[..., :3], out, atol=1e-6) and np.array_equal(joined[..., 3], guide)
+
+
+def test_guided_smoothing_reaches_less_far_across_thick_slices():
+    guide = np.full((8, 6, 6), 0.5, np.float32)
+    feats = np.zeros((8, 6, 6, 1), np.float32)
+    feats[4:] = 1.0                                        # two halves differ along z
+    iso = guided_smooth(feats, guide, spacing=(1.0, 1.0, 1.0))
+    thick = guided_smooth(feats, guide, spacing=(3.0, 1.0, 1.0))
+    step = lambda f: float(f[4].mean() - f[3].mean())      # noqa: E731
+    assert step(iso) < step(thick) < 1.0
+    assert step(thick) > 0.7                               # a 3 mm neighbour counts a ninth
 
 
 def test_plan_chooses_a_near_isotropic_grid_and_refuses_what_will_not_fit(monkeypatch):

@@ -312,7 +312,8 @@ def train_volume_encoder(volume, *, spacing=None, max_points: Optional[int] = No
 def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
                    max_points: Optional[int] = None, progress: Progress = None,
                    cancel: Cancel = None, image_weight: float = IMAGE_WEIGHT,
-                   use_embeddings: bool = True, **condense_params) -> SegmentResult:
+                   use_embeddings: bool = True, guide_iterations: Optional[int] = None,
+                   guide_sigma: Optional[float] = None, **condense_params) -> SegmentResult:
     """Segment a volume ``(Z, Y, X)`` / ``(Z, Y, X, C)`` as ONE object.
 
     Embeds its working grid slice by slice (with slice context for a 2.5D encoder),
@@ -320,12 +321,20 @@ def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
     weighted by the grid ``spacing``) and maps the labels back: ``hierarchy.labels(l)``
     is ``(Z, Y, X)``, one id one structure across all slices. ``use_embeddings=False``
     condenses the normalised image (with its slice context) alone (the ablation).
+
+    Before condensing, the unit embeddings are smoothed within the image's regions
+    (:func:`napari_cuts.volume.guided_smooth`, ``guide_iterations`` /
+    ``guide_sigma``, defaults ``GUIDE_ITERATIONS`` / ``GUIDE_SIGMA``; 0 iterations: off;
+    never for the ablations, whose input is the image alone or the embeddings alone).
     ``result.pool`` is the block size per axis; ``result.embeddings`` the grid's
     ``(z, y, x, D)``."""
     from .condensation import condense
     from .encoder import embed_volume, normalised_image
-    from .volume import check_volume, context_stack, estimate_note
+    from .volume import (GUIDE_ITERATIONS, GUIDE_SIGMA, check_volume, context_stack,
+                         estimate_note, guided_smooth)
 
+    guide_iterations = GUIDE_ITERATIONS if guide_iterations is None else int(guide_iterations)
+    guide_sigma = GUIDE_SIGMA if guide_sigma is None else float(guide_sigma)
     vol = check_volume(volume)
     t0 = time.perf_counter()
     p, grid = volume_grid(vol, spacing, max_points,
@@ -350,8 +359,15 @@ def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
         report(progress, z, z + max(1, z // 3), f"condensing: {message}")
 
     t0 = time.perf_counter()
+    guided = use_embeddings and image_weight > 0 and guide_iterations > 0
     if use_embeddings:
         feats = clustering_features(emb, img01, image_weight)
+        if guided:
+            t1 = time.perf_counter()
+            d = feats.shape[-1] - img01.shape[-1]
+            guided_smooth(feats[..., :d], img01, sigma=guide_sigma, iterations=guide_iterations,
+                          spacing=p.grid_spacing, inplace=True)
+            times["smooth"] = time.perf_counter() - t1
     else:
         feats = ((image_weight / np.sqrt(img01.shape[-1])) * img01).astype(np.float32)
     condense_params.setdefault("normalize", False)
@@ -366,6 +382,8 @@ def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
                           "volume": True, "refined": p.pools != (1, 1, 1), "spacing": list(p.spacing),
                           "pools": list(p.pools), "grid_spacing": list(p.grid_spacing),
                           "image_weight": image_weight, "use_embeddings": bool(use_embeddings),
+                          "guided_smoothing": ({"iterations": guide_iterations, "sigma": guide_sigma}
+                                               if guided else None),
                           "encoder": {key: encoder.metadata.get(key) for key in
                                       ("in_channels", "seed", "version", "context_slices")
                                       if key in encoder.metadata}})
