@@ -99,7 +99,7 @@ sec['train'] = time.perf_counter() - t; peak['train'] = hwm_mb()
 t = time.perf_counter()
 res = P.segment_volume(enc, vol, spacing=spacing, seed=0, max_points=p.points)
 sec['segment'] = time.perf_counter() - t; peak['segment'] = hwm_mb()
-for k in ('grid', 'embed', 'condense'):
+for k in ('grid', 'embed', 'smooth', 'condense', 'refine'):
     sec[k] = float(res.seconds.get(k, float('nan')))
 h = res.hierarchy
 t = time.perf_counter()

@@ -155,6 +155,13 @@ def test_guided_smoothing_joins_a_regions_core_and_rim_but_not_across_its_edge()
     assert np.allclose(joined[..., :3], out, atol=1e-6) and np.array_equal(joined[..., 3], guide)
 
 
+def test_guided_smoothing_stops_on_cancel():
+    from napari_cuts.errors import Cancelled
+    with pytest.raises(Cancelled):
+        guided_smooth(np.zeros((4, 5, 6, 2), np.float32), np.zeros((4, 5, 6), np.float32),
+                      cancel=lambda: True)
+
+
 def test_guided_smoothing_reaches_less_far_across_thick_slices():
     guide = np.full((8, 6, 6), 0.5, np.float32)
     feats = np.zeros((8, 6, 6, 1), np.float32)

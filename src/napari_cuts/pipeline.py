@@ -366,11 +366,12 @@ def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
             t1 = time.perf_counter()
             d = feats.shape[-1] - img01.shape[-1]
             guided_smooth(feats[..., :d], img01, sigma=guide_sigma, iterations=guide_iterations,
-                          spacing=p.grid_spacing, inplace=True)
+                          spacing=p.grid_spacing, inplace=True, cancel=cancel)
             times["smooth"] = time.perf_counter() - t1
     else:
         feats = ((image_weight / np.sqrt(img01.shape[-1])) * img01).astype(np.float32)
     condense_params.setdefault("normalize", False)
+    t0 = time.perf_counter()
     hier = condense(feats, seed=seed, spacing=p.grid_spacing, progress=cond_progress,
                     cancel=cancel, **condense_params)
     times["condense"] = time.perf_counter() - t0

@@ -150,7 +150,7 @@ def context_stack(volume: np.ndarray, context: int = CONTEXT_SLICES) -> np.ndarr
 
 def guided_smooth(features: np.ndarray, guide: np.ndarray, *, sigma: float = GUIDE_SIGMA,
                   iterations: int = GUIDE_ITERATIONS, spacing=None,
-                  chunk: int = 16, inplace: bool = False) -> np.ndarray:
+                  chunk: int = 16, inplace: bool = False, cancel=None) -> np.ndarray:
     """Edge-aware diffusion of grid features ``(Z, Y, X, D)`` guided by the image.
 
     Each iteration replaces every voxel's vector by the weighted mean of itself
@@ -166,7 +166,10 @@ def guided_smooth(features: np.ndarray, guide: np.ndarray, *, sigma: float = GUI
     condensation then split each ventricle between clusters in one MNI draw out of
     three. Smoothing within the image's regions joins them without blurring the edge.
     Returns a new float32 array (``inplace``: writes into ``features``, a float32 array
-    or view, and returns it)."""
+    or view, and returns it). ``cancel``: checked between iterations
+    (:class:`napari_cuts.errors.Cancelled`)."""
+    from .images import check_cancel
+
     u = features if inplace else np.array(features, dtype=np.float32, copy=True)
     g = np.asarray(guide, dtype=np.float32)
     if g.ndim == u.ndim - 1:
@@ -196,6 +199,7 @@ def guided_smooth(features: np.ndarray, guide: np.ndarray, *, sigma: float = GUI
     for c0 in range(0, u.shape[-1], chunk):
         part = u[..., c0:c0 + chunk].copy()
         for _ in range(int(iterations)):
+            check_cancel(cancel)
             acc = part.copy()
             for item in weights:
                 if item is None:
