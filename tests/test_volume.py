@@ -258,6 +258,8 @@ def test_segment_cli_writes_one_volume_hierarchy(tmp_path):
     assert (out / "levels.png").stat().st_size > 1000
     run = json.loads((out / "run.json").read_text())
     assert run["volume"] is True and run["encoder_context_slices"] == 0
+    assert run["guided_smoothing"] == {"iterations": GUIDE_ITERATIONS, "sigma": GUIDE_SIGMA}
+    assert run["seconds_smooth"] >= 0 and "seconds_refine" in run
     assert not (out / "slices").exists()
     # --slices keeps the per-slice run
     rc = main(["segment", str(tmp_path / "vol.nii.gz"), "--out", str(tmp_path / "sl"),

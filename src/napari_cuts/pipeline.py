@@ -704,8 +704,11 @@ def _segment_volume_job(src, data, out, *, max_points, weights, epochs, seconds,
                     "pools": list(res.pool), "grid_shape": list(p.grid_shape),
                     "notes": summary["notes"] + res.notes,
                     "seconds_embed": round(res.seconds["embed"], 2),
+                    "seconds_smooth": round(res.seconds.get("smooth", 0.0), 2),
                     "seconds_condense": round(res.seconds["condense"], 2),
-                    "seconds_write": round(time.perf_counter() - t1, 2)})
+                    "seconds_refine": round(res.seconds.get("refine", 0.0), 2),
+                    "seconds_write": round(time.perf_counter() - t1, 2),
+                    "guided_smoothing": hier.metadata.get("guided_smoothing")})
 
 
 def _segment_slices_job(src, data, out, slices, *, max_points, weights, epochs, seconds, seed,
