@@ -124,6 +124,26 @@ def clustering_features(embeddings: np.ndarray, image01: np.ndarray,
     return np.concatenate([unit, (weight / np.sqrt(c)) * image01], axis=-1).astype(np.float32)
 
 
+def smooth_embedding_columns(feats: np.ndarray, image01: np.ndarray, iterations: int,
+                             sigma: float, *, spacing=None, cancel: Cancel = None,
+                             times: Optional[dict] = None) -> Optional[dict]:
+    """Smooth, in place, the embedding columns of joined ``feats`` (those before the
+    ``image01`` channels) within the image's regions (:func:`napari_cuts.volume.guided_smooth`).
+    Returns the setting for the hierarchy's metadata (None when ``iterations`` is 0);
+    ``times["smooth"]`` gets the seconds it took."""
+    if iterations <= 0:
+        return None
+    from .volume import guided_smooth
+
+    t0 = time.perf_counter()
+    d = feats.shape[-1] - image01.shape[-1]
+    guided_smooth(feats[..., :d], image01, sigma=sigma, iterations=iterations,
+                  spacing=spacing, inplace=True, cancel=cancel)
+    if times is not None:
+        times["smooth"] = time.perf_counter() - t0
+    return {"iterations": int(iterations), "sigma": float(sigma)}
+
+
 def available_memory_mb() -> float | None:
     """Memory the OS can still give this process, in MB (None where unknown)."""
     try:
@@ -233,14 +253,10 @@ def segment_image(encoder, image, *, seed: int = 0, max_points: int = MAX_POINTS
         feats = ((w / np.sqrt(img01.shape[-1])) * img01).astype(np.float32)
     elif image_weight > 0:
         feats = clustering_features(emb, img01, image_weight)
-        its = GUIDE_ITERATIONS_2D if guide_iterations is None else int(guide_iterations)
-        if its > 0:
-            from .volume import GUIDE_SIGMA, guided_smooth
-            d = feats.shape[-1] - img01.shape[-1]
-            sig = GUIDE_SIGMA if guide_sigma is None else float(guide_sigma)
-            guided_smooth(feats[..., :d], img01, iterations=its, sigma=sig, inplace=True,
-                          cancel=cancel)
-            guided = {"iterations": its, "sigma": sig}
+        from .volume import GUIDE_SIGMA
+        guided = smooth_embedding_columns(
+            feats, img01, GUIDE_ITERATIONS_2D if guide_iterations is None else int(guide_iterations),
+            GUIDE_SIGMA if guide_sigma is None else float(guide_sigma), cancel=cancel, times=times)
     else:
         feats = emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
     condense_params.setdefault("normalize", False)  # the embedding part is unit length already
@@ -348,8 +364,7 @@ def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
     ``(z, y, x, D)``."""
     from .condensation import condense
     from .encoder import embed_volume, normalised_image
-    from .volume import (GUIDE_ITERATIONS, GUIDE_SIGMA, check_volume, context_stack,
-                         estimate_note, guided_smooth)
+    from .volume import GUIDE_ITERATIONS, GUIDE_SIGMA, check_volume, context_stack, estimate_note
 
     guide_iterations = GUIDE_ITERATIONS if guide_iterations is None else int(guide_iterations)
     guide_sigma = GUIDE_SIGMA if guide_sigma is None else float(guide_sigma)
@@ -376,17 +391,13 @@ def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
     def cond_progress(done, total, message):
         report(progress, z, z + max(1, z // 3), f"condensing: {message}")
 
-    t0 = time.perf_counter()
-    guided = use_embeddings and image_weight > 0 and guide_iterations > 0
+    guided = None
     if use_embeddings:
         feats = clustering_features(emb, img01, image_weight)
-        if guided:
+        if image_weight > 0 and guide_iterations > 0:
             report(progress, z, z + max(1, z // 3), "smoothing the embeddings within the image")
-            t1 = time.perf_counter()
-            d = feats.shape[-1] - img01.shape[-1]
-            guided_smooth(feats[..., :d], img01, sigma=guide_sigma, iterations=guide_iterations,
-                          spacing=p.grid_spacing, inplace=True, cancel=cancel)
-            times["smooth"] = time.perf_counter() - t1
+            guided = smooth_embedding_columns(feats, img01, guide_iterations, guide_sigma,
+                                              spacing=p.grid_spacing, cancel=cancel, times=times)
     else:
         feats = ((image_weight / np.sqrt(img01.shape[-1])) * img01).astype(np.float32)
     condense_params.setdefault("normalize", False)
@@ -402,8 +413,7 @@ def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
                           "volume": True, "refined": p.pools != (1, 1, 1), "spacing": list(p.spacing),
                           "pools": list(p.pools), "grid_spacing": list(p.grid_spacing),
                           "image_weight": image_weight, "use_embeddings": bool(use_embeddings),
-                          "guided_smoothing": ({"iterations": guide_iterations, "sigma": guide_sigma}
-                                               if guided else None),
+                          "guided_smoothing": guided,
                           "encoder": {key: encoder.metadata.get(key) for key in
                                       ("in_channels", "seed", "version", "context_slices")
                                       if key in encoder.metadata}})

@@ -151,10 +151,11 @@ def context_stack(volume: np.ndarray, context: int = CONTEXT_SLICES) -> np.ndarr
 def guided_smooth(features: np.ndarray, guide: np.ndarray, *, sigma: float = GUIDE_SIGMA,
                   iterations: int = GUIDE_ITERATIONS, spacing=None,
                   chunk: int = 16, inplace: bool = False, cancel=None) -> np.ndarray:
-    """Edge-aware diffusion of grid features ``(Z, Y, X, D)`` guided by the image.
+    """Edge-aware diffusion of grid features ``(Z, Y, X, D)`` (or a 2D ``(H, W, D)``)
+    guided by the image.
 
     Each iteration replaces every voxel's vector by the weighted mean of itself
-    (weight 1) and its six face neighbours, a neighbour's weight being
+    (weight 1) and its face neighbours (six in 3D, four in 2D), a neighbour's weight being
     ``exp(-|g_i - g_j|^2 / (2 sigma^2))`` for the guide ``(Z, Y, X, C)`` in [0, 1] (a
     bilateral filter in the image's range, times ``(finest step / step)^2`` along an
     axis of coarser ``spacing``, so a 3 mm neighbour of a 1 mm grid counts a ninth).
