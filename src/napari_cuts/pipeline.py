@@ -34,7 +34,8 @@ IMAGE_WEIGHT = 8.0
 #: the hierarchy and more with the next seeds, against which each structure's
 #: reproducibility is scored for the persistent map. An option, off (1) by default: on the
 #: MNI ventricles the whole persistent structure under the click went from 0.43 ranked by
-#: persistence to 0.69 ranked by reproducibility (3 encoders x 5 seeds, round 11), but on the
+#: persistence to 0.66 ranked by reproducibility (3 encoders x 5 seeds, round 11; >= 0.70 in
+#: 6 of 15 draws instead of 2), but on the
 #: 20 dev hippocampi the persistent map fell from 0.267 to 0.213.
 STABILITY_RUNS = 1
 #: Default training budget (seconds of wall time) when neither epochs nor seconds is given
