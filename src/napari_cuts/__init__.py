@@ -1,14 +1,16 @@
 """napari-cuts: unsupervised, multi-granular segmentation (CUTS) for napari and the command line.
 
 The public API is imported lazily so that ``import napari_cuts`` (done by napari
-when it reads the plugin manifest) does not pull in torch.
+when it reads the plugin manifest) does not pull in torch: each name below is
+imported from its module on first use.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "train_encoder": "encoder",
@@ -22,11 +24,22 @@ _LAZY = {
     "label_hint": "selection",
     "read_image": "io",
     "write_mask": "io",
-    "segment": "pipeline",
+    "segment_image": "pipeline",
+    "segment_volume": "pipeline",
     "CutsError": "errors",
     "InputError": "errors",
     "Cancelled": "errors",
 }
+
+# Names whose module may not be there in every checkout: public only where it is
+# (found without importing it, so the package import stays light).
+_OPTIONAL = {
+    "segment_from_prompts": "prompts",
+}
+for _name, _module in _OPTIONAL.items():
+    if importlib.util.find_spec(f".{_module}", __name__) is not None:
+        _LAZY[_name] = _module
+del _name, _module
 
 __all__ = ["__version__", *_LAZY]
 
