@@ -158,6 +158,15 @@ def _parser() -> argparse.ArgumentParser:
                    "(the largest-mask slice and its neighbours) instead of in 3D")
     e.add_argument("--save-hierarchies", action="store_true", help="volumes: also write "
                    "OUT/hierarchies/<case>_seed<S>.npz")
+    e.add_argument("--clicks", type=int, nargs="?", const=10, default=None, metavar="N",
+                   help="the simulated user instead of the usual evaluation: N clicks (10 when "
+                        "bare) per case, Dice after each, for cuts_prompts, random_walker and "
+                        "slic3d (image_only_prompts with --ablation); writes the clicks entry of "
+                        "results.json (its methods kept), clicks.png and a results.md section. "
+                        "--split also splits 2D folders (dev: the first half by sorted name)")
+    e.add_argument("--results-md", default=None, metavar="PATH", help="with --clicks: also "
+                   "write the clicks table into PATH (e.g. benchmarks/RESULTS.md) between "
+                   "<!-- evaluate-clicks:<data folder name> --> markers")
 
     b = sub.add_parser("bench", help="run the benchmark suite in benchmarks/")
     b.add_argument("which", nargs="?", default="all", help="a benchmark name (e.g. encoder, "
@@ -257,8 +266,39 @@ def cmd_batch(args) -> int:
     return 0
 
 
+def _cmd_evaluate_clicks(args) -> int:
+    import shlex
+
+    from .simulated_user import run_clicks_evaluation
+
+    if args.slices or args.save_hierarchies:
+        raise CutsError("--clicks scores whole images and volumes; drop --slices and "
+                        "--save-hierarchies.")
+    cases = args.cases
+    if args.cases_from is not None:
+        from .evaluation import read_case_list
+
+        cases = read_case_list(args.cases_from)
+    bar = _Bar()
+    try:
+        run_clicks_evaluation(args.data, args.out, n_clicks=args.clicks, seeds=tuple(args.seeds),
+                              seconds=args.seconds, epochs=args.epochs, split=args.split,
+                              cases=cases, labels=args.label, limit=args.limit,
+                              ablation=args.ablation, methods=args.methods, progress=bar,
+                              results_md=args.results_md, device=args.device,
+                              warm_start=args.warm_start,
+                              command=shlex.join(["napari-cuts", *getattr(args, "argv", [])]))
+    finally:
+        bar.close()
+    print((Path(args.out) / "results.md").read_text())
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from .evaluation import run_evaluation
+
+    if args.clicks is not None:
+        return _cmd_evaluate_clicks(args)
 
     bar = _Bar()
     try:
@@ -283,6 +323,7 @@ def cmd_evaluate(args) -> int:
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 0
