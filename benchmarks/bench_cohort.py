@@ -78,6 +78,130 @@ def _inputs(folder: Path, n: int, size: int = 256) -> list[Path]:
     return paths
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DaskProcesses:
+    """A real ``dask scheduler`` and ``dask worker`` processes on this machine, as a
+    cluster user starts them: free ports, one thread per worker, each command in its
+    own process group (killed as a group, like a node or a ``kill`` of the job), their
+    output in ``folder``. ``env`` is added to the workers' environment (e.g.
+    :data:`napari_cuts.cohort.TEST_MARKER_ENV`). :meth:`stop` ends all of them."""
+
+    def __init__(self, folder: Path, env: dict | None = None):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.env = dict(env or {})
+        self.scheduler = None
+        self.workers: list = []
+        self.address = None
+
+    def _popen(self, args, name: str, env=None):
+        import subprocess
+
+        log = open(self.folder / f"{name}.log", "wb")
+        try:
+            return subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, cwd=self.folder,
+                                    env=dict(os.environ, **(env or {})))
+        finally:
+            log.close()
+
+    def start_scheduler(self, timeout: float = 60.0) -> str:
+        import socket
+
+        port = free_port()
+        self.scheduler = self._popen(["scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                      "--no-dashboard"], "scheduler")
+        self.address = f"tcp://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.scheduler.poll() is not None:
+                raise RuntimeError(f"dask scheduler exited: {self.log('scheduler')[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return self.address
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"dask scheduler not listening after {timeout} s")
+                time.sleep(0.05)
+
+    def start_workers(self, n: int, wait: float = 90.0) -> None:
+        """``n`` more ``dask worker`` processes, returned once the scheduler has them all."""
+        from distributed import Client
+
+        for _ in range(n):
+            k = len(self.workers)
+            self.workers.append(self._popen(
+                ["worker", self.address, "--nthreads", "1", "--nworkers", "1", "--host",
+                 "127.0.0.1", "--no-dashboard", "--name", f"w{k}", "--local-directory",
+                 str(self.folder / f"w{k}"), "--death-timeout", "60"], f"worker{k}",
+                env=self.env))
+        with Client(self.address, set_as_default=False, timeout="20s") as c:
+            c.wait_for_workers(sum(w.poll() is None for w in self.workers), timeout=wait)
+
+    def log(self, name: str) -> str:
+        try:
+            return (self.folder / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def kill_worker_of(self, pid: int, sig: int) -> int:
+        """Kill the process group of the ``dask worker`` whose worker process is ``pid``
+        (its nanny and the worker with it); returns the command's pid."""
+        pgid = os.getpgid(pid)
+        for w in self.workers:
+            if w.pid == pgid:
+                os.killpg(pgid, sig)
+                return w.pid
+        raise RuntimeError(f"process {pid} is not one of this cluster's workers")
+
+    def stop_workers(self) -> None:
+        for w in self.workers:
+            _end_group(w)
+        self.workers = []
+
+    def stop(self) -> None:
+        self.stop_workers()
+        if self.scheduler is not None:
+            _end_group(self.scheduler)
+            self.scheduler = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _end_group(proc, grace: float = 10.0) -> None:
+    """SIGTERM to a process group started here, SIGKILL when it has not ended in time."""
+    import subprocess
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    if sig == signal.SIGTERM:    # the group's other processes (a worker under its nanny)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def _cluster(n: int):
     from distributed import Client, LocalCluster
 

@@ -118,7 +118,25 @@ DONE = "done.json"
 RESERVED_NAMES = ("encoder.pt", "summary.csv", "reference.json")
 PARTIAL_PREFIX = ".partial-"
 SCHEDULER_TIMEOUT = "5s"
-WORKER_WAIT_SECONDS = 60.0
+#: With no worker at the scheduler (none yet, or every one lost), the batch waits this
+#: long for one (``--worker-timeout``), then writes ``summary.csv`` and stops.
+WORKER_TIMEOUT = 60.0
+WORKER_WAIT_SECONDS = WORKER_TIMEOUT
+#: A task lost with its worker (killed, or cancelled with data that died) is submitted
+#: again this many times in all; the scheduler itself already reruns a task whose
+#: worker dies up to ``distributed.scheduler.allowed-failures`` times first.
+INPUT_ATTEMPTS = 3
+REFERENCE_ATTEMPTS = 4
+#: Seconds to fetch a finished task's (small) result before counting it as lost.
+RESULT_TIMEOUT = 120.0
+#: Tests and ``bench cohort`` only: a folder in the workers' environment where every
+#: task writes ``<phase>@<pid>@<random>.started`` as it starts a phase (``encoder``,
+#: ``reference``, ``<stem>``, ``<stem>.write`` once its hierarchy is saved and its
+#: other files are being written); with ``hold-<phase>`` in that folder the task then
+#: waits (at most :data:`TEST_HOLD_SECONDS`) for ``release-<phase>``, so that a test
+#: can kill its worker at that very moment without sleeping.
+TEST_MARKER_ENV = "NAPARI_CUTS_TEST_MARKER_DIR"
+TEST_HOLD_SECONDS = 60.0
 
 Log = Optional[Callable[[str], None]]
 Progress = Optional[Callable[[int, int, str], None]]
@@ -699,6 +717,32 @@ def _single_thread_torch() -> None:
     torch.set_num_threads(1)
 
 
+def _marker(phase: str) -> None:
+    """The test hook of :data:`TEST_MARKER_ENV` (nothing when it is not set)."""
+    folder = os.environ.get(TEST_MARKER_ENV)
+    if not folder:
+        return
+    d = Path(folder)
+    try:
+        (d / f"{phase}@{os.getpid()}@{uuid.uuid4().hex[:8]}.started").touch()
+        if (d / f"hold-{phase}").exists():
+            deadline = time.monotonic() + TEST_HOLD_SECONDS
+            while not (d / f"release-{phase}").exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+    except OSError:
+        pass
+
+
+def encoder_blob(payload: bytes, sha: str) -> bytes:
+    """Worker: the cohort encoder's file bytes, as a task every other task depends on.
+
+    A task, not ``client.scatter``: the scheduler keeps how to make it, so when the
+    workers holding it die it is made again on another one (scattered data would be
+    lost with them, and the tasks depending on it cancelled)."""
+    _marker("encoder")
+    return payload
+
+
 def _encoder_from_bytes(payload: bytes, sha: str):
     """The encoder of these weights, loaded once per worker process."""
     from .encoder import load_encoder
@@ -754,6 +798,7 @@ def reference_task(path: str, point, enc_payload: bytes, enc_sha: str, seed: int
     from .io import read_image
 
     _single_thread_torch()
+    _marker("reference")
     try:
         enc = _encoder_from_bytes(enc_payload, enc_sha)
         src = read_image(path)
@@ -773,7 +818,9 @@ def process_input(path: str, stem: str, out_dir: str, enc_payload: bytes, enc_sh
     """Worker: segment one input and publish ``out_dir/stem/`` atomically.
 
     Returns the summary row (``status`` ``ok`` or ``error``, ``error`` its one-line
-    message); never raises for a bad input."""
+    message); never raises for a bad input. An input already published with ``expect``
+    (a run of this task whose worker died after publishing it, or another copy of it)
+    is not computed again: its row is returned."""
     from .fileutil import write_json
     from .io import read_image, write_labels, write_mask
 
@@ -781,6 +828,10 @@ def process_input(path: str, stem: str, out_dir: str, enc_payload: bytes, enc_sh
     row = _empty_row(path)
     out = Path(out_dir)
     partial = out / f"{PARTIAL_PREFIX}{stem}-{uuid.uuid4().hex[:10]}"
+    _marker(stem)
+    done = is_done(out / stem, expect)
+    if done is not None:
+        return dict(done["row"], image=path)
     try:
         _single_thread_torch()
         enc = _encoder_from_bytes(enc_payload, enc_sha)
@@ -793,6 +844,7 @@ def process_input(path: str, stem: str, out_dir: str, enc_payload: bytes, enc_sh
         vol = is_volume(src)
         files = ["hierarchy.npz"]
         hier.save(partial / "hierarchy.npz")
+        _marker(f"{stem}.write")
         if _crash_once is not None and _crash_once[0] == stem and not Path(_crash_once[1]).exists():
             Path(_crash_once[1]).write_text("crashed once\n")   # tests: die mid-write, once
             os.kill(os.getpid(), 9)
@@ -949,9 +1001,64 @@ def _training_sample(inputs: list[CohortInput], log) -> tuple[list, list, bool]:
     return arrays, spacings, vols.pop()
 
 
-def _connect(scheduler: Optional[str], workers: Optional[int], n_tasks: int, log):
+class NoWorkers(CutsError):
+    """No dask worker at the scheduler for the whole ``--worker-timeout``."""
+
+
+class _Watchdog:
+    """Counts the scheduler's workers (at most once a second) while the batch waits on
+    tasks; :class:`NoWorkers` once there has been none for ``timeout`` seconds, a
+    :class:`CutsError` naming the scheduler when the scheduler cannot be reached."""
+
+    def __init__(self, client, address: str, timeout: float, log):
+        self.client, self.address, self.timeout, self.log = client, address, float(timeout), log
+        self.last = -math.inf
+        self.since: Optional[float] = None
+        self.lost_workers = 0
+        self.n = None
+
+    def check(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < 1.0:
+            return
+        self.last = now
+        try:
+            n = len(self.client.nthreads())
+        except Exception as exc:  # noqa: BLE001 - the scheduler is gone or unreachable
+            raise CutsError(f"lost the dask scheduler at {self.address} "
+                            f"({_one_line(exc, 160)}); start it again and rerun to resume.") from None
+        if self.n is not None and n < self.n:
+            self.lost_workers += self.n - n
+            self.log(f"{self.n - n} dask worker(s) lost at {self.address}; {n} left")
+        self.n = n
+        if n:
+            if self.since is not None:
+                self.log(f"{n} dask worker(s) at {self.address} again; going on")
+            self.since = None
+            return
+        if self.since is None:
+            self.since = now
+            self.log(f"no dask worker left at {self.address}; waiting up to "
+                     f"{self.timeout:g} s for one ...")
+        elif now - self.since >= self.timeout:
+            raise NoWorkers(f"no dask worker at the scheduler {self.address} for "
+                            f"{self.timeout:g} s (--worker-timeout)")
+
+    def wait(self, futures, event: threading.Event) -> None:
+        """Until one of ``futures`` is done (``event`` set by their done callbacks),
+        checking the workers every second."""
+        while not any(f.done() for f in futures):
+            event.wait(1.0)
+            event.clear()
+            self.check()
+
+
+def _connect(scheduler: Optional[str], workers: Optional[int], n_tasks: int, log,
+             worker_timeout: float = WORKER_TIMEOUT):
     """``(client, cluster)``: a Client of the scheduler at ``scheduler`` (cluster None),
-    or of a new LocalCluster of ``workers`` single-threaded worker processes."""
+    or of a new LocalCluster of ``workers`` single-threaded worker processes. A
+    scheduler without workers is given ``worker_timeout`` seconds to get one
+    (:class:`NoWorkers` after that)."""
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -964,13 +1071,13 @@ def _connect(scheduler: Optional[str], workers: Optional[int], n_tasks: int, log
                             "leave out --scheduler for a local cluster.") from None
         n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
         if n == 0:
-            log(f"waiting up to {WORKER_WAIT_SECONDS:.0f} s for workers at {scheduler} ...")
+            log(f"waiting up to {worker_timeout:g} s for workers at {scheduler} ...")
             try:
-                client.wait_for_workers(1, timeout=WORKER_WAIT_SECONDS)
+                client.wait_for_workers(1, timeout=worker_timeout)
             except (TimeoutError, OSError):
                 client.close()
-                raise CutsError(f"the dask scheduler at {scheduler} has no workers; start "
-                                f"some with `dask worker {scheduler}`.") from None
+                raise NoWorkers(f"the dask scheduler at {scheduler} has no workers (waited "
+                                f"{worker_timeout:g} s, --worker-timeout)") from None
         log(f"dask scheduler {scheduler}: "
             f"{len(client.scheduler_info(n_workers=-1).get('workers', {}))} worker(s)"
             + (f"; dashboard {client.dashboard_link}" if _has_bokeh() else ""))
@@ -988,10 +1095,89 @@ def _connect(scheduler: Optional[str], workers: Optional[int], n_tasks: int, log
     return client, cluster
 
 
+class _ClusterEncoder:
+    """The encoder's bytes on the cluster: one :func:`encoder_blob` task (which the
+    scheduler makes again when the workers holding its result die), submitted again
+    when it was cancelled or failed."""
+
+    def __init__(self, client, payload: bytes, sha: str, run_id: str):
+        self.client, self.payload, self.sha, self.run_id = client, payload, sha, run_id
+        self.sent = 0
+        self.future = None
+        self.get()
+
+    def get(self):
+        if self.future is None or self.future.status in ("cancelled", "error"):
+            if self.future is not None:
+                self.future.release()
+            self.sent += 1
+            self.future = self.client.submit(encoder_blob, self.payload, self.sha,
+                                             key=f"cuts-encoder-{self.run_id}-{self.sent}",
+                                             pure=False)
+        return self.future
+
+
 def _has_bokeh() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("bokeh") is not None
+
+
+def address_of(scheduler, client, cluster) -> str:
+    """The scheduler's address, for messages."""
+    if scheduler:
+        return str(scheduler)
+    for obj, attr in ((cluster, "scheduler_address"), (getattr(client, "scheduler", None),
+                                                       "address")):
+        try:
+            a = getattr(obj, attr, None)
+        except Exception:  # noqa: BLE001 - a closed cluster
+            a = None
+        if a:
+            return str(a)
+    return "(unknown)"
+
+
+def _result_timeout(worker_timeout: float) -> float:
+    """How long to fetch a finished task's result: never longer than the batch waits
+    for a worker (a result whose worker died is then taken from disk or recomputed)."""
+    return max(5.0, min(RESULT_TIMEOUT, float(worker_timeout)))
+
+
+def _pending_rows(items, rows, error: str = "") -> list[dict]:
+    """The summary rows with every input not finished yet as ``pending``."""
+    return [r or _empty_row(items[j].name) | {"status": "pending", "error": error}
+            for j, r in enumerate(rows)]
+
+
+def _reference_on_cluster(client, watch: _Watchdog, encoder: _ClusterEncoder, path: str,
+                          point, enc_sha: str, seed: int, run_id: str, recovered: dict,
+                          log) -> dict:
+    """:func:`reference_task` on the cluster, submitted again (with the encoder, where
+    it was lost) when its worker dies or its data is lost: at most
+    :data:`REFERENCE_ATTEMPTS` times."""
+    event = threading.Event()
+    last = None
+    for attempt in range(1, REFERENCE_ATTEMPTS + 1):
+        recovered["reference_attempts"] = attempt
+        fut = client.submit(reference_task, path, point, encoder.get(), enc_sha, seed,
+                            key=f"cuts-reference-{run_id}-{attempt}", pure=False)
+        fut.add_done_callback(lambda _f: event.set())
+        try:
+            watch.wait([fut], event)
+            return fut.result(timeout=_result_timeout(watch.timeout))
+        except CutsError:       # NoWorkers, or the scheduler lost
+            raise
+        except Exception as exc:  # noqa: BLE001 - lost with its worker: reference_task never raises
+            last = exc
+            if attempt < REFERENCE_ATTEMPTS:
+                log(f"the reference task was lost with its worker ({_one_line(exc, 160)}); "
+                    f"submitting it again ({attempt + 1} of {REFERENCE_ATTEMPTS})")
+        finally:
+            fut.release()       # a worker dying later must not recompute the reference
+    raise CutsError(f"the reference task was lost with its worker {REFERENCE_ATTEMPTS} times "
+                    f"(last: {_one_line(last, 160)}); the workers at {watch.address} keep "
+                    "dying: see their logs (memory?), then rerun.")
 
 
 def _reference_key(ref_path: Path, point, enc_sha: str, seed: int) -> dict:
@@ -1003,7 +1189,7 @@ def _reference_key(ref_path: Path, point, enc_sha: str, seed: int) -> dict:
 def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, reference=None,
               point=None, scheduler: Optional[str] = None, workers: Optional[int] = None,
               seed: int = 0, client=None, progress: Progress = None, log: Log = None,
-              _crash_once: Optional[tuple] = None) -> dict:
+              worker_timeout: float = WORKER_TIMEOUT, _crash_once: Optional[tuple] = None) -> dict:
     """The ``napari-cuts batch`` job (module doc). ``inputs``: files and folders.
 
     ``client``: an existing :class:`distributed.Client` to use (tests, benchmarks);
@@ -1020,6 +1206,8 @@ def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, refer
     _clean_partials(out)
     if weights is not None and (epochs is not None or seconds is not None):
         raise InputError("give --weights or a training budget (--epochs / --seconds), not both.")
+    if not (math.isfinite(float(worker_timeout)) and float(worker_timeout) >= 0):
+        raise InputError(f"--worker-timeout must be a number of seconds >= 0, got {worker_timeout}.")
     if (reference is None) != (point is None):
         raise InputError("--reference and --point go together: the image and the point "
                          "clicked on it.")
@@ -1093,7 +1281,13 @@ def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, refer
     own = client is None
     cluster = None
     if own:
-        client, cluster = _connect(scheduler, workers, len(todo), log)
+        try:
+            client, cluster = _connect(scheduler, workers, len(todo), log, worker_timeout)
+        except NoWorkers as exc:
+            _write_summary(out / "summary.csv", _pending_rows(items, rows, "not run: no dask worker"))
+            raise NoWorkers(f"{exc}; start some with `dask worker {scheduler}` and rerun.") from None
+    address = address_of(scheduler, client, cluster)
+    pending: dict = {}           # future -> index of the input
     try:
         if enc_file is None:
             from .pipeline import get_encoder, train_volume_encoder
@@ -1125,16 +1319,16 @@ def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, refer
             result.update(rows=rows, skipped=len(items) - len(todo), encoder=str(enc_file),
                           trained=True)
         payload = enc_file.read_bytes()
-        enc_future = client.scatter(payload, broadcast=True, hash=False)
-        enc_ref = [enc_future]       # scattered again if the workers holding it all die
         run_id = uuid.uuid4().hex[:8]
+        watch = _Watchdog(client, address, worker_timeout, log)
+        encoder = _ClusterEncoder(client, payload, enc_sha, run_id)
+        recovered = {"reference_attempts": 0, "encoder_sends": 0, "resubmitted": {}}
+        result["recovered"] = recovered
 
         if ref_path is not None and ref is None:
             log(f"segmenting the reference {ref_path.name} at {tuple(point)} ...")
-            fut = client.submit(reference_task, str(ref_path), point, enc_future, enc_sha, seed,
-                                key=f"cuts-reference-{run_id}", pure=False)
-            got = fut.result()
-            fut.release()       # a worker dying later must not recompute the reference
+            got = _reference_on_cluster(client, watch, encoder, str(ref_path), point, enc_sha,
+                                        seed, run_id, recovered, log)
             if "error" in got:
                 raise InputError(f"reference {ref_path.name}: {got['error']}")
             ref = dict(got, key=ref_key)
@@ -1146,63 +1340,80 @@ def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, refer
         reference_arg = None if ref is None else {"prototype": ref["prototype"],
                                                   "centroid": ref.get("centroid")}
 
-        from distributed import as_completed
-
-        def _pending(rows):
-            return [r or _empty_row(items[j].name) | {"status": "pending"}
-                    for j, r in enumerate(rows)]
-
         t_tasks = time.perf_counter()
-        futures = {}
         expected = dict(todo)
         attempts: dict = {}
+        event = threading.Event()
+
+        def wake(_f):
+            event.set()
 
         def submit(i):
             it = items[i]
             attempts[i] = attempts.get(i, 0) + 1
-            if attempts[i] > 1 and enc_ref[0].status != "finished":
-                enc_ref[0] = client.scatter(payload, broadcast=True, hash=False)
-            f = client.submit(process_input, str(it.path), it.stem, str(out), enc_ref[0], enc_sha,
-                              int(seed), expected[i], reference_arg, _crash_once,
+            f = client.submit(process_input, str(it.path), it.stem, str(out), encoder.get(),
+                              enc_sha, int(seed), expected[i], reference_arg, _crash_once,
                               str(enc_file) if enc_file is not None else None,
                               key=f"cuts-{it.stem}-{run_id}-{attempts[i]}", pure=False)
-            futures[f] = i
-            return f
+            pending[f] = i
+            f.add_done_callback(wake)
 
         for i, _exp in todo:
             submit(i)
         total, done_n = len(items), len(items) - len(todo)
         if progress is not None:
             progress(done_n, total, f"batch: {done_n}/{total} done")
-        _write_summary(out / "summary.csv", _pending(rows))
-        ac = as_completed(list(futures), loop=client.loop)
-        for f in ac:
-            i = futures[f]
-            try:
-                row = f.result()
-            except Exception as exc:  # noqa: BLE001 - a lost task (its workers kept dying)
-                if attempts[i] < 3:
-                    # the scheduler may forget a task whose worker died mid-run, or lose
-                    # the scattered encoder with it (FutureCancelledError): submit it again
-                    # (with the encoder scattered again where lost); its outputs are only
-                    # ever published whole, so a second run is safe
-                    ac.add(submit(i))
-                    continue
-                row = _empty_row("") | {"status": "error", "error": _one_line(exc)}
-            row = dict(row, image=items[i].name)
-            rows[i] = row
-            done_n += 1
-            if row["status"] == "ok":
-                result["computed"] += 1
-            else:
-                result["failed"] += 1
-                log(f"{items[i].path.name}: error: {row['error']}")
-            if progress is not None:
-                progress(done_n, total, f"batch: {items[i].stem} {row['status']}")
-            else:
-                log(f"[{done_n}/{total}] {items[i].stem}: {row['status']}")
-            _write_summary(out / "summary.csv", _pending(rows))
+        _write_summary(out / "summary.csv", _pending_rows(items, rows))
+        while pending:
+            watch.wait(list(pending), event)
+            for f in [f for f in pending if f.done()]:
+                i = pending.pop(f)
+                it = items[i]
+                try:
+                    row = f.result(timeout=_result_timeout(worker_timeout))
+                except Exception as exc:  # noqa: BLE001 - lost with its worker(s), not a bad input
+                    done = is_done(out / it.stem, expected[i])
+                    if done is not None:       # published before its worker died
+                        row = dict(done["row"])
+                    elif attempts[i] < INPUT_ATTEMPTS:
+                        # the scheduler gave up on it (its workers kept dying: KilledWorker)
+                        # or cancelled it with lost data: submit it again (the encoder too
+                        # where it was lost); its outputs are only ever published whole
+                        log(f"{it.stem}: lost with its worker ({_one_line(exc, 160)}); "
+                            f"submitting it again ({attempts[i] + 1} of {INPUT_ATTEMPTS})")
+                        recovered["resubmitted"][it.stem] = attempts[i]
+                        submit(i)
+                        continue
+                    else:
+                        row = _empty_row("") | {"status": "error", "error": (
+                            f"lost with its worker {attempts[i]} times; last: {_one_line(exc)}")}
+                finally:
+                    f.release()
+                row = dict(row, image=it.name)
+                rows[i] = row
+                done_n += 1
+                if row["status"] == "ok":
+                    result["computed"] += 1
+                else:
+                    result["failed"] += 1
+                    log(f"{it.path.name}: error: {row['error']}")
+                if progress is not None:
+                    progress(done_n, total, f"batch: {it.stem} {row['status']}")
+                else:
+                    log(f"[{done_n}/{total}] {it.stem}: {row['status']}")
+                _write_summary(out / "summary.csv", _pending_rows(items, rows))
         result["seconds_tasks"] = round(time.perf_counter() - t_tasks, 3)
+        recovered["encoder_sends"] = encoder.sent
+    except NoWorkers as exc:
+        for f in pending:
+            f.release()
+        _clean_partials(out)
+        _write_summary(out / "summary.csv", _pending_rows(items, rows, "not run: no dask worker"))
+        finished = sum(1 for r in rows if r is not None and r.get("status") != "error")
+        raise NoWorkers(f"{exc}: {finished} of {len(items)} inputs are complete, the rest are "
+                        f"pending in {out / 'summary.csv'}; start workers (`dask worker "
+                        f"{address}`) and rerun the same command "
+                        "to resume.") from None
     finally:
         if own:
             try:
