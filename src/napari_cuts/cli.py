@@ -113,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
                     "tcp://host:8786 (workers started with `dask worker ADDRESS`)")
     wg.add_argument("--workers", type=int, help="worker processes of the local cluster "
                     "(default: the CPU cores, at most one per input)")
+    c.add_argument("--worker-timeout", type=float, default=60.0, metavar="S",
+                   help="with no dask worker left (or none yet), wait this long for one, then "
+                        "write summary.csv and stop (a rerun resumes; default 60)")
     c.add_argument("--seed", type=int, default=0)
 
     e = sub.add_parser("evaluate", help="score CUTS and the baselines on a labelled folder")
@@ -252,7 +255,8 @@ def cmd_batch(args) -> int:
         res = run_batch(args.inputs, args.out, weights=args.weights, epochs=args.epochs,
                         seconds=args.seconds, reference=args.reference, point=args.point,
                         scheduler=args.scheduler, workers=args.workers, seed=args.seed,
-                        progress=bar, log=lambda m: print(m, file=sys.stderr, flush=True))
+                        worker_timeout=args.worker_timeout, progress=bar,
+                        log=lambda m: print(m, file=sys.stderr, flush=True))
     finally:
         bar.close()
     out = Path(args.out)
