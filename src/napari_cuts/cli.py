@@ -166,7 +166,10 @@ def _parser() -> argparse.ArgumentParser:
                         "bare) per case, Dice after each, for cuts_prompts, random_walker and "
                         "slic3d (image_only_prompts with --ablation); writes the clicks entry of "
                         "results.json (its methods kept), clicks.png and a results.md section. "
-                        "--split also splits 2D folders (dev: the first half by sorted name)")
+                        "--split also splits 2D folders (dev: the first half by sorted name). "
+                        "Each case and seed is segmented as `segment` does (its training "
+                        "defaults unless --seconds / --epochs) into OUT/cases/<case>/seed<S>/, "
+                        "reused on a rerun")
     e.add_argument("--results-md", default=None, metavar="PATH", help="with --clicks: also "
                    "write the clicks table into PATH (e.g. benchmarks/RESULTS.md) between "
                    "<!-- evaluate-clicks:<data folder name> --> markers")

@@ -458,7 +458,11 @@ def run_clicks_evaluation(data_dir, out_dir, *, n_clicks: int = 10,
     ``<!-- evaluate-clicks:<dataset> -->`` and ``<!-- /evaluate-clicks:<dataset> -->``,
     ``<dataset>`` the data folder's name, with the command line (``command``), the git
     commit and the machine. ``seconds`` / ``epochs`` / ``warm_start`` / ``device``: the
-    ``segment`` job's training (its defaults when None). Returns the ``clicks`` dict."""
+    ``segment`` job's training, per case and seed (its defaults when None).
+
+    Seeds: ``clicks["cases"][case][method]`` is the curve averaged over the seeds (the
+    seed-independent baselines run once per case); ``clicks["per_seed"]`` keeps each
+    seed's curve of the seeded methods. Returns the ``clicks`` dict."""
     from . import click_report as R
     from .fileutil import make_output_dir
 
