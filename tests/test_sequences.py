@@ -286,7 +286,7 @@ def test_region_distinct_only_in_the_combination(combination_results, mode):
     alone (image_weight=0) too, so the encoder itself uses both channels (issue 18)."""
     r = combination_results
     assert r["both", mode]["best"] >= 0.9, r
-    # the click: >= 0.9 before round 10's guided smoothing of volume embeddings, 0.89 with
+    # the click: >= 0.9 before the guided smoothing of volume embeddings, 0.89 with
     # it (with the embeddings alone, where it is off, unchanged); one sequence alone <= 0.5
     assert r["both", mode]["click"] >= 0.85, r
     for alone in ("seq1", "seq2"):

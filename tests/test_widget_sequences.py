@@ -211,6 +211,6 @@ def test_4d_nifti_sequences_are_chosen_together_as_one_volume(docked, tmp_path):
     fake_click(widget, viewer.layers["case T2"], (5, 22, 22))
     d = dice(widget.mask, box)
     print(f"\n4D NIfTI, two sequences: box 3D Dice {d:.2f}")
-    # at least 0.60 before round 10's guided smoothing of volume embeddings, 0.59 with it
+    # at least 0.60 before the guided smoothing of volume embeddings, 0.59 with it
     assert widget.mask[5, 22, 22] and d >= 0.55
     assert widget.mask_stats()["ml"] == pytest.approx(widget.mask_stats()["pixels"] * 2 / 1000)

@@ -86,7 +86,7 @@ def test_volume_one_hierarchy_slider_click_3d_structure(segmented, blob, tmp_pat
     np.testing.assert_allclose(levels.scale, SCALE)
     assert "one hierarchy" in widget.level_label.text()
 
-    # the slider rewrites every slice: values are cluster + 1, the background 0
+    # the slider rewrites every slice: values are cluster + 1, 0 for the background
     def check_level(lv):
         lab = np.asarray(hier.labels(lv))
         shown = np.asarray(levels.data)

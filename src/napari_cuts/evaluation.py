@@ -132,7 +132,7 @@ CLICK_RULE = "click_level"
 CLICK_RULE_3D = "click_level"
 #: Every ``*_click`` row takes, as the tool does by default, the part of the clicked
 #: cluster connected to the click (:data:`napari_cuts.hierarchy.CLICK_CONNECTED`);
-#: ``cuts_click_whole`` (``--ablation``) is the whole cluster. Measured (round 5): retina
+#: ``cuts_click_whole`` (``--ablation``) is the whole cluster. Measured: retina
 #: 3 seeds 0.772 against 0.739 whole (Hausdorff 13.0 against 26.0 px), hippocampus report
 #: split 0.213 against 0.163, painted MRI lesions 0.255 against 0.162; MNI ventricles (a
 #: thresholded template of three parts) lower: the click takes the part it is in.

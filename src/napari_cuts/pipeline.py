@@ -34,7 +34,7 @@ IMAGE_WEIGHT = 8.0
 #: the hierarchy and more with the next seeds, against which each structure's
 #: reproducibility is scored for the persistent map. An option, off (1) by default: on the
 #: MNI ventricles the whole persistent structure under the click went from 0.43 ranked by
-#: persistence to 0.66 ranked by reproducibility (3 encoders x 5 seeds, round 11; >= 0.70 in
+#: persistence to 0.66 ranked by reproducibility (3 encoders x 5 seeds; >= 0.70 in
 #: 6 of 15 draws instead of 2), but on the
 #: 20 dev hippocampi the persistent map fell from 0.267 to 0.213.
 STABILITY_RUNS = 1
@@ -42,7 +42,7 @@ STABILITY_RUNS = 1
 #: and the encoder is trained from scratch.
 DEFAULT_SECONDS = 60.0
 #: Guided smoothing of a 2D image's embeddings (see ``segment_volume``): off for 2D.
-#: Measured (round 10, retina, 3 seeds, warm start + 15 s): 5 iterations gave best level /
+#: Measured (retina, 3 seeds, warm start + 15 s): 5 iterations gave best level /
 #: persistent / one click 0.820 / 0.781 / 0.787 against 0.822 / 0.786 / 0.792 without.
 GUIDE_ITERATIONS_2D = 0
 #: Default fine-tuning budget (seconds) when the encoder starts from the packaged

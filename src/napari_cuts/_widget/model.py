@@ -151,7 +151,7 @@ class LevelsDisplay:
 
     # ---------------------------------------------------------------- values
     def lut(self, level: int, *, hide_background: Optional[bool] = None) -> np.ndarray:
-        """``(n0,)`` display value of every base id at ``level``: cluster + 1, background 0."""
+        """``(n0,)`` display value of every base id at ``level``: cluster + 1, 0 for the background."""
         level = int(level)
         hide = self.hide_background if hide_background is None else hide_background
         cluster_values = np.arange(1, int(self.n_clusters[level]) + 1, dtype=self.dtype)
