@@ -5,9 +5,11 @@
     {"inputs", "shape", "train_seconds",
      "workers": {"1": {"seconds_tasks", "seconds_total", "images_per_second"}, "2": {...}},
      "speedup_2_vs_1", "identical_1_vs_2",
-     "fault": {"killed_worker", "identical_to_clean", "failed", "rerun_computed",
-               "rerun_skipped"},
-     "targets": {"speedup_ge_1.7", "identical", "fault_changes_nothing",
+     "faults": {name: {"cluster", "signal", "moment", "killed_after_seconds",
+                       "inputs_done_at_kill", "seconds_total", "recomputed", "resubmitted",
+                       "failed", "identical_to_clean", "rerun_computed", "rerun_skipped",
+                       "rerun_seconds"}},
+     "targets": {"speedup_ge_1.7", "identical", "faults_change_nothing",
                  "rerun_recomputes_nothing"}}
 
 What it does: 8 inputs of 256 x 256 made from ``sample_data/fundus.png`` (crops at
@@ -17,10 +19,20 @@ same batch (:func:`napari_cuts.cohort.run_batch`) on a LocalCluster of 1 and of 
 single-threaded worker processes, each started and warmed up (imports) before the
 clock starts: ``seconds_tasks`` is from the first submitted input to the last result,
 ``images_per_second`` = inputs / ``seconds_tasks``. ``identical_1_vs_2``: the per-input
-hierarchies, persistent maps and masks are equal. ``fault`` (not in ``quick``): the
-2-worker batch again, one worker process killed (SIGKILL) as soon as the first input is
-finished; then the outputs are compared with the clean run and the batch is rerun
-(``rerun_computed`` must be 0).
+hierarchies, persistent maps and masks are equal.
+
+``faults`` (:data:`FAULTS`; ``quick``: the first only): the 2-worker batch again, each
+time with one worker killed at a moment a task signals (the marker files of
+:data:`napari_cuts.cohort.TEST_MARKER_ENV`): real ``dask scheduler`` and ``dask worker``
+processes (:class:`DaskProcesses`, the worker's process group killed with SIGKILL or
+SIGTERM) as the reference task starts or mid-way through the inputs, and a LocalCluster
+worker killed mid-way. Reported: when (``killed_after_seconds`` after the batch started,
+``inputs_done_at_kill``), what was computed again (``recomputed``: the tasks started more
+than once, by their markers: ``encoder`` (its bytes), ``reference``, input stems;
+``resubmitted``: what the batch itself submitted again), the wall time
+(``seconds_total``, against ``workers["2"]["seconds_total"]`` without a fault), whether
+the outputs equal the 1-worker run's, and a rerun (``rerun_computed`` must be 0; it is
+given a scheduler address where nobody listens, so it cannot use a cluster).
 
 ``python benchmarks/bench_cohort.py --retina [--seconds 60] [--reference ID]``: the
 one-click-for-all measure of issue 12 on ``../shared/data/retina`` (40 images with GA
@@ -272,50 +284,161 @@ def run(quick: bool = False) -> dict:
         R["speedup_2_vs_1"] = round(R["workers"]["2"]["images_per_second"]
                                     / R["workers"]["1"]["images_per_second"], 3)
         R["identical_1_vs_2"] = _same(tmp / "out1", tmp / "out2", stems)
-        if not quick:
-            R["fault"] = _fault_run(paths, tmp, kw, stems)
+        R["faults"] = {}
+        for name, where, sig, moment in FAULTS[:1] if quick else FAULTS:
+            R["faults"][name] = _fault_run(paths, tmp, kw, stems, where, sig, moment)
     t = {"speedup_ge_1.7": R["speedup_2_vs_1"] >= 1.7, "identical": R["identical_1_vs_2"]}
-    if "fault" in R:
-        t["fault_changes_nothing"] = bool(R["fault"]["identical_to_clean"]
-                                          and R["fault"]["failed"] == 0)
-        t["rerun_recomputes_nothing"] = R["fault"]["rerun_computed"] == 0
+    if R["faults"]:
+        f = R["faults"].values()
+        t["faults_change_nothing"] = all(x["identical_to_clean"] and x["failed"] == 0
+                                         and x.get("error") is None for x in f)
+        t["rerun_recomputes_nothing"] = all(x["rerun_computed"] == 0 for x in f)
     R["targets"] = t
     R["quick"] = bool(quick)
     return R
 
 
-def _fault_run(paths, tmp: Path, kw: dict, stems) -> dict:
-    """The 2-worker batch with one worker process killed after the first finished input."""
-    from napari_cuts.cohort import run_batch
+#: The fault runs: (name, cluster, signal, moment). The cluster is real ``dask
+#: scheduler`` / ``dask worker`` processes (:class:`DaskProcesses`; the worker's process
+#: group is killed) or a LocalCluster (the worker process is killed; its nanny starts
+#: another). The moment: as the reference task starts, or as the input in the middle of
+#: the list starts once at least one input is finished.
+FAULTS = (
+    ("dask_sigkill_at_reference", "processes", signal.SIGKILL, "reference"),
+    ("dask_sigterm_at_reference", "processes", signal.SIGTERM, "reference"),
+    ("dask_sigkill_midway", "processes", signal.SIGKILL, "midway"),
+    ("dask_sigterm_midway", "processes", signal.SIGTERM, "midway"),
+    ("local_sigkill_midway", "local", signal.SIGKILL, "midway"),
+)
 
-    out = tmp / "out_fault"
-    lc, client = _cluster(2)
-    pids = list(client.run(os.getpid).values())
-    killed = {}
 
-    def killer():
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if any((out / s / "done.json").exists() for s in stems):
-                os.kill(pids[-1], signal.SIGKILL)
-                killed["pid"] = pids[-1]
-                killed["after_done"] = sum((out / s / "done.json").exists() for s in stems)
-                return
-            time.sleep(0.01)
+class KillAt(threading.Thread):
+    """Kill a worker at a moment a task signals (:data:`napari_cuts.cohort.TEST_MARKER_ENV`):
+    holds the first task that reaches ``phase`` (``reference``, an input's stem, or
+    ``<stem>.write``); as soon as its marker is in ``markers`` and at least
+    ``after_done`` of ``stems`` are finished in ``out``, calls ``kill(pid)`` with the
+    pid of the task's worker process, then releases the phase. No sleeping for a
+    result: it polls for files, with a deadline of ``wait`` seconds."""
 
-    th = threading.Thread(target=killer, daemon=True)
-    th.start()
+    def __init__(self, markers: Path, phase: str, kill, out: Path, stems=(),
+                 after_done: int = 0, wait: float = 600.0):
+        super().__init__(daemon=True)
+        self.markers, self.phase, self.kill, self.out = Path(markers), phase, kill, Path(out)
+        self.stems, self.after_done, self.wait = list(stems), after_done, wait
+        self.pid = self.done_at_kill = self.error = None
+        self.at = None               #: time.perf_counter() at the kill
+        (self.markers / f"hold-{phase}").touch()
+        self.start()
+
+    def finished(self) -> int:
+        return sum((self.out / s / "done.json").exists() for s in self.stems)
+
+    def run(self):
+        deadline = time.monotonic() + self.wait
+        try:
+            while time.monotonic() < deadline:
+                found = sorted(self.markers.glob(f"{self.phase}@*.started"))
+                if found and self.finished() >= self.after_done:
+                    self.pid = int(found[0].name.split("@")[1])
+                    self.done_at_kill = self.finished()
+                    self.at = time.perf_counter()
+                    self.kill(self.pid)
+                    return
+                time.sleep(0.02)     # polling for a marker file
+            self.error = f"no {self.phase} marker within {self.wait} s"
+        except Exception as exc:  # noqa: BLE001 - reported by the caller
+            self.error = repr(exc)
+        finally:
+            (self.markers / f"release-{self.phase}").touch()
+
+    def check(self, timeout: float = 60.0) -> None:
+        self.join(timeout)
+        if self.error is not None or self.pid is None:
+            raise AssertionError(self.error or "the worker was not killed")
+
+
+def started_twice(markers: Path) -> dict:
+    """Phases started more than once (recomputed), from the marker files: {phase: times}."""
+    count: dict = {}
+    for f in Path(markers).glob("*@*.started"):
+        phase = f.name.split("@")[0]
+        count[phase] = count.get(phase, 0) + 1
+    return {k: v for k, v in sorted(count.items()) if v > 1}
+
+
+def _warm():
+    import torch  # noqa: F401
+
+    import napari_cuts.cohort  # noqa: F401
+    import napari_cuts.condensation  # noqa: F401
+    import napari_cuts.pipeline  # noqa: F401
+    return os.getpid()
+
+
+def _fault_run(paths, tmp: Path, kw: dict, stems, where: str, sig, moment: str) -> dict:
+    """The 2-worker batch with one worker killed with ``sig`` at ``moment``; then its
+    outputs against the clean 1-worker run, and a rerun."""
+    from distributed import Client
+
+    from napari_cuts.cohort import TEST_MARKER_ENV, run_batch
+
+    name = f"{where}-{signal.Signals(sig).name}-{moment}"
+    out = tmp / f"out_{name}"
+    markers = tmp / f"markers_{name}"
+    markers.mkdir()
+    phase = "reference" if moment == "reference" else stems[len(stems) // 2]
+    R = {"cluster": "dask scheduler + 2 dask worker processes" if where == "processes" else
+         "LocalCluster of 2 worker processes", "signal": signal.Signals(sig).name,
+         "moment": "as the reference task starts" if moment == "reference" else
+         f"as {phase} starts, once >= 1 input is finished"}
+    procs = lc = client = None
+    old_env = os.environ.get(TEST_MARKER_ENV)
     try:
-        res = run_batch(paths, out, client=client, **kw)
-        th.join(5)
-        rerun = run_batch(paths, out, client=client, **kw)
+        if where == "processes":
+            procs = DaskProcesses(tmp / f"dask_{name}", env={TEST_MARKER_ENV: str(markers)})
+            procs.start_scheduler()
+            procs.start_workers(2)
+            client = Client(procs.address, set_as_default=False)
+            client.run(_warm)
+            kill = (lambda pid: procs.kill_worker_of(pid, sig))
+            batch_kw = dict(scheduler=procs.address)
+        else:
+            os.environ[TEST_MARKER_ENV] = str(markers)      # the workers inherit it
+            lc, client = _cluster(2)
+            kill = (lambda pid: os.kill(pid, sig))
+            batch_kw = dict(client=client)
+        killer = KillAt(markers, phase, kill, out, stems,
+                        after_done=0 if moment == "reference" else 1)
+        t0 = time.perf_counter()
+        res = run_batch(paths, out, **kw, **batch_kw)
+        R["seconds_total"] = round(time.perf_counter() - t0, 2)
+        killer.check()
+        R.update(killed_pid=killer.pid, killed_after_seconds=round(killer.at - t0, 2),
+                 inputs_done_at_kill=killer.done_at_kill, failed=res["failed"],
+                 computed=res["computed"], recomputed=started_twice(markers),
+                 resubmitted=res.get("recovered"),
+                 identical_to_clean=_same(tmp / "out1", out, stems))
+    except Exception as exc:  # noqa: BLE001 - a fault run that fails is a result to report
+        R.update(error=f"{type(exc).__name__}: {exc}", failed=len(stems), identical_to_clean=False)
     finally:
-        client.close()
-        lc.close()
-    return {"killed_worker": "pid" in killed, "inputs_done_at_kill": killed.get("after_done"),
-            "failed": res["failed"], "computed": res["computed"],
-            "identical_to_clean": _same(tmp / "out1", out, stems),
-            "rerun_computed": rerun["computed"], "rerun_skipped": rerun["skipped"]}
+        if client is not None:
+            client.close()
+        if lc is not None:
+            lc.close()
+        if procs is not None:
+            procs.stop()
+        if old_env is None:
+            os.environ.pop(TEST_MARKER_ENV, None)
+        else:
+            os.environ[TEST_MARKER_ENV] = old_env
+    t0 = time.perf_counter()
+    try:            # a complete folder needs no cluster: the scheduler named is nobody
+        rerun = run_batch(paths, out, **kw, scheduler=f"tcp://127.0.0.1:{free_port()}")
+        R.update(rerun_computed=rerun["computed"], rerun_skipped=rerun["skipped"],
+                 rerun_seconds=round(time.perf_counter() - t0, 2))
+    except Exception as exc:  # noqa: BLE001
+        R.update(rerun_computed=None, rerun_error=f"{type(exc).__name__}: {exc}")
+    return R
 
 
 # ------------------------------------------------------------------ retina

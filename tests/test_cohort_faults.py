@@ -8,19 +8,18 @@ phase when :data:`napari_cuts.cohort.TEST_MARKER_ENV` names a folder, and waits 
 while ``hold-<phase>`` exists until ``release-<phase>`` does; the test waits for the
 marker, kills the worker whose pid it names, then releases. Nothing is timed and
 nothing sleeps for a result. Each run must write every output, equal to a one-worker
-run's, with no error; a rerun computes nothing. Images are 48 x 48, the encoder one
-epoch, trained once for the module.
+run's, with no error; a rerun computes nothing (it is given a scheduler address where
+nobody listens). Images are 48 x 48, the encoder one epoch, trained once for the module.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import json
 import os
 import signal
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +53,7 @@ def _picture(i: int) -> np.ndarray:
     return np.clip(img, 0, 255).round().astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=None)
 def _bench():
     spec = importlib.util.spec_from_file_location("bench_cohort_under_test",
                                                   REPO / "benchmarks" / "bench_cohort.py")
@@ -118,45 +118,9 @@ def workers(scheduler, tmp_path):
         scheduler.stop_workers()
 
 
-class _Killer(threading.Thread):
-    """Holds the first task that reaches ``phase``; when its marker is there (and, with
-    ``after_done``, that many inputs are finished in ``out``), kills its worker with
-    ``kill(pid)`` and releases the phase."""
-
-    def __init__(self, markers: Path, phase: str, kill, out: Path, after_done: int = 0):
-        super().__init__(daemon=True)
-        self.markers, self.phase, self.kill = markers, phase, kill
-        self.out, self.after_done = out, after_done
-        self.pid = None
-        self.done_at_kill = None
-        self.error = None
-        (markers / f"hold-{phase}").touch()
-        self.start()
-
-    def _finished(self) -> int:
-        return sum((self.out / s / "done.json").exists() for s in STEMS)
-
-    def run(self):
-        deadline = time.monotonic() + WAIT
-        try:
-            while time.monotonic() < deadline:
-                found = sorted(self.markers.glob(f"{self.phase}@*.started"))
-                if found and self._finished() >= self.after_done:
-                    self.pid = int(found[0].name.split("@")[1])
-                    self.done_at_kill = self._finished()
-                    self.kill(self.pid)
-                    return
-                time.sleep(0.02)       # polling for the marker file, not waiting on a result
-            self.error = f"no {self.phase} marker within {WAIT} s"
-        except Exception as exc:  # noqa: BLE001 - reported by the test
-            self.error = repr(exc)
-        finally:
-            (self.markers / f"release-{self.phase}").touch()
-
-    def check(self):
-        self.join(WAIT)
-        assert self.error is None, self.error
-        assert self.pid is not None
+def _killer(markers, phase, kill, out, after_done=0):
+    """Kill the worker of the first task reaching ``phase`` (``bench_cohort.KillAt``)."""
+    return _bench().KillAt(markers, phase, kill, out, STEMS, after_done=after_done, wait=WAIT)
 
 
 def _rows(out: Path) -> list[dict]:
@@ -182,13 +146,14 @@ def _assert_same(a: Path, b: Path) -> None:
     assert not list(b.glob(".partial-*"))
 
 
-def _assert_complete_then_rerun_skips(one_worker, images, encoder_file, out, capsys):
+def _assert_complete_then_rerun_skips(one_worker, images, encoder_file, out):
     rows = _rows(out)
     assert [r["status"] for r in rows] == ["ok"] * N, rows
     _assert_same(one_worker, out)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != "summary.csv"}
+    nobody = f"tcp://127.0.0.1:{_bench().free_port()}"      # no cluster to compute with
     res = cohort.run_batch([images], out, weights=encoder_file,
-                           reference=images / "img0.png", point=POINT, scheduler="tcp://0.0.0.0:1")
+                           reference=images / "img0.png", point=POINT, scheduler=nobody)
     assert (res["computed"], res["skipped"], res["failed"]) == (0, N, 0)
     assert [r["status"] for r in _rows(out)] == ["skipped"] * N
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != "summary.csv"} == before
@@ -204,29 +169,32 @@ def _run_cli(args, capsys):
 # ------------------------------------------------------------ real processes
 
 @pytest.mark.parametrize("sig,phase", [
+    (signal.SIGKILL, "encoder"),         # while the encoder's bytes are sent out
     (signal.SIGKILL, "reference"),
     (signal.SIGTERM, "reference"),
     (signal.SIGKILL, "img2.write"),      # mid-way through the inputs, writing one's files
+    (signal.SIGTERM, "img2.write"),
 ])
 def test_dask_worker_process_killed(sig, phase, workers, images, encoder_file, one_worker,
                                     tmp_path, capsys):
-    """Two ``dask worker`` commands; one's process group killed while the reference is
-    segmented (its encoder's bytes may have lived only there) or while an input's
-    files are written after others finished: the batch ends complete, as one worker
-    would have made it, and a rerun (no scheduler even reachable) computes nothing."""
+    """Two ``dask worker`` commands; one's process group killed while the encoder's
+    bytes are sent out, while the reference is segmented (the encoder's bytes may have
+    lived only there), or while an input's files are written after others finished:
+    the batch ends complete, as one worker would have made it, and a rerun (no
+    scheduler even reachable) computes nothing."""
     procs, markers = workers
     out = tmp_path / "out"
-    killer = _Killer(markers, phase, lambda pid: procs.kill_worker_of(pid, sig), out,
-                     after_done=0 if phase == "reference" else 1)
+    midway = phase.startswith("img")
+    killer = _killer(markers, phase, lambda pid: procs.kill_worker_of(pid, sig), out,
+                     after_done=1 if midway else 0)
     rc, err = _run_cli(_args(images, encoder_file, out) + ["--scheduler", procs.address], capsys)
     killer.check()
     assert rc == 0, err
-    if phase == "reference":
-        # the reference was started again on the worker left
-        assert len(list(markers.glob("reference@*.started"))) >= 2
-    else:
+    if midway:
         assert killer.done_at_kill >= 1
-    _assert_complete_then_rerun_skips(one_worker, images, encoder_file, out, capsys)
+    else:   # the encoder's bytes, or the reference, made again on the worker left
+        assert len(list(markers.glob(f"{phase}@*.started"))) >= 2
+    _assert_complete_then_rerun_skips(one_worker, images, encoder_file, out)
 
 
 def test_no_worker_left_waits_then_stops_and_a_rerun_resumes(workers, images, encoder_file,
@@ -241,7 +209,7 @@ def test_no_worker_left_waits_then_stops_and_a_rerun_resumes(workers, images, en
         for w in list(procs.workers):
             os.killpg(w.pid, signal.SIGTERM)
 
-    killer = _Killer(markers, "img3", kill_all, out, after_done=1)
+    killer = _killer(markers, "img3", kill_all, out, after_done=1)
     rc, err = _run_cli(_args(images, encoder_file, out) + ["--scheduler", procs.address,
                                                            "--worker-timeout", "2"], capsys)
     killer.check()
@@ -265,8 +233,7 @@ def test_no_worker_left_waits_then_stops_and_a_rerun_resumes(workers, images, en
 
 @pytest.mark.parametrize("sig,phase", [
     (signal.SIGKILL, "reference"),
-    (signal.SIGTERM, "reference"),
-    (signal.SIGKILL, "img2"),            # mid-way through the inputs
+    (signal.SIGTERM, "img2"),            # mid-way through the inputs
 ])
 def test_local_cluster_worker_killed(sig, phase, images, encoder_file, one_worker, tmp_path,
                                      monkeypatch, capsys):
@@ -276,10 +243,10 @@ def test_local_cluster_worker_killed(sig, phase, images, encoder_file, one_worke
     markers.mkdir()
     monkeypatch.setenv(cohort.TEST_MARKER_ENV, str(markers))   # the workers inherit it
     out = tmp_path / "out"
-    killer = _Killer(markers, phase, lambda pid: os.kill(pid, sig), out,
+    killer = _killer(markers, phase, lambda pid: os.kill(pid, sig), out,
                      after_done=0 if phase == "reference" else 1)
     rc, err = _run_cli(_args(images, encoder_file, out) + ["--workers", "2"], capsys)
     killer.check()
     assert rc == 0, err
     monkeypatch.delenv(cohort.TEST_MARKER_ENV)
-    _assert_complete_then_rerun_skips(one_worker, images, encoder_file, out, capsys)
+    _assert_complete_then_rerun_skips(one_worker, images, encoder_file, out)

@@ -1001,7 +1001,13 @@ def _training_sample(inputs: list[CohortInput], log) -> tuple[list, list, bool]:
     return arrays, spacings, vols.pop()
 
 
-class NoWorkers(CutsError):
+class ClusterLost(CutsError):
+    """The batch cannot go on: the dask scheduler is gone, or has had no worker for the
+    whole ``--worker-timeout`` (:class:`NoWorkers`). Finished inputs are kept; a rerun
+    resumes."""
+
+
+class NoWorkers(ClusterLost):
     """No dask worker at the scheduler for the whole ``--worker-timeout``."""
 
 
@@ -1025,8 +1031,8 @@ class _Watchdog:
         try:
             n = len(self.client.nthreads())
         except Exception as exc:  # noqa: BLE001 - the scheduler is gone or unreachable
-            raise CutsError(f"lost the dask scheduler at {self.address} "
-                            f"({_one_line(exc, 160)}); start it again and rerun to resume.") from None
+            raise ClusterLost(f"lost the dask scheduler at {self.address} "
+                              f"({_one_line(exc, 160)})") from None
         if self.n is not None and n < self.n:
             self.lost_workers += self.n - n
             self.log(f"{self.n - n} dask worker(s) lost at {self.address}; {n} left")
@@ -1166,12 +1172,12 @@ def _reference_on_cluster(client, watch: _Watchdog, encoder: _ClusterEncoder, pa
         try:
             watch.wait([fut], event)
             return fut.result(timeout=_result_timeout(watch.timeout))
-        except CutsError:       # NoWorkers, or the scheduler lost
+        except CutsError:       # ClusterLost
             raise
         except Exception as exc:  # noqa: BLE001 - lost with its worker: reference_task never raises
             last = exc
             if attempt < REFERENCE_ATTEMPTS:
-                log(f"the reference task was lost with its worker ({_one_line(exc, 160)}); "
+                log(f"the reference task was lost ({_one_line(exc, 160)}); "
                     f"submitting it again ({attempt + 1} of {REFERENCE_ATTEMPTS})")
         finally:
             fut.release()       # a worker dying later must not recompute the reference
@@ -1379,7 +1385,7 @@ def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, refer
                         # the scheduler gave up on it (its workers kept dying: KilledWorker)
                         # or cancelled it with lost data: submit it again (the encoder too
                         # where it was lost); its outputs are only ever published whole
-                        log(f"{it.stem}: lost with its worker ({_one_line(exc, 160)}); "
+                        log(f"{it.stem}: task lost ({_one_line(exc, 160)}); "
                             f"submitting it again ({attempts[i] + 1} of {INPUT_ATTEMPTS})")
                         recovered["resubmitted"][it.stem] = attempts[i]
                         submit(i)
@@ -1404,15 +1410,17 @@ def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, refer
                 _write_summary(out / "summary.csv", _pending_rows(items, rows))
         result["seconds_tasks"] = round(time.perf_counter() - t_tasks, 3)
         recovered["encoder_sends"] = encoder.sent
-    except NoWorkers as exc:
+    except ClusterLost as exc:
         for f in pending:
             f.release()
         _clean_partials(out)
-        _write_summary(out / "summary.csv", _pending_rows(items, rows, "not run: no dask worker"))
+        why = "no dask worker" if isinstance(exc, NoWorkers) else "dask scheduler lost"
+        _write_summary(out / "summary.csv", _pending_rows(items, rows, f"not run: {why}"))
         finished = sum(1 for r in rows if r is not None and r.get("status") != "error")
-        raise NoWorkers(f"{exc}: {finished} of {len(items)} inputs are complete, the rest are "
-                        f"pending in {out / 'summary.csv'}; start workers (`dask worker "
-                        f"{address}`) and rerun the same command "
+        fix = (f"start workers (`dask worker {address}`)" if isinstance(exc, NoWorkers)
+               else "start the scheduler and its workers again")
+        raise type(exc)(f"{exc}: {finished} of {len(items)} inputs are complete, the rest "
+                        f"pending in {out / 'summary.csv'}; {fix} and rerun the same command "
                         "to resume.") from None
     finally:
         if own:
