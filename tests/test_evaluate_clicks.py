@@ -284,3 +284,43 @@ def test_split_on_a_2d_folder(tmp_path):
                                    split="report", methods=["random_walker"])
     assert back["cases_order"] == ["image2", "image3"]
     assert json.loads((out / "results.json").read_text())["methods"] == {}
+
+
+def test_prompt_methods_get_the_segment_folders_and_reuse_them(decathlon, tmp_path,
+                                                                monkeypatch):
+    """The plumbing of cuts_prompts / image_only_prompts, with a stand-in for
+    napari_cuts.prompts: the folders, the prompts' form, the reuse on a rerun."""
+    import sys
+    import types
+
+    from napari_cuts.hierarchy import Hierarchy
+
+    calls, saved = [], []
+
+    def segment_from_prompts(result, positive, negative=(), *, scribbles=None, level=None):
+        calls.append((result, list(positive), list(negative), level))
+        hier = Hierarchy.load(f"{result}/hierarchy.npz")
+        return hier.click_mask(positive[0])
+
+    def save_prompt_data(folder, *, image, embedding=None, pools=None, spacing=None):
+        saved.append((str(folder), image.shape, image.dtype, embedding, spacing))
+
+    fake = types.ModuleType("napari_cuts.prompts")
+    fake.segment_from_prompts, fake.save_prompt_data = segment_from_prompts, save_prompt_data
+    monkeypatch.setitem(sys.modules, "napari_cuts.prompts", fake)
+    out = tmp_path / "out"
+    kw = dict(n_clicks=2, seeds=(1,), epochs=1, cases=["case_002"],
+              methods=["cuts_prompts", "image_only_prompts"])
+    res = U.run_clicks_evaluation(decathlon, out, **kw)
+    seg = out / "cases" / "case_002" / "seed1"
+    assert {c[0] for c in calls} == {str(seg), str(out / "cases" / "case_002" / "seed1_image_only")}
+    assert all(c[3] is None and all(isinstance(p, tuple) and len(p) == 3 for p in c[1] + c[2])
+               for c in calls)
+    assert saved == [(str(seg) + "_image_only", SHAPE, np.float32, None, SPACING)]
+    hier = Hierarchy.load(seg.parent / "seed1_image_only" / "hierarchy.npz")
+    assert hier.metadata.get("use_embeddings") is False
+    assert set(res["per_seed"]["case_002"]) == {"cuts_prompts", "image_only_prompts"}
+    stamp = (seg / "run.json").stat().st_mtime_ns
+    saved.clear()
+    U.run_clicks_evaluation(decathlon, out, **kw)
+    assert (seg / "run.json").stat().st_mtime_ns == stamp and saved == []  # reused
