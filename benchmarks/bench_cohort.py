@@ -6,7 +6,7 @@
      "workers": {"1": {"seconds_tasks", "seconds_total", "images_per_second"}, "2": {...}},
      "speedup_2_vs_1", "identical_1_vs_2",
      "faults": {name: {"cluster", "signal", "moment", "killed_after_seconds",
-                       "inputs_done_at_kill", "seconds_total", "recomputed", "resubmitted",
+                       "inputs_done_at_kill", "seconds_total", "recomputed", "batch_recovery",
                        "failed", "identical_to_clean", "rerun_computed", "rerun_skipped",
                        "rerun_seconds"}},
      "targets": {"speedup_ge_1.7", "identical", "faults_change_nothing",
@@ -27,9 +27,10 @@ time with one worker killed at a moment a task signals (the marker files of
 processes (:class:`DaskProcesses`, the worker's process group killed with SIGKILL or
 SIGTERM) as the reference task starts or mid-way through the inputs, and a LocalCluster
 worker killed mid-way. Reported: when (``killed_after_seconds`` after the batch started,
-``inputs_done_at_kill``), what was computed again (``recomputed``: the tasks started more
-than once, by their markers: ``encoder`` (its bytes), ``reference``, input stems;
-``resubmitted``: what the batch itself submitted again), the wall time
+``inputs_done_at_kill``), what was computed again (``recomputed``: how many times each
+task that started more than once started, by their markers: ``encoder`` (its bytes),
+``reference``, input stems; ``batch_recovery``: what the batch itself submitted again,
+beside what the scheduler reran on its own), the wall time
 (``seconds_total``, against ``workers["2"]["seconds_total"]`` without a fault), whether
 the outputs equal the 1-worker run's, and a rerun (``rerun_computed`` must be 0; it is
 given a scheduler address where nobody listens, so it cannot use a cluster).
@@ -416,7 +417,7 @@ def _fault_run(paths, tmp: Path, kw: dict, stems, where: str, sig, moment: str) 
         R.update(killed_pid=killer.pid, killed_after_seconds=round(killer.at - t0, 2),
                  inputs_done_at_kill=killer.done_at_kill, failed=res["failed"],
                  computed=res["computed"], recomputed=started_twice(markers),
-                 resubmitted=res.get("recovered"),
+                 batch_recovery=res.get("recovered"),
                  identical_to_clean=_same(tmp / "out1", out, stems))
     except Exception as exc:  # noqa: BLE001 - a fault run that fails is a result to report
         R.update(error=f"{type(exc).__name__}: {exc}", failed=len(stems), identical_to_clean=False)

@@ -238,15 +238,23 @@ def test_no_worker_left_waits_then_stops_and_a_rerun_resumes(workers, images, en
 def test_local_cluster_worker_killed(sig, phase, images, encoder_file, one_worker, tmp_path,
                                      monkeypatch, capsys):
     """``--workers 2``: a worker process of the LocalCluster killed at the same moments
-    (its nanny starts a new one): complete, equal to one worker, a rerun computes nothing."""
+    (its nanny starts a new one). The scheduler here gives up on a task at its first
+    lost worker (``allowed-failures`` 0: KilledWorker), so the batch itself submits the
+    reference or the input again: complete, equal to one worker, a rerun computes
+    nothing."""
+    import dask
+
     markers = tmp_path / "markers"
     markers.mkdir()
     monkeypatch.setenv(cohort.TEST_MARKER_ENV, str(markers))   # the workers inherit it
     out = tmp_path / "out"
     killer = _killer(markers, phase, lambda pid: os.kill(pid, sig), out,
                      after_done=0 if phase == "reference" else 1)
-    rc, err = _run_cli(_args(images, encoder_file, out) + ["--workers", "2"], capsys)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        rc, err = _run_cli(_args(images, encoder_file, out) + ["--workers", "2"], capsys)
     killer.check()
     assert rc == 0, err
+    assert "KilledWorker" in err and "submitting it again (2 of" in err, err
+    assert len(list(markers.glob(f"{phase}@*.started"))) == 2
     monkeypatch.delenv(cohort.TEST_MARKER_ENV)
     _assert_complete_then_rerun_skips(one_worker, images, encoder_file, out)

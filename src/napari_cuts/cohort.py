@@ -1,9 +1,10 @@
 """A cohort on dask.distributed: ``napari-cuts batch``, and one click matched in every image.
 
 One encoder for the cohort (trained in the client process on a sample of the inputs, or
-loaded with ``weights``) goes to the workers ONCE (``client.scatter`` of the file's
-bytes); each task gets a path and writes its input's outputs itself, so no pixel array
-travels. Per input ``OUT/<stem>/``:
+loaded with ``weights``) goes to the workers ONCE, as the result of one task
+(:func:`encoder_blob`, the file's bytes) that every other task depends on; each task
+gets a path and writes its input's outputs itself, so no pixel array travels. Per input
+``OUT/<stem>/``:
 
 * ``hierarchy.npz`` (:meth:`~napari_cuts.hierarchy.Hierarchy.save`);
 * the persistent map: ``persistent.png`` (pictures) or ``persistent.nii.gz`` (NIfTI and
@@ -18,6 +19,16 @@ exist, whatever kills the worker or the client. A rerun skips every input whose
 ``done.json`` matches the current settings and whose files are all there (nothing is
 recomputed or rewritten) and removes leftover ``.partial-*`` folders. A failed input
 is a row with status ``error`` in ``OUT/summary.csv``; the others go on.
+
+A worker may die at any moment (SIGKILL, SIGTERM, a lost node). The encoder's bytes are
+a task, not scattered data, so the scheduler makes them again on another worker when
+the ones holding them die; the reference task and the per-input tasks that the
+scheduler gives up on or cancels are submitted again (:data:`REFERENCE_ATTEMPTS`,
+:data:`INPUT_ATTEMPTS`); an input published before its worker died is taken from its
+folder, never recomputed. With no worker left the batch waits ``worker_timeout``
+seconds (``--worker-timeout``) for one, then writes ``summary.csv`` (the unfinished
+inputs ``pending``) and raises :class:`NoWorkers` naming the scheduler; a lost
+scheduler likewise (:class:`ClusterLost`). A rerun resumes.
 
 One click for all: the structure under the reference point at
 :meth:`~napari_cuts.hierarchy.Hierarchy.click_level` is the prototype: the mean of the
@@ -62,7 +73,8 @@ __all__ = ["CSV_COLUMNS", "CohortInput", "expand_inputs", "run_batch", "structur
            "standardised", "check_reference_point", "is_done",
            "match_space", "image_columns", "appearance_similarity",
            "MIN_MATCH_AREA", "MAX_MATCH_AREA", "MATCH_SIMILAR", "MATCH_POSITION", "MATCH_LOOKALIKE",
-           "MATCH_BALANCE_IMAGE", "MAX_TRAIN_IMAGES"]
+           "MATCH_BALANCE_IMAGE", "MAX_TRAIN_IMAGES", "ClusterLost", "NoWorkers",
+           "WORKER_TIMEOUT"]
 
 #: Columns of ``summary.csv``, in this order.
 CSV_COLUMNS = ("image", "status", "level", "n_clusters", "mask_pixels", "area_mm2",
@@ -1200,8 +1212,12 @@ def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, refer
 
     ``client``: an existing :class:`distributed.Client` to use (tests, benchmarks);
     else ``scheduler`` (an address) or a LocalCluster of ``workers`` processes.
-    Returns ``{"rows", "computed", "skipped", "failed", "encoder", "trained",
-    "reference", "seconds_total", "seconds_tasks"}``; ``OUT/summary.csv`` holds the rows."""
+    ``worker_timeout``: seconds to wait for a worker when the scheduler has none (module
+    doc). Returns ``{"rows", "computed", "skipped", "failed", "encoder", "trained",
+    "reference", "seconds_total", "seconds_tasks", "recovered"}`` (``recovered``, when
+    the cluster was used: ``reference_attempts``, ``encoder_sends``, and ``resubmitted``
+    {stem: times}: what the batch submitted again after losses); ``OUT/summary.csv``
+    holds the rows."""
     from .fileutil import make_output_dir, write_json
     from .io import read_image
 
