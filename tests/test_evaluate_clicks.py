@@ -303,7 +303,7 @@ def test_prompt_methods_get_the_segment_folders_and_reuse_them(decathlon, tmp_pa
         return hier.click_mask(positive[0])
 
     def save_prompt_data(folder, *, image, embedding=None, pools=None, spacing=None):
-        saved.append((str(folder), image.shape, image.dtype, embedding, spacing))
+        saved.append((str(folder), image.shape, image.dtype, embedding, tuple(spacing)))
 
     fake = types.ModuleType("napari_cuts.prompts")
     fake.segment_from_prompts, fake.save_prompt_data = segment_from_prompts, save_prompt_data
@@ -316,7 +316,9 @@ def test_prompt_methods_get_the_segment_folders_and_reuse_them(decathlon, tmp_pa
     assert {c[0] for c in calls} == {str(seg), str(out / "cases" / "case_002" / "seed1_image_only")}
     assert all(c[3] is None and all(isinstance(p, tuple) and len(p) == 3 for p in c[1] + c[2])
                for c in calls)
-    assert saved == [(str(seg) + "_image_only", SHAPE, np.float32, None, SPACING)]
+    # (the segment job may write its own prompt data through the stand-in too)
+    assert [x for x in saved if x[0].endswith("_image_only")] == [
+        (str(seg) + "_image_only", SHAPE, np.float32, None, SPACING)]
     hier = Hierarchy.load(seg.parent / "seed1_image_only" / "hierarchy.npz")
     assert hier.metadata.get("use_embeddings") is False
     assert set(res["per_seed"]["case_002"]) == {"cuts_prompts", "image_only_prompts"}

@@ -418,8 +418,12 @@ def image_only_folder(case: ClickCase, seg: Path, folder: Path, *, seed: int,
         res = segment_image(enc, data, seed=seed, cancel=cancel, use_embeddings=False)
     make_output_dir(folder)
     res.hierarchy.save(folder / "hierarchy.npz")
-    save_prompt_data(folder, image=np.asarray(case.image, dtype=np.float32), embedding=None,
-                     spacing=tuple(case.spacing))
+    import inspect
+
+    kw = {"image": np.asarray(case.image, dtype=np.float32), "spacing": tuple(case.spacing)}
+    if "embedding" in inspect.signature(save_prompt_data).parameters:
+        kw["embedding"] = None
+    save_prompt_data(folder, **kw)
     write_json(folder / "image_only.json", {"seed": int(seed), "segment": str(seg),
                                             "use_embeddings": False})
     return folder
