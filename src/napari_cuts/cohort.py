@@ -854,8 +854,12 @@ def process_input(path: str, stem: str, out_dir: str, enc_payload: bytes, enc_sh
         partial.mkdir(parents=True)
         medical = src.format in ("nifti", "dicom")
         vol = is_volume(src)
-        files = ["hierarchy.npz"]
+        files = ["hierarchy.npz", "prompts.npz"]
         hier.save(partial / "hierarchy.npz")
+        from .prompts import save_prompt_data
+
+        save_prompt_data(partial, image=np.asarray(src.data), spacing=spacing if vol else (
+            spacing if len(spacing) == 2 and all(v > 0 for v in spacing) else (1.0, 1.0)))
         _marker(f"{stem}.write")
         if _crash_once is not None and _crash_once[0] == stem and not Path(_crash_once[1]).exists():
             Path(_crash_once[1]).write_text("crashed once\n")   # tests: die mid-write, once

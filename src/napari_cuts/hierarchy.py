@@ -349,7 +349,17 @@ class Hierarchy:
                     min_area: float = PERSISTENT_MIN_AREA,
                     max_area: float = PERSISTENT_MAX_AREA, connected: bool = False,
                     measure: Optional[str] = None) -> int:
-        """The level at which the structure under ``point`` is most persistent.
+        """The level at which the structure under ``point`` is most persistent
+        (:meth:`click_choice`'s level)."""
+        return self.click_choice(point, tolerance=tolerance, min_area=min_area,
+                                 max_area=max_area, connected=connected, measure=measure)[0]
+
+    def click_choice(self, point, *, tolerance: float = CLICK_TOLERANCE,
+                     min_area: float = PERSISTENT_MIN_AREA,
+                     max_area: float = PERSISTENT_MAX_AREA, connected: bool = False,
+                     measure: Optional[str] = None) -> tuple[int, float]:
+        """``(level, persistence)``: the level at which the structure under ``point`` is
+        most persistent, and that persistence (``-inf`` where no structure competes).
 
         Walking the clicked pixel's lineage from fine to coarse, a *structure* lasts
         while its cluster grows by at most ``tolerance`` (a fraction of its size when it
@@ -377,7 +387,7 @@ class Hierarchy:
         if not ok:
             ok = [lv for lv, _, size in lin if size <= max_area * total and counts[lv] > 1]
         if not ok:
-            return 0
+            return 0, float("-inf")
         best_lv, best_p = ok[0], -np.inf
         i = 0
         while i < len(ok):
@@ -394,7 +404,7 @@ class Hierarchy:
             if pers > best_p + 1e-12:
                 best_lv, best_p = start, pers
             i = j + 1
-        return int(best_lv)
+        return int(best_lv), float(best_p)
 
     def step_level(self, point, level: int, step: int, connected: bool = False) -> int:
         """Walk the structure under ``point`` along its lineage from ``level``.

@@ -653,6 +653,12 @@ def _train_or_load(train, out, *, weights, summary, log, t_start):
     return enc
 
 
+def _spacing_2d(src) -> tuple:
+    """The in-plane pixel size of a 2D input (mm where the file says, else 1)."""
+    sp = [float(v) for v in getattr(src, "spacing", ())][-2:]
+    return tuple(sp) if len(sp) == 2 and all(v > 0 for v in sp) else (1.0, 1.0)
+
+
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     from .fileutil import atomic_path
 
@@ -664,6 +670,7 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 def _segment_2d_job(src, data, out, *, max_points, weights, epochs, seconds, seed, device,
                     warm_start, progress, cancel, log, summary, provenance, image_path) -> None:
     from .io import write_labels
+    from .prompts import save_prompt_data
 
     p = plan(data.shape, max_points)
     log(f"{Path(image_path).name}: {' x '.join(map(str, data.shape))}; estimated peak memory "
@@ -682,6 +689,7 @@ def _segment_2d_job(src, data, out, *, max_points, weights, epochs, seconds, see
     hier = res.hierarchy
     hier.metadata.update({"input": str(image_path)})
     hier.save(out / "hierarchy.npz")
+    save_prompt_data(out, image=check_image(data), spacing=_spacing_2d(src))
     pers = hier.persistent()
     _save_npy(out / "persistent.npy", pers)
     write_labels(out / "persistent.png", pers, provenance=None)
@@ -698,6 +706,7 @@ def _segment_2d_job(src, data, out, *, max_points, weights, epochs, seconds, see
 def _segment_volume_job(src, data, out, *, max_points, weights, epochs, seconds, seed, device,
                         warm_start, progress, cancel, log, summary, provenance, image_path) -> None:
     from .io import write_labels
+    from .prompts import save_prompt_data
     from .volume import MAX_VOLUME_POINTS, check_volume, estimate_note, volume_plan
 
     vol = check_volume(data, Path(image_path).name)
@@ -725,6 +734,7 @@ def _segment_volume_job(src, data, out, *, max_points, weights, epochs, seconds,
     hier.metadata.update({"input": str(image_path)})
     t1 = time.perf_counter()
     hier.save(out / "hierarchy.npz")
+    save_prompt_data(out, image=vol, spacing=spacing)
     pers = hier.persistent()
     _save_npy(out / "persistent.npy", pers)
     write_labels(out / "persistent.nii.gz", pers, like=src, provenance=provenance)

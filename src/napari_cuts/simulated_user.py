@@ -41,7 +41,7 @@ Methods (the same clicks rule for all; each re-solves from all clicks so far)
 - ``image_only_prompts`` (``ablation``): the same solver on a folder whose hierarchy is
   built on the image channels alone (``segment_image`` / ``segment_volume`` with
   ``use_embeddings=False`` and the case's encoder, as ``image_only_click`` of
-  :mod:`napari_cuts.evaluation`) and whose prompt data has no embeddings
+  :mod:`napari_cuts.evaluation`); the solver sees the image in both
   (``OUT/cases/<case>/seed<S>_image_only/``).
 
 Seeds: ``cuts_prompts`` and ``image_only_prompts`` run once per seed; the other methods
@@ -392,7 +392,7 @@ def image_only_folder(case: ClickCase, seg: Path, folder: Path, *, seed: int,
                       device: str = "auto", cancel: Cancel = None) -> Path:
     """A prompt folder whose hierarchy is condensed from the image channels alone
     (``use_embeddings=False``, the case's encoder ``seg/encoder.pt`` normalising the
-    image, as ``image_only_click``), with prompt data without embeddings. Reused when
+    image, as ``image_only_click``), with the same prompt data (the image). Reused when
     ``image_only.json`` exists."""
     from .encoder import load_encoder
     from .fileutil import make_output_dir, write_json
@@ -418,12 +418,8 @@ def image_only_folder(case: ClickCase, seg: Path, folder: Path, *, seed: int,
         res = segment_image(enc, data, seed=seed, cancel=cancel, use_embeddings=False)
     make_output_dir(folder)
     res.hierarchy.save(folder / "hierarchy.npz")
-    import inspect
-
-    kw = {"image": np.asarray(case.image, dtype=np.float32), "spacing": tuple(case.spacing)}
-    if "embedding" in inspect.signature(save_prompt_data).parameters:
-        kw["embedding"] = None
-    save_prompt_data(folder, **kw)
+    save_prompt_data(folder, image=np.asarray(case.image, dtype=np.float32),
+                     spacing=tuple(case.spacing))
     write_json(folder / "image_only.json", {"seed": int(seed), "segment": str(seg),
                                             "use_embeddings": False})
     return folder
