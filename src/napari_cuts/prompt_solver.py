@@ -13,14 +13,16 @@ random walker image segmentation using prior models"), on the image's voxels:
   when one is given, else its own click level), shrunk along its lineage to the
   coarsest structure that holds no negative prompt. Every other positive click brings
   the coarsest structure of its lineage, up to the same scale, that holds no negative
-  prompt, no piece touching the image border and is no larger than the anchor's.
+  prompt and no piece touching the image border (and, without a given level, is no
+  larger than the anchor's).
   Each negative prompt takes out the coarsest structure of its lineage that holds no
   positive prompt. The prior is 1 on what is left, 0 elsewhere. The rule looks at the
   set of prompts, never at their order.
 * **The edges come from the image**: voxel neighbours (6 in 3D, 4 in 2D) are joined
   with weight ``exp(-BETA * d^2 / mean d^2) / distance``, ``d^2`` the squared
-  difference of the image channels (each in [0, 1]), the distance in units of the
-  finest spacing.
+  difference of the image channels (each in [0, 1]), its mean taken over the whole
+  image (:func:`contrast_scale`, so a prompt that moves the solved box leaves the
+  weights alone), the distance in units of the finest spacing.
 * **The seeds are hard**: a ball of ``SEED_RADIUS`` voxels around each click (1 along
   axes whose spacing exceeds twice the finest) and every scribbled voxel, positive 1,
   negative 0; the faces of the solved box where the prior is 0 count as background.
@@ -43,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Edge contrast: weights ``exp(-BETA * d^2 / mean(d^2))`` over the solved box.
+#: Edge contrast: weights ``exp(-BETA * d^2 / mean(d^2))``, the mean over the image.
 BETA = 8.0
 #: Pull of the hierarchy prior on every voxel that is not a seed (edge weights <= 1).
 GAMMA = 5e-4
@@ -57,7 +59,7 @@ MARGIN_MIN = 4
 #: Above this many voxels the box is solved at a stride and the answer upsampled.
 MAX_SOLVE_VOXELS = 80_000
 #: Conjugate-gradient tolerance (relative residual) and iteration cap.
-CG_TOL = 1e-2
+CG_TOL = 1e-3
 CG_MAXITER = 300
 
 
@@ -148,7 +150,9 @@ def hierarchy_prior(hier, seeds: Seeds, level=None) -> np.ndarray:
         choice[p] = (lv, pers, pieces)
     anchor = min(choice, key=lambda q: (-choice[q][1], q))
     top, _, anchor_pieces = choice[anchor]
-    cap = int(anchor_pieces[top][2])
+    # at the slider's level every click shares the scale; at their own levels the
+    # others may not bring a structure larger than the anchor's
+    cap = int(anchor_pieces[top][2]) if level is None else int(np.prod(hier.shape))
     for p in points:
         lv, _, pieces = choice[p]
         if p != anchor:
@@ -206,9 +210,25 @@ def _stride(box_shape) -> int:
     return s
 
 
-def _edges(features: np.ndarray, spacing):
+def contrast_scale(image: np.ndarray) -> float:
+    """The mean squared difference of neighbouring voxels over the whole image
+    ``(..., C)``: the unit of the edge weights, the same for every box of one image (so
+    that a prompt that moves the box does not change the weights)."""
+    x = np.asarray(image, dtype=np.float32)
+    nd = x.ndim - 1
+    total, count = 0.0, 0
+    for a in range(nd):
+        if x.shape[a] < 2:
+            continue
+        d = np.diff(x, axis=a)
+        total += float(np.sum(d.astype(np.float64) ** 2))
+        count += int(np.prod(d.shape[:-1]))
+    return total / count if count and total > 0 else 1.0
+
+
+def _edges(features: np.ndarray, spacing, scale: float):
     """Edges of the voxel grid ``features (..., F)``: flat indices ``i``, ``j`` and the
-    weights, ``exp(-BETA * d^2 / mean d^2) / distance``."""
+    weights, ``exp(-BETA * d^2 / scale) / distance``."""
     shape = features.shape[:-1]
     nd = len(shape)
     idx = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
@@ -229,21 +249,21 @@ def _edges(features: np.ndarray, spacing):
         z = np.zeros(0, np.int64)
         return z, z, np.zeros(0, np.float64)
     i, j, d2, dist = (np.concatenate(v) for v in (ii, jj, dd, ss))
-    scale = float(d2.mean()) if d2.size and d2.mean() > 0 else 1.0
     return i, j, np.exp(-BETA * d2 / scale) / dist + 1e-6
 
 
 def random_walk(features: np.ndarray, spacing, seed_pos: np.ndarray, seed_neg: np.ndarray,
-                prior: np.ndarray) -> np.ndarray:
+                prior: np.ndarray, scale: float) -> np.ndarray:
     """Potentials ``(grid shape)`` in [0, 1] of the random walker with a prior:
     ``features`` (..., F), seeds as flat indices into the grid, ``prior`` the grid's
-    prior of the object."""
+    prior of the object, ``scale`` the unit of squared differences
+    (:func:`contrast_scale`)."""
     from scipy.sparse import coo_matrix, diags
     from scipy.sparse.linalg import LinearOperator, cg
 
     shape = features.shape[:-1]
     n = int(np.prod(shape))
-    i, j, w = _edges(features, spacing)
+    i, j, w = _edges(features, spacing, scale)
     W = coo_matrix((np.concatenate([w, w]), (np.concatenate([i, j]), np.concatenate([j, i]))),
                    shape=(n, n)).tocsr()
     deg = np.asarray(W.sum(axis=1)).ravel()
@@ -266,10 +286,12 @@ def random_walk(features: np.ndarray, spacing, seed_pos: np.ndarray, seed_neg: n
     return x.reshape(shape)
 
 
-def solve(hier, image: np.ndarray, spacing, seeds: Seeds, level=None) -> np.ndarray:
+def solve(hier, image: np.ndarray, spacing, seeds: Seeds, level=None,
+          scale=None) -> np.ndarray:
     """The object's bool mask on the hierarchy's grid from all of its seeds.
 
-    ``image``: the grid shape plus a channel axis, each channel in [0, 1]."""
+    ``image``: the grid shape plus a channel axis, each channel in [0, 1]; ``scale``
+    its :func:`contrast_scale` (computed when not given)."""
     from scipy import ndimage
 
     shape = hier.shape
@@ -305,7 +327,9 @@ def solve(hier, image: np.ndarray, spacing, seeds: Seeds, level=None) -> np.ndar
             idx[a] = [0, sub_shape[a] - 1]
             faces[tuple(idx)] = True
     sn = np.setdiff1d(np.union1d(sn, np.flatnonzero(faces & (sub_prior == 0))), sp)
-    x = random_walk(feats, [float(v) * st for v in spacing], sp, sn, sub_prior)
+    if scale is None:
+        scale = contrast_scale(image)
+    x = random_walk(feats, [float(v) * st for v in spacing], sp, sn, sub_prior, scale)
     if st > 1:
         x = ndimage.zoom(x, [b / s for b, s in zip(box_shape, sub_shape)], order=1,
                          grid_mode=True, mode="nearest")

@@ -87,7 +87,8 @@ def _folder(result) -> Path:
 
 
 def _load(folder: Path):
-    """``(hierarchy, image, spacing)`` of a folder, cached by path, size and time."""
+    """``(hierarchy, image, spacing, contrast scale)`` of a folder, cached by path, size
+    and time."""
     from .session import load_hierarchy
 
     hp, pp = folder / HIERARCHY_FILE, folder / PROMPTS_FILE
@@ -106,10 +107,12 @@ def _load(folder: Path):
     if image.shape[:-1] != tuple(hier.shape) or len(spacing) != len(hier.shape):
         raise ReadError(f"{pp} does not match {hp} (image {image.shape[:-1]}, hierarchy "
                         f"{tuple(hier.shape)}); rerun `napari-cuts segment` to write both.")
+    from .prompt_solver import contrast_scale
+
     hier.prepare_connected()
     while len(_CACHE) >= CACHE_FOLDERS:
         _CACHE.pop(next(iter(_CACHE)))
-    _CACHE[key] = (hier, image, spacing)
+    _CACHE[key] = (hier, image, spacing, contrast_scale(image))
     return _CACHE[key]
 
 
@@ -210,6 +213,6 @@ def segment_from_prompts(result, positive: Sequence = (), negative: Sequence = (
     if level is not None and not -hier.n_levels <= int(level) < hier.n_levels:
         raise InputError(f"level {level} is out of range; this hierarchy has levels "
                          f"0..{hier.n_levels - 1}.")
-    hier, image, spacing = _load(folder)
+    hier, image, spacing, scale = _load(folder)
     seeds = make_seeds(shape, spacing, pos, neg, scr if has_scribble else None)
-    return solve(hier, image, spacing, seeds, level)
+    return solve(hier, image, spacing, seeds, level, scale)
