@@ -180,6 +180,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--quick", action="store_true", help="a small, fast version of each benchmark")
     b.add_argument("--benchmarks-dir", default=None, help="where the bench_*.py files are")
+    b.add_argument("--results-md", default=None, metavar="PATH", help="also write each "
+                   "benchmark's numbers into PATH (e.g. benchmarks/RESULTS.md) between "
+                   "<!-- bench:<name> --> markers, with the command, commit and machine")
     return p
 
 
@@ -224,9 +227,25 @@ def cmd_bench(args) -> int:
         if not args.json:
             print(json.dumps(results[name], indent=2), flush=True)
             print(f"   ({time.perf_counter() - t0:.1f} s)", flush=True)
+        if args.results_md:
+            _bench_section(Path(args.results_md), name, results[name], quick=args.quick)
     if args.json:
         print(json.dumps(results))
     return 0
+
+
+def _bench_section(path: Path, name: str, result: dict, *, quick: bool) -> None:
+    """Replace the ``<!-- bench:name -->`` section of ``path`` with ``result``."""
+    import datetime
+
+    from .click_report import git_commit, machine, replace_section
+
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cmd = "napari-cuts bench " + name + (" --quick" if quick else "")
+    body = (f"### bench {name}\n\nWritten by `{cmd}` on {when}.\n\n- commit: {git_commit()}\n"
+            f"- machine: {machine()}\n\n```json\n{json.dumps(result, indent=1)}\n```\n")
+    replace_section(path, f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->", body,
+                    title="# Benchmark results\n")
 
 
 def cmd_segment(args) -> int:
