@@ -184,3 +184,24 @@ def test_segment_writes_prompt_data_and_the_click_matches(tmp_path, small_fundus
     shape = read_image(src).data.shape[:2]
     m = segment_from_prompts(out, [p], [(2, 2)])
     assert m.shape == tuple(shape) and m[p] and not m[2, 2]
+
+
+def test_the_constant_surround_joins_no_object_unless_prompted(tmp_path):
+    """A bright disc inside a grey field on a black surround (a fundus-like frame):
+    the solved mask leaves the black surround out even where the hierarchy's structure
+    takes it in, unless a prompt is there."""
+    from napari_cuts.prompts import outside_mask
+
+    yy, xx = np.mgrid[:40, :40]
+    r = np.hypot(yy - 20, xx - 20)
+    image = np.select([r <= 6, r <= 16], [1.0, 0.5], 0.0)
+    assert outside_mask(image, 2).sum() == int((r > 16).sum())
+    assert not outside_mask(np.random.default_rng(0).random((20, 20)), 2).any()
+    # the hierarchy: disc, field, surround; then the field and the surround merge first
+    finest = np.select([r <= 6, r <= 16], [1, 2], 0)
+    luts = [np.array([0, 1, 2]), np.array([0, 1, 0]), np.array([0, 0, 0])]
+    folder, hier = _folder(tmp_path, finest, luts, image, (1.0, 1.0))
+    mask = segment_from_prompts(folder, [(20, 30), (20, 28)], level=1)   # field + surround
+    assert mask[finest == 2].mean() > 0.9 and not mask[r > 16].any()
+    mask = segment_from_prompts(folder, [(20, 30), (20, 38)], level=1)   # the surround prompted
+    assert mask[20, 38]

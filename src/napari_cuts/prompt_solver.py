@@ -25,7 +25,8 @@ random walker image segmentation using prior models"), on the image's voxels:
   weights alone), the distance in units of the finest spacing.
 * **The seeds are hard**: a ball of ``SEED_RADIUS`` voxels around each click (1 along
   axes whose spacing exceeds twice the finest) and every scribbled voxel, positive 1,
-  negative 0; the faces of the solved box where the prior is 0 count as background.
+  negative 0; the faces of the solved box where the prior is 0, and the image's
+  constant surround (:func:`napari_cuts.prompts.outside_mask`), count as background.
   The potentials solve ``(L_UU + GAMMA I) x_U = W_US x_S + GAMMA p_U`` by conjugate
   gradients (a symmetric M-matrix). The mask is ``x > 1/2``, restricted to the parts
   connected to a positive prompt, every positive prompt in, every negative one out.
@@ -287,11 +288,12 @@ def random_walk(features: np.ndarray, spacing, seed_pos: np.ndarray, seed_neg: n
 
 
 def solve(hier, image: np.ndarray, spacing, seeds: Seeds, level=None,
-          scale=None) -> np.ndarray:
+          scale=None, outside=None) -> np.ndarray:
     """The object's bool mask on the hierarchy's grid from all of its seeds.
 
     ``image``: the grid shape plus a channel axis, each channel in [0, 1]; ``scale``
-    its :func:`contrast_scale` (computed when not given)."""
+    its :func:`contrast_scale` (computed when not given); ``outside`` (bool, the grid's
+    shape): voxels outside the subject, background seeds unless prompted."""
     from scipy import ndimage
 
     shape = hier.shape
@@ -299,6 +301,8 @@ def solve(hier, image: np.ndarray, spacing, seeds: Seeds, level=None,
     if seeds.positive.size == 0:
         return np.zeros(shape, dtype=bool)
     prior = hierarchy_prior(hier, seeds, level)
+    if outside is not None:
+        prior[outside] = 0.0
     box = _box(prior, np.concatenate([seeds.positive, seeds.negative]), shape)
     box_shape = tuple(s.stop - s.start for s in box)
     st = _stride(box_shape)
@@ -326,7 +330,10 @@ def solve(hier, image: np.ndarray, spacing, seeds: Seeds, level=None,
             idx = [slice(None)] * nd
             idx[a] = [0, sub_shape[a] - 1]
             faces[tuple(idx)] = True
-    sn = np.setdiff1d(np.union1d(sn, np.flatnonzero(faces & (sub_prior == 0))), sp)
+    background = faces & (sub_prior == 0)
+    if outside is not None:
+        background |= outside[sub]
+    sn = np.setdiff1d(np.union1d(sn, np.flatnonzero(background)), sp)
     if scale is None:
         scale = contrast_scale(image)
     x = random_walk(feats, [float(v) * st for v in spacing], sp, sn, sub_prior, scale)

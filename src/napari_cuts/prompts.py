@@ -49,11 +49,44 @@ def prompt_image(image: np.ndarray, spatial_ndim: int) -> np.ndarray:
     return out
 
 
+#: The image's border must be at least this share one value (in every channel) for the
+#: voxels of that value connected to the border to count as outside the subject.
+OUTSIDE_BORDER_SHARE = 0.9
+
+
+def outside_mask(image: np.ndarray, spatial_ndim: int) -> np.ndarray:
+    """The voxels outside the subject: equal, in every channel, to the constant value
+    that covers at least :data:`OUTSIDE_BORDER_SHARE` of the image's border (the zero
+    around a skull-stripped brain, a fundus photograph's black surround), and connected
+    to the border. All False when the border has no such value."""
+    from scipy import ndimage
+
+    x = np.asarray(image)
+    if x.ndim == spatial_ndim:
+        x = x[..., None]
+    shape = x.shape[:spatial_ndim]
+    faces = np.concatenate([np.concatenate([np.take(x, 0, axis=a).reshape(-1, x.shape[-1]),
+                                            np.take(x, -1, axis=a).reshape(-1, x.shape[-1])])
+                            for a in range(spatial_ndim)])
+    vals, counts = np.unique(faces, axis=0, return_counts=True)
+    k = int(np.argmax(counts))
+    if counts[k] < OUTSIDE_BORDER_SHARE * faces.shape[0]:
+        return np.zeros(shape, dtype=bool)
+    same = np.all(x == vals[k], axis=-1)
+    lab, _ = ndimage.label(same)
+    border = np.unique(np.concatenate([np.concatenate([np.take(lab, 0, axis=a).ravel(),
+                                                       np.take(lab, -1, axis=a).ravel()])
+                                       for a in range(spatial_ndim)]))
+    border = border[border > 0]
+    return np.isin(lab, border)
+
+
 def save_prompt_data(folder, *, image, spacing) -> None:
     """Write ``prompts.npz`` into ``folder``: ``image`` on the hierarchy's grid, 2D or
     3D with or without a trailing channel axis, scaled per channel by
-    :func:`prompt_image`, and ``spacing`` (mm per spatial axis: its length says whether
-    the image is 2D or 3D)."""
+    :func:`prompt_image`; ``spacing`` (mm per spatial axis: its length says whether
+    the image is 2D or 3D); and the :func:`outside_mask` of the raw image (packed
+    bits), which joins no object unless prompted."""
     from .fileutil import atomic_path
 
     sp = np.asarray([float(v) for v in spacing], dtype=np.float64)
@@ -62,10 +95,12 @@ def save_prompt_data(folder, *, image, spacing) -> None:
         raise InputError(f"spacing {tuple(spacing)!r} must give a positive size for each of "
                          "the 2 or 3 spatial axes.")
     unit = prompt_image(image, nd)
+    outside = outside_mask(image, nd)
     path = Path(folder) / PROMPTS_FILE
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, image=unit.astype(np.float16), spacing=sp,
+                                outside=np.packbits(outside.ravel()),
                                 format=np.array(json.dumps({"version": 1})))
 
 
@@ -87,8 +122,8 @@ def _folder(result) -> Path:
 
 
 def _load(folder: Path):
-    """``(hierarchy, image, spacing, contrast scale)`` of a folder, cached by path, size
-    and time."""
+    """``(hierarchy, image, spacing, contrast scale, outside mask)`` of a folder, cached
+    by path, size and time."""
     from .session import load_hierarchy
 
     hp, pp = folder / HIERARCHY_FILE, folder / PROMPTS_FILE
@@ -101,6 +136,9 @@ def _load(folder: Path):
         with np.load(pp, allow_pickle=False) as z:
             image = np.asarray(z["image"], dtype=np.float32)
             spacing = tuple(float(v) for v in z["spacing"])
+            n = int(np.prod(image.shape[:-1]))
+            outside = (np.unpackbits(z["outside"])[:n].astype(bool).reshape(image.shape[:-1])
+                       if "outside" in z.files else np.zeros(image.shape[:-1], dtype=bool))
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem
         raise ReadError(f"{pp} cannot be read ({type(exc).__name__}); rerun `napari-cuts "
                         "segment` to write it again.") from None
@@ -112,7 +150,7 @@ def _load(folder: Path):
     hier.prepare_connected()
     while len(_CACHE) >= CACHE_FOLDERS:
         _CACHE.pop(next(iter(_CACHE)))
-    _CACHE[key] = (hier, image, spacing, contrast_scale(image))
+    _CACHE[key] = (hier, image, spacing, contrast_scale(image), outside)
     return _CACHE[key]
 
 
@@ -176,7 +214,9 @@ def segment_from_prompts(result, positive: Sequence = (), negative: Sequence = (
     and nothing else gives exactly the connected structure under it (at ``level``, or
     at the tool's own level). More prompts are solved together
     (:func:`napari_cuts.prompt_solver.solve`): every positive prompt is in the mask and
-    every negative one out; the answer does not depend on the prompts' order.
+    every negative one out; the answer does not depend on the prompts' order. The
+    constant surround of the image (:func:`outside_mask`) joins no such object unless
+    prompted.
 
     Raises :class:`~napari_cuts.errors.InputError` naming the prompt that is outside the
     image, scribbles of the wrong shape or values, a prompt both positive and negative,
@@ -213,6 +253,6 @@ def segment_from_prompts(result, positive: Sequence = (), negative: Sequence = (
     if level is not None and not -hier.n_levels <= int(level) < hier.n_levels:
         raise InputError(f"level {level} is out of range; this hierarchy has levels "
                          f"0..{hier.n_levels - 1}.")
-    hier, image, spacing, scale = _load(folder)
+    hier, image, spacing, scale, outside = _load(folder)
     seeds = make_seeds(shape, spacing, pos, neg, scr if has_scribble else None)
-    return solve(hier, image, spacing, seeds, level, scale)
+    return solve(hier, image, spacing, seeds, level, scale, outside=outside)
