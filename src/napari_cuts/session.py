@@ -4,8 +4,17 @@ A session folder (written by the widget's "Save session") holds:
 
 - ``hierarchy.npz``: the hierarchy (:meth:`napari_cuts.hierarchy.Hierarchy.save`);
 - ``encoder.pt``: the encoder weights, when there is an encoder;
-- ``objects.json``: ``{"objects": [{"id", "name", "colour", "clicks": [{"mode",
-  "point", "level"}], "levels", "pixels"}], "current": id}``;
+- ``objects.json``: ``{"objects": [{"id", "name", "colour", "prompts": {"positive":
+  [[z, y, x] ...], "negative": [...], "strokes"}, "level", "pixels"}], "current": id}``:
+  each object is its prompts (points as indices of the hierarchy's grid, ``level`` the
+  one they are solved at, None for the tool's own); sessions saved before objects were
+  prompts have ``"clicks": [{"mode", "point", "level"}]`` instead, read as points;
+- ``scribbles.npz``: each object's painted prompts (``scribbles_<id>``, uint8 0 none, 1
+  object, 2 background, the hierarchy's grid, compressed), for objects that have some;
+- ``prompts.npz``: the image on the hierarchy's grid and its spacing
+  (:func:`napari_cuts.prompts.save_prompt_data`), so that
+  :func:`napari_cuts.prompts.segment_from_prompts` solves the objects' prompts from the
+  session folder alone and reopens them to the same masks;
 - ``labels.npy``: the label map (each object's id, later objects on top) and
   ``masks.npz``: each object's own whole mask (``mask_<id>``, bit-packed), since
   objects may overlap;
@@ -53,6 +62,8 @@ ENCODER = "encoder.pt"
 OBJECTS = "objects.json"
 LABELS = "labels.npy"
 MASKS = "masks.npz"
+SCRIBBLES = "scribbles.npz"
+PROMPTS = "prompts.npz"
 SESSION = "session.json"
 RUN = "run.json"
 
@@ -179,6 +190,23 @@ class Session:
         except (OSError, ValueError, KeyError) as exc:
             raise ReadError(f"{p} cannot be read ({exc}); the session's masks are damaged.") \
                 from None
+        return out
+
+    def scribbles(self, shape) -> dict:
+        """``{id: uint8 scribbles}`` of the objects that have painted prompts ({} when
+        the folder has none)."""
+        p = self.folder / SCRIBBLES
+        if not p.is_file():
+            return {}
+        out = {}
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                for name in z.files:
+                    if name.startswith("scribbles_"):
+                        out[int(name[10:])] = np.asarray(z[name], np.uint8).reshape(tuple(shape))
+        except (OSError, ValueError, KeyError) as exc:
+            raise ReadError(f"{p} cannot be read ({exc}); the session's scribbles are "
+                            "damaged.") from None
         return out
 
     def source_path(self) -> Optional[Path]:
@@ -320,7 +348,8 @@ def write_session(folder, *, hierarchy, objects: list, labels: Optional[np.ndarr
                   level: Optional[int] = None, persistent: bool = False,
                   current: Optional[int] = None, hierarchy_file=None,
                   kind: str = "image", source_paths=None,
-                  channels: Optional[list] = None) -> Path:
+                  channels: Optional[list] = None, scribbles: Optional[dict] = None,
+                  prompt_file=None) -> Path:
     """Write a session folder (see the module docstring) and return its path.
 
     ``hierarchy``: a :class:`Hierarchy` (written with :meth:`~Hierarchy.save`, or copied
@@ -330,16 +359,22 @@ def write_session(folder, *, hierarchy, objects: list, labels: Optional[np.ndarr
     image file (or DICOM folder) it was made on, recorded with its size and sha256;
     ``source_paths``: every file of an input made of several co-registered files (the
     first is ``source_path``), each recorded the same way in ``source["sequences"]``;
-    ``channels``: ``[{"name", "path", "sequence_index"}]`` per channel. Raises :class:`WriteError` naming what could not be written.
+    ``channels``: ``[{"name", "path", "sequence_index"}]`` per channel; ``scribbles``:
+    ``{id: uint8 array}`` of painted prompts; ``prompt_file``: a ``prompts.npz`` for this
+    hierarchy (copied in). Raises :class:`WriteError` naming what could not be written.
     """
     out = make_output_dir(folder)
     hpath = out / HIERARCHY
+    same = hierarchy_file is not None and Path(hierarchy_file).is_file() \
+        and Path(hierarchy_file).resolve() == hpath.resolve()
     if hierarchy_file is not None and Path(hierarchy_file).is_file():
-        if Path(hierarchy_file).resolve() != hpath.resolve():
+        if not same:
             with atomic_path(hpath) as tmp:
                 shutil.copyfile(hierarchy_file, tmp)
     else:
         hierarchy.save(hpath)
+    if not same and prompt_file is None and (out / PROMPTS).exists():
+        (out / PROMPTS).unlink()               # it was made for another hierarchy
     remember_hierarchy(hpath, hierarchy)
     _encoder_to(encoder, out / ENCODER)
     if labels is not None:
@@ -353,6 +388,18 @@ def write_session(folder, *, hierarchy, objects: list, labels: Optional[np.ndarr
                                            for i, m in masks.items() if m is not None})
     elif (out / MASKS).exists():
         (out / MASKS).unlink()
+    scribbles = {int(i): a for i, a in (scribbles or {}).items() if a is not None}
+    if scribbles:
+        with atomic_path(out / SCRIBBLES) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **{f"scribbles_{i}": np.asarray(a, np.uint8)
+                                           for i, a in scribbles.items()})
+    elif (out / SCRIBBLES).exists():
+        (out / SCRIBBLES).unlink()
+    if prompt_file is not None and Path(prompt_file).is_file() \
+            and Path(prompt_file).resolve() != (out / PROMPTS).resolve():
+        with atomic_path(out / PROMPTS) as tmp:
+            shutil.copyfile(prompt_file, tmp)
     src: dict = {"shape": None if source_shape is None else [int(s) for s in source_shape]}
     if source_path:
         p = Path(source_path)

@@ -1,41 +1,60 @@
-"""Objects and clicks of the CUTS dock widget: the "CUTS labels" and "CUTS mask" layers.
+"""Objects and their prompts in the CUTS dock widget: the result layers of the objects.
 
 :class:`Objects` is composed into :class:`~napari_cuts._widget.panel.CutsWidget`
 (``widget.objects``). Its model is an :class:`~napari_cuts._widget.objects.ObjectSet`
-(numpy only): several objects, each with its own id, name, colour, clicks and whole
-mask, and an undo/redo history. Mouse clicks on the result layers write the structure
-under the pointer into the current object: a click replaces the object's mask with it,
-shift-click adds, alt-click (or ctrl-click: many Linux desktops take alt-click) removes.
-In the 2D view the click is the data point under the cursor (any slice of a volume:
-the structure is 3D); in the 3D view it is the voxel the user sees along the view ray
-(:func:`model.first_hit`): the first mask voxel when the ray crosses the mask, else the
-first voxel of the cut-away levels that is not background.
+(numpy only): several objects, each with its own id, name, colour, prompts and whole
+mask, and an undo/redo history. **An object is its prompts**: a click or shift-click
+on the levels or the image adds a positive point to the current object, alt-click (or
+ctrl-click: many Linux desktops take alt-click) a negative one; scribbles are painted
+into "CUTS prompts" and points can be deleted in "CUTS points" (:mod:`.promptlayers`).
+Every change of the prompts solves the object again from all of them with
+:func:`napari_cuts.prompts.segment_from_prompts` at the slider's level (the tool's own
+level with the persistent view), off the GUI thread; a newer prompt supersedes a solve
+still running (:mod:`.prompts`). A solver error (:class:`~napari_cuts.errors.InputError`
+naming the prompt) is shown under the object list and the mask stays.
+
+In the 2D view a click is the data point under the cursor (any slice of a volume); in
+the 3D view it is the voxel the user sees along the view ray (:func:`model.first_hit`):
+the first mask voxel when the ray crosses the mask, else the first voxel of the
+cut-away levels that is not background.
 
 Layers: "CUTS labels" shows every object (its id, its colour; a later object on top
-where objects overlap); "CUTS mask" is the current object's own mask (one colour,
-yellow), which export-as-mask writes. Grow (``]``) and shrink (``[``) move each clicked
-structure of the current object one step along its own lineage; ctrl+z / ctrl+shift+z
-undo and redo, bound on the viewer and on the result layers (a Labels layer's own
-ctrl+z would otherwise take the key).
+where objects overlap); "CUTS mask" is the current object's own mask, in the object's
+colour (the object list's swatch), which export-as-mask writes. While an object has
+prompts the levels layer is dimmed and, in the 2D view, drawn as outlines, so that the
+object is unmistakable over clusters of any colour. Grow (``]``) and shrink (``[``)
+move the slider one real merge up or down the lineage of the object's first positive
+point (in sorted order) and solve it there; ctrl+z / ctrl+shift+z undo and redo the
+prompts, bound on the viewer and on the result layers (a Labels layer's own ctrl+z
+would otherwise take the key).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import CutsError, InputError
 from .model import first_hit
-from .objects import HierarchyStructures, ObjectSet, measure
+from .objects import ObjectSet, Prompts, measure
+from .promptlayers import PromptLayers
+from .prompts import Resolver, WorkFolders, has_prompt_data, solve_prompts
 from .settings import LABELS_NAME, MASK_NAME, click_mode, single_colour
+
+log = logging.getLogger(__name__)
 
 #: Keys (napari key-binding names) -> what they do.
 KEYS = {"Control-Z": "undo", "Control-Shift-Z": "redo", "]": "grow", "[": "shrink"}
+#: Opacity of the levels layer while an object is edited (dimmed under the object).
+DIMMED_OPACITY = 0.2
+#: Click modes: what each adds ("replace" starts the object's prompts over).
+MODES = {"positive": True, "add": True, "replace": True, "negative": False, "remove": False}
 
 
 class Objects:
-    """Objects, clicks -> masks, the mask and labels layers, for widget ``w``."""
+    """Objects, prompts -> masks, the mask and labels layers, for widget ``w``."""
 
     def __init__(self, w) -> None:
         self.w = w
@@ -43,12 +62,29 @@ class Objects:
         self.layer = None            # "CUTS mask": the current object
         self.labels_layer = None     # "CUTS labels": every object
         self._keyed: list = []
+        self.prompt_layers = PromptLayers(w)
+        self.folders = WorkFolders()
+        self.resolver = Resolver(self._solve, self._solved, self._failed)
+        self._stepping = False
+        self._levels_opacity: Optional[float] = None   # the levels' own, while dimmed
+        self._mask_colour: Optional[tuple] = None      # (mask layer, colour shown)
 
     # ---------------------------------------------------------------- state
     def reset(self, shape=None, per_slice: bool = False) -> None:
+        """New results (``shape``) or none: the objects, the folders and the solves go."""
         self.model = ObjectSet(shape, per_slice) if shape is not None else None
         self.layer = None
         self.labels_layer = None
+        self.prompt_layers.reset()
+        self.resolver.forget()
+        self.folders.clear()
+        self._levels_opacity = None
+        self._mask_colour = None
+
+    def close(self, *_args) -> None:
+        """The widget closes: stop solving, remove the temporary folders."""
+        self.resolver.stop()
+        self.folders.clear()
 
     @property
     def current(self):
@@ -61,22 +97,67 @@ class Objects:
 
     @property
     def clicks(self) -> list:
+        """The current object's points: ``("positive" | "negative", point)``."""
         obj = self.current
-        return [] if obj is None else [(c.mode, c.point) for c in obj.clicks]
+        return [] if obj is None else list(obj.clicks)
 
-    def structures(self) -> HierarchyStructures:
-        w = self.w
-        per_slice = bool(self.model is not None and self.model.per_slice)
-        return HierarchyStructures(lambda z: w.results[0 if not per_slice else z].hierarchy,
-                                   per_slice, persistent_for=w.persistent_map)
+    @property
+    def prompts(self) -> Prompts:
+        """The current object's prompts (empty without an object)."""
+        obj = self.current
+        return Prompts() if obj is None else obj.prompts
+
+    @property
+    def has_prompts(self) -> bool:
+        return not self.prompts.empty
 
     def _click_level(self) -> Optional[int]:
         w = self.w
         return None if w.persistent_check.isChecked() else int(w.level)
 
+    # -------------------------------------------------------------- folders
+    def results_ready(self, i: int, res) -> None:
+        """Hierarchy ``i`` arrived (Segment): write its working folder in the background
+        (the hierarchy and the image on its grid) and show the prompt layers."""
+        w = self.w
+        src = w.source
+        if src.one_volume:
+            image, spacing = src.array, src.spacing
+        else:
+            image = src.slices[i]
+            spacing = tuple(abs(float(v)) for v in np.asarray(src.layer.scale, float)[-2:])
+        key = i if self.model is not None and self.model.per_slice else 0
+        self.folders.prepare(key, res.hierarchy, image, spacing, sync=w.run_sync)
+        self.prompt_layers.ensure()
+
+    def use_folder(self, folder, hierarchy) -> None:
+        """Solve in an opened session or segment folder (``hierarchy`` read from it);
+        one without ``prompts.npz`` gets a working folder made from the image."""
+        w = self.w
+        if folder is not None and has_prompt_data(folder):
+            self.folders.use(0, folder)
+            return
+        src = w.source
+        image = src.array if src.one_volume else src.slices[0]
+        n = len(hierarchy.shape)
+        spacing = tuple(abs(float(v)) for v in np.asarray(src.layer.scale, float)[-n:])
+        hfile = None if folder is None else (folder / "hierarchy.npz")
+        self.folders.prepare(0, hierarchy, image, spacing, hierarchy_file=hfile,
+                             sync=w.run_sync)
+
+    def prompt_file(self):
+        """The ``prompts.npz`` the objects are solved with (waiting while it is written),
+        or None when there is none (a stack segmented image by image)."""
+        if self.model is None or self.model.per_slice:
+            return None
+        try:
+            return self.folders.get(0) / "prompts.npz"
+        except CutsError:
+            return None
+
     # ---------------------------------------------------------------- mouse
     def on_mouse(self, layer, event):
-        """Mouse drag callback: a click (press and release without a drag) binarises."""
+        """Mouse drag callback: a click (press and release without a drag) is a prompt."""
         w = self.w
         if getattr(layer, "mode", "pan_zoom") != "pan_zoom" or not w.results:
             return
@@ -120,14 +201,15 @@ class Objects:
         return first_hit(lambda idx: np.asarray(shown[tuple(idx.T)]) != 0, start, end,
                          shown.shape)
 
-    # ------------------------------------------------------------- changes
-    def click(self, point, mode: str = "replace", connected: Optional[bool] = None) -> bool:
-        """Write the structure at ``point`` (data coordinates of the result layers) into
-        the current object. ``connected``: only the part of the cluster connected to the
-        point (default: the "Connected part only" box). False if outside."""
+    # -------------------------------------------------------------- prompts
+    def click(self, point, mode: str = "positive") -> bool:
+        """A point prompt at ``point`` (data coordinates of the result layers) for the
+        current object: ``"positive"`` (or ``"add"``), ``"negative"`` (or ``"remove"``),
+        or ``"replace"`` (the object's prompts start over from this positive point).
+        False if outside the image."""
         w = self.w
-        if mode not in ("replace", "add", "remove"):
-            raise InputError(f"mode must be 'replace', 'add' or 'remove', not {mode!r}.")
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}.")
         if not w.results or self.model is None:
             return False
         idx = tuple(int(round(float(p))) for p in point)[-len(self.model.shape):]
@@ -136,27 +218,135 @@ class Objects:
             return False
         if self.model.per_slice and idx[0] not in w.results:
             return False
-        if connected is None:
-            connected = w.connected_check.isChecked()
-        self.model.click(self.structures(), idx, mode, self._click_level(),
-                         connected=bool(connected))
-        self.show()
+        obj = self.current
+        base = Prompts() if mode == "replace" or obj is None else obj.prompts
+        new = base.add(idx, MODES[mode])
+        if obj is not None and new is obj.prompts:
+            return True                                  # that prompt is there already
+        self.change(new)
         return True
 
-    def step(self, step: int) -> bool:
-        """Grow (+1) or shrink (-1) each clicked structure of the current object along
-        its own lineage (the global slider stays). False when nothing moves."""
-        if self.model is None or self.current is None or not self.w.results:
+    def set_points(self, positive, negative) -> bool:
+        """The current object's points are these (an edit of "CUTS points")."""
+        if self.model is None:
             return False
-        moved = self.model.step(self.structures(), int(step))
-        if moved:
+        new = self.prompts.with_points(positive, negative)
+        if self.current is not None and new.same(self.current.prompts):
+            return False
+        self.change(new)
+        return True
+
+    def set_scribbles(self, dense) -> bool:
+        """The current object's scribbles are ``dense`` (a stroke in "CUTS prompts")."""
+        if self.model is None or dense is None or tuple(np.shape(dense)) != self.model.shape:
+            return False
+        new = self.prompts.with_scribbles(dense)
+        if self.current is not None and new.same(self.current.prompts):
+            return False
+        if self.current is None and new.empty:
+            return False
+        self.change(new)
+        return True
+
+    def clear(self) -> bool:
+        """"Clear prompts": the current object starts over (one undo step)."""
+        if self.model is None or self.current is None or self.current.prompts.empty:
+            return False
+        self.change(Prompts())
+        return True
+
+    def change(self, prompts: Prompts) -> None:
+        """Give the current object (a new one when there is none) ``prompts``, solved at
+        the slider's level: one undo step."""
+        obj = self.model.set_prompts(prompts, self._click_level())
+        self._request(obj)
+        self.show()
+
+    # -------------------------------------------------------------- solving
+    def _request(self, obj) -> None:
+        if obj is None or obj.prompts.empty:
+            return
+        self.resolver.run_sync = bool(self.w.run_sync)
+        if not self.resolver.run_sync:
+            self.message("Solving...")
+        self.resolver.request(obj.id, obj.prompts, obj.level)
+
+    def _resolve_unsolved(self) -> None:
+        if self.model is not None:
+            for obj in self.model.unsolved():
+                self._request(obj)
+
+    def _solve(self, req) -> np.ndarray:
+        """Worker thread: the mask of ``req``'s prompts."""
+        w = self.w
+        model = self.model
+        if model is None:
+            raise InputError("the results are gone.")
+        n_levels = {z: r.hierarchy.n_levels for z, r in list(w.results.items())}
+        return solve_prompts(self.folders, req.prompts, req.level, model.shape,
+                             model.per_slice, n_levels)
+
+    def _solved(self, req, mask) -> None:
+        if self.model is not None and self.model.set_mask(req.label_id, req.prompts,
+                                                          req.level, mask):
+            if not self.resolver.waiting:
+                self.message("")
             self.show()
+
+    def _failed(self, req, exc) -> None:
+        if isinstance(exc, CutsError):
+            text = str(exc)
         else:
-            self.w.progress_label.setText(
-                "Nothing to " + ("grow: the structure is the whole image." if step > 0 else
-                                 "shrink: the structure is the finest.") if self.current.clicks
-                else "Click a structure first.")
-        return moved
+            log.error("napari-cuts: the prompts could not be solved",
+                      exc_info=(type(exc), exc, exc.__traceback__))
+            text = f"the prompts could not be solved: {type(exc).__name__}: {exc}"
+        if self.model is not None and self.model.set_error(req.label_id, req.prompts,
+                                                           req.level, text):
+            self.message(text + " The mask is unchanged.")
+            self.w._notify("warning", text)
+            self.show()
+
+    def message(self, text: str) -> None:
+        """Show ``text`` under the object list (solver messages)."""
+        try:
+            self.w.object_list.message.setText(text)
+        except (AttributeError, RuntimeError):
+            pass
+
+    # -------------------------------------------------------------- changes
+    def step(self, step: int) -> bool:
+        """Grow (+1) or shrink (-1): the slider one real merge up or down the lineage of
+        the current object's first positive point (sorted order), the object solved at
+        that level (one undo step). False when nothing moves."""
+        w = self.w
+        obj = self.current
+        if self.model is None or obj is None or not w.results or not obj.prompts.positive:
+            w.progress_label.setText("Click a structure first.")
+            return False
+        p = min(obj.prompts.positive)
+        per_slice = self.model.per_slice
+        hier = w.results[p[0] if per_slice else 0].hierarchy
+        local = p[1:] if per_slice else p
+        start = obj.level if obj.level is not None else hier.click_level(local, connected=True)
+        start = int(min(max(int(start), 0), hier.n_levels - 1))
+        new = int(hier.step_level(local, start, int(step), connected=True))
+        if new == start:
+            w.progress_label.setText("Nothing to " + ("grow: the structure is the whole image."
+                                                      if step > 0 else
+                                                      "shrink: the structure is the finest."))
+            return False
+        self._stepping = True
+        try:
+            if w.persistent_check.isChecked():
+                w.persistent_check.setChecked(False)
+            w.set_level(new)
+        finally:
+            self._stepping = False
+        moved = self.model.relevel(new, record=True)
+        if moved is not None:
+            self._request(moved)
+        self.show()
+        return True
 
     def new_object(self, name: Optional[str] = None) -> Optional[int]:
         if self.model is None:
@@ -187,21 +377,30 @@ class Objects:
     def undo(self) -> bool:
         if self.model is None or not self.model.undo():
             return False
+        self._resolve_unsolved()
         self.show()
         return True
 
     def redo(self) -> bool:
         if self.model is None or not self.model.redo():
             return False
+        self._resolve_unsolved()
         self.show()
         return True
 
     def replay(self) -> None:
-        """The current object's clicks at the current level ("mask follows slider")."""
-        if self.model is None or self.current is None or not self.current.clicks:
+        """The current object's prompts at the slider's level ("mask follows slider")."""
+        if self._stepping or self.model is None or self.current is None:
             return
-        if self.model.relevel(self.structures(), self._click_level()):
+        moved = self.model.relevel(self._click_level())
+        if moved is not None:
+            self._request(moved)
             self.show()
+
+    def loaded(self) -> None:
+        """Objects were loaded (a session): solve those without a stored mask, show."""
+        self._resolve_unsolved()
+        self.show()
 
     # ---------------------------------------------------------------- keys
     def bind_keys(self, layers=()) -> None:
@@ -244,10 +443,15 @@ class Objects:
         w = self.w
         if self.model is None:
             return
+        made = self._layer_gone(self.labels_layer) or self._layer_gone(self.layer)
         self._show_labels()
         self._show_mask()
-        w.view3d.mask_changed()
         obj = self.current
+        self.prompt_layers.show(obj)
+        if made:
+            self.prompt_layers.raise_to_top()
+        self.style_levels()
+        w.view3d.mask_changed()
         stats = self.stats()
         physical = w._has_physical_scale()
         who = f"{obj.name} (id {obj.id})" if obj is not None else "Mask"
@@ -259,9 +463,34 @@ class Objects:
         else:
             w.area_label.setText(f"{who}: {stats['pixels']} pixels"
                                  + (f", {stats['mm2']:.2f} mm\u00b2" if physical else ""))
+        if obj is not None and obj.error is not None:
+            self.message(obj.error + " The mask is unchanged.")
+        elif not self.resolver.busy:
+            self.message("")
         w.object_list.show_objects(self)
         w._recolor_phate()
         w._update_buttons()
+
+    def style_levels(self) -> None:
+        """The levels dimmed (and outlined in the 2D view) while the current object has
+        prompts; as the user set them otherwise."""
+        w = self.w
+        lay = w.levels_layer
+        if lay is None or self._layer_gone(lay):
+            return
+        obj = self.current
+        editing = obj is not None and (not obj.prompts.empty or obj.mask is not None)
+        try:
+            if editing and self._levels_opacity is None:
+                self._levels_opacity = float(lay.opacity)
+                lay.opacity = min(float(lay.opacity), DIMMED_OPACITY)
+            elif not editing and self._levels_opacity is not None:
+                lay.opacity, self._levels_opacity = self._levels_opacity, None
+            contour = 1 if editing and int(w.viewer.dims.ndisplay) == 2 else 0
+            if lay.contour != contour:
+                lay.contour = contour
+        except Exception:  # noqa: BLE001 - cosmetic only
+            log.debug("napari-cuts: could not style the levels", exc_info=True)
 
     def _show_labels(self) -> None:
         w = self.w
@@ -295,6 +524,11 @@ class Objects:
         except Exception:  # noqa: BLE001 - cosmetic only
             pass
 
+    def mask_colour(self) -> Optional[tuple]:
+        """The colour "CUTS mask" shows (the current object's), or None."""
+        obj = self.current
+        return None if obj is None else tuple(float(v) for v in obj.colour)
+
     def _show_mask(self) -> None:
         w = self.w
         obj = self.current
@@ -307,7 +541,6 @@ class Objects:
         if self._layer_gone(self.layer):
             self.layer = w.viewer.add_labels(mask.astype(np.uint8), name=MASK_NAME,
                                              opacity=0.7, **w._geometry())
-            single_colour(self.layer)
             w._hook(self.layer)
             self.bind_keys([self.layer])
             w.view3d.style_mask(self.layer)
@@ -321,6 +554,12 @@ class Objects:
                 self.layer.refresh()
             else:
                 self.layer.data = mask.astype(np.uint8)
+        colour = self.mask_colour()
+        if colour is not None and (self._mask_colour is None
+                                   or self._mask_colour[0] is not self.layer
+                                   or self._mask_colour[1] != colour):
+            single_colour(self.layer, colour)
+            self._mask_colour = (self.layer, colour)
 
     def stats(self, label_id: Optional[int] = None) -> dict:
         """Size of an object's own mask (the current one by default): ``pixels``, and

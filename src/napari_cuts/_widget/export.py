@@ -67,7 +67,8 @@ def export_objects(w, path) -> list[str]:
     like, affine = _geometry(labels, meta)
     prov = provenance(w, "objects")
     prov["objects"] = [{"id": o.id, "name": o.name, "colour": list(o.colour),
-                        "levels": o.levels, "pixels": o.pixels()} for o in objs]
+                        "level": o.level, "prompts": o.prompts.to_json(),
+                        "pixels": o.pixels()} for o in objs]
     prov["names"] = {str(o.id): o.name for o in objs}
     p = Path(str(path))
     low = p.name.lower()

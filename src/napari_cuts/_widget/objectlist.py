@@ -1,19 +1,21 @@
 """The object list of the CUTS dock widget (Qt only; the objects live in the model).
 
-One row per object: its colour and name (double-click to rename), label id, level (of
-its clicked structures: "12", or "10-12" when they sit at several levels) and size (mm\u00b2
-or mL where the image has a voxel size, else pixels). The selected row is the object
-that clicks write into. Buttons: New object, Delete, Shrink ``[``, Grow ``]``, Undo,
-Redo, Export objects..., Save session...
+One row per object: its colour (the swatch is the colour of its mask in "CUTS mask"
+and "CUTS labels") and name (double-click to rename), label id, prompts (how many:
+"3: 2+ 1-", with the strokes painted), level (the level its prompts are solved at, or
+"auto": the tool's own) and size (mm\u00b2 or mL where the image has a voxel size, else
+pixels). The selected row is the object that prompts go into. Buttons: New object,
+Clear prompts, Delete, Shrink ``[``, Grow ``]``, Undo, Redo, Export objects..., Save
+session...; under them the solver's messages (a prompt it cannot take).
 """
 
 from __future__ import annotations
 
 from qtpy.QtGui import QColor, QIcon, QPixmap
-from qtpy.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QPushButton,
-                            QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel,
+                            QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-COLUMNS = ("Object", "Id", "Level", "Size")
+COLUMNS = ("Object", "Id", "Prompts", "Level", "Size")
 
 
 def _icon(rgba) -> QIcon:
@@ -49,15 +51,20 @@ class ObjectList(QWidget):
             return b
 
         self.new_btn = button("New object", "Start the next object (the next label id); "
-                              "clicks then write into it.", w.new_object)
+                              "prompts then go into it. Each object keeps its own.",
+                              w.new_object)
+        self.clear_btn = button("Clear prompts", "The selected object starts over: its "
+                                "points and scribbles go, and its mask.", w.clear_prompts)
         self.delete_btn = button("Delete", "Delete the selected object.", w.delete_object)
-        self.shrink_btn = button("Shrink [", "Each clicked structure of the object one step "
-                                 "down its lineage: the largest strictly smaller structure "
-                                 "that holds the click (key [).", w.shrink)
-        self.grow_btn = button("Grow ]", "Each clicked structure of the object one step up "
-                               "its lineage: the next merge that holds the click (key ]).",
-                               w.grow)
-        self.undo_btn = button("Undo", "Undo the last change (ctrl+z).", w.undo)
+        self.shrink_btn = button("Shrink [", "The slider one step down the lineage of the "
+                                 "object's first positive point (the largest strictly "
+                                 "smaller structure), the object solved there (key [).",
+                                 w.shrink)
+        self.grow_btn = button("Grow ]", "The slider one step up the lineage of the object's "
+                               "first positive point (the next merge), the object solved "
+                               "there (key ]).", w.grow)
+        self.undo_btn = button("Undo", "Undo the last change of the prompts or objects "
+                               "(ctrl+z).", w.undo)
         self.redo_btn = button("Redo", "Redo (ctrl+shift+z).", w.redo)
         self.export_btn = button("Export objects...", "All objects as one label map keeping "
                                  "their ids (NIfTI or PNG, names in a JSON beside it), or a "
@@ -66,12 +73,16 @@ class ObjectList(QWidget):
         self.session_btn = button("Save session...", "Write a folder that reopens through "
                                   "File > Open: image, levels, objects, without recomputing.",
                                   w._save_session_dialog)
-        for group in ((self.new_btn, self.delete_btn, self.shrink_btn, self.grow_btn),
-                      (self.undo_btn, self.redo_btn, self.export_btn, self.session_btn)):
+        for group in ((self.new_btn, self.clear_btn, self.delete_btn),
+                      (self.shrink_btn, self.grow_btn, self.undo_btn, self.redo_btn),
+                      (self.export_btn, self.session_btn)):
             row = QHBoxLayout()
             for b in group:
                 row.addWidget(b)
             lay.addLayout(row)
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        lay.addWidget(self.message)
 
     # ------------------------------------------------------------------ rows
     def show_objects(self, objects) -> None:
@@ -92,7 +103,8 @@ class ObjectList(QWidget):
                     size = f"{st['pixels']} px"
                 name = QTableWidgetItem(_icon(obj.colour), obj.name)
                 self.table.setItem(r, 0, name)
-                for c, text in enumerate((str(obj.id), obj.level_text(), size), start=1):
+                texts = (str(obj.id), obj.prompts.text(), obj.level_text(), size)
+                for c, text in enumerate(texts, start=1):
                     it = QTableWidgetItem(text)
                     it.setFlags(it.flags() & ~_editable())
                     self.table.setItem(r, c, it)
@@ -100,6 +112,11 @@ class ObjectList(QWidget):
                     self.table.selectRow(r)
         finally:
             self._filling = False
+
+    def swatch(self, row: int) -> tuple:
+        """The RGBA (0..1) of row ``row``'s colour swatch."""
+        img = self.table.item(row, 0).icon().pixmap(12, 12).toImage()
+        return tuple(float(v) for v in img.pixelColor(6, 6).getRgbF())
 
     def row_text(self, row: int) -> tuple:
         return tuple(self.table.item(row, c).text() for c in range(len(COLUMNS)))

@@ -17,15 +17,13 @@ view (:mod:`.view3d`), export (:mod:`.export`) and the PHATE view (:mod:`.phate`
   metadata; values are cluster id + 1, and for a volume the background (outside the
   body) is 0, transparent (see :mod:`.model`). The granularity slider (coarse left,
   fine right) rewrites the whole layer in place through one lookup table.
-- ``"CUTS mask"``: click a pixel (a voxel in any slice, or on the rendered volume in
-  the 3D view) to make the cluster under it the mask (the 3D structure for a volume);
-  shift-click adds, alt-click (or ctrl-click) removes. The mask stays put when the
-  slider moves, unless "mask follows slider" is on. The size is shown in mm\u00b2 or mL
-  from the layer's scale.
-- Objects (:mod:`.clicks`, :mod:`.objects`, :mod:`.objectlist`): "New object" starts
-  the next label id, clicks write into the selected object; "CUTS labels" shows every
-  object (later on top), "CUTS mask" the selected one; grow ``]`` / shrink ``[`` walk
-  each clicked structure along its own lineage; ctrl+z / ctrl+shift+z undo and redo.
+- Objects are their prompts (:mod:`.clicks`, :mod:`.objects`, :mod:`.prompts`,
+  :mod:`.promptlayers`, :mod:`.objectlist`): click or shift-click (a voxel in any slice,
+  or the rendered volume in 3D) adds a positive point, alt/ctrl-click a negative one,
+  scribbles are painted in "CUTS prompts"; each change solves the selected object from
+  all its prompts at the slider's level, off the GUI thread. "CUTS mask" shows it in
+  the object's colour, "CUTS labels" every object; "New object" starts the next label
+  id; grow ``]`` / shrink ``[`` step the level; ctrl+z / ctrl+shift+z undo and redo.
 - Export writes the mask or the labels through the plugin's npe2 writer: NIfTI keeps
   the source geometry, PNG is 0/255 for a mask; "objects" is one label map keeping the
   ids (names in a JSON beside it), or a DICOM SEG with one segment per object.
@@ -65,15 +63,14 @@ from .session import Sessions
 from .jobs import JobRunner
 from .model import LevelsDisplay
 from .settings import (DEVICES, LEVELS_NAME, MASK_NAME, NO_IMAGE_HINT, UNITS,  # noqa: F401
-                       Settings, Source, click_mode, default_level, physical_scale,
-                       source_from_layer)
+                       Settings, Source, check_encoder, click_mode, default_level,
+                       physical_scale, source_from_layer)
 from .ui import build_controls
 from .view3d import View3D
-from ..errors import Cancelled, CutsError, InputError, WeightsError
+from ..errors import Cancelled, CutsError, InputError
 from ..images import check_cancel, check_image
 
 log = logging.getLogger(__name__)
-
 
 
 class CutsWidget(QWidget):
@@ -105,6 +102,7 @@ class CutsWidget(QWidget):
         self.settings = Settings()
         self.warm_check.toggled.connect(self._warm_start_toggled)
         self.destroyed.connect(self.runner.state.stop)
+        self.destroyed.connect(self.objects.close)
         try:
             ev = self.viewer.layers.events
             ev.inserted.connect(self._refresh_layers)
@@ -151,19 +149,18 @@ class CutsWidget(QWidget):
 
     @property
     def clicks(self) -> list:
-        """The clicks that made the mask: (mode, point)."""
+        """The selected object's points: ("positive" | "negative", point)."""
         return self.objects.clicks
 
     @property
     def mask_layer(self):
         return self.objects.layer
 
-    def click(self, point, mode: str = "replace", connected: Optional[bool] = None) -> bool:
-        """Binarise at ``point``: data coordinates of the result layers, (row, col) or
-        (z, row, col). ``mode``: "replace", "add" or "remove". ``connected``: only the
-        part of the cluster connected to the point (default: the "Connected part only"
-        box). False if outside."""
-        return self.objects.click(point, mode, connected)
+    def click(self, point, mode: str = "positive") -> bool:
+        """A point prompt at ``point`` (data coordinates of the result layers, (row, col)
+        or (z, row, col)) for the selected object: ``mode`` "positive", "negative" or
+        "replace" (its prompts start over). False if outside."""
+        return self.objects.click(point, mode)
 
     def _on_mouse(self, layer, event):
         return self.objects.on_mouse(layer, event)
@@ -185,12 +182,16 @@ class CutsWidget(QWidget):
         self.objects.select(label_id)
 
     def grow(self) -> bool:
-        """Each clicked structure of the selected object one step up its lineage."""
+        """The slider one real merge up the selected object's lineage, solved there."""
         return self.objects.step(+1)
 
     def shrink(self) -> bool:
-        """Each clicked structure of the selected object one step down its lineage."""
+        """The slider one real merge down the selected object's lineage, solved there."""
         return self.objects.step(-1)
+
+    def clear_prompts(self) -> bool:
+        """The selected object starts over: no prompt, no mask (one undo step)."""
+        return self.objects.clear()
 
     def undo(self) -> bool:
         """Undo the last change of the objects (labels and list together)."""
@@ -346,8 +347,9 @@ class CutsWidget(QWidget):
         ol = self.object_list
         ol.new_btn.setEnabled(has_result and not busy)
         ol.delete_btn.setEnabled(cur is not None and not busy)
-        ol.grow_btn.setEnabled(cur is not None and bool(cur.clicks) and not busy)
-        ol.shrink_btn.setEnabled(cur is not None and bool(cur.clicks) and not busy)
+        for b in (ol.grow_btn, ol.shrink_btn):
+            b.setEnabled(cur is not None and bool(cur.prompts.positive) and not busy)
+        ol.clear_btn.setEnabled(cur is not None and not cur.prompts.empty and not busy)
         ol.undo_btn.setEnabled(model is not None and model.can_undo and not busy)
         ol.redo_btn.setEnabled(model is not None and model.can_redo and not busy)
         ol.export_btn.setEnabled(model is not None and any(o.mask is not None
@@ -485,41 +487,6 @@ class CutsWidget(QWidget):
                                       **s.train_kwargs(chans, False))
         return enc
 
-    def _check_encoder(self, enc, src: Source) -> Optional[str]:
-        """Why ``enc`` cannot segment ``src`` (a message), or None."""
-        from ..encoder import is_volume_encoder
-
-        if enc is None:
-            return None
-        if is_volume_encoder(enc):
-            k = int(enc.metadata.get("context_slices", 0) or 0)
-            if not src.one_volume:
-                return str(WeightsError(
-                    f"the encoder was trained on volumes (each slice with {k} neighbour(s) on "
-                    f"each side) but layer '{src.layer.name}' is a 2D image or a stack of "
-                    "colour images; Train a new encoder on it or load 2D weights."))
-            if enc.in_channels != (2 * k + 1) * src.channels:
-                return str(WeightsError(
-                    f"the volume encoder expects {enc.in_channels // (2 * k + 1)}-channel "
-                    f"volumes but {self._has(src)} {src.channels} channel(s)."))
-            return None
-        if enc.in_channels != src.channels:
-            return str(WeightsError(
-                f"the encoder expects {enc.in_channels}-channel images but "
-                f"{self._has(src)} {src.channels} channel(s); Train a new encoder or "
-                "load weights trained on this kind of image"
-                + (" (or tick as many layers in 'Also use')."
-                   if enc.in_channels > 1 and not getattr(src.layer, "rgb", False) else ".")))
-        return None
-
-    @staticmethod
-    def _has(src: Source) -> str:
-        """"layer 'T1' has" or "layers 'T1', 'T2' chosen together have" (for messages)."""
-        if len(src.layers) == 1:
-            return f"layer '{src.layer.name}' has"
-        return ("layers " + ", ".join(f"'{lay.name}'" for lay in src.layers)
-                + " chosen together have")
-
     def set_encoder(self, encoder, origin: str = "trained") -> None:
         self.encoder = encoder
         md = getattr(encoder, "metadata", {}) or {}
@@ -592,7 +559,7 @@ class CutsWidget(QWidget):
             return False
         s = self.settings
         enc = self.sessions.resolve_encoder()
-        problem = self._check_encoder(enc, src)
+        problem = check_encoder(enc, src)
         if problem:
             self._notify("error", problem)
             return False
@@ -669,7 +636,8 @@ class CutsWidget(QWidget):
         self._labels_cache = None
         self._phate = None
         self.phate_panel.clear()
-        for lay in (self.levels_layer, self.mask_layer, self.objects.labels_layer):
+        for lay in (self.levels_layer, self.mask_layer, self.objects.labels_layer,
+                    *self.objects.prompt_layers.layers()):
             if lay is not None and lay in self.viewer.layers:
                 self.viewer.layers.remove(lay)
         self.levels_layer = None
@@ -700,6 +668,7 @@ class CutsWidget(QWidget):
         self._sync_slider()
         self._fill_slice(i)
         self.levels_layer.refresh()
+        self.objects.results_ready(i, res)
         self._show_level_info()
         self._update_buttons()
 
@@ -710,6 +679,7 @@ class CutsWidget(QWidget):
         self.level = level
         self.objects.reset(self._result_shape(), per_slice=False)
         self._make_levels_layer(first)
+        self.objects.results_ready(0, res)
         self._sync_slider()
         if self.view3d.cut() is not None or self.persistent_check.isChecked():
             self._refresh_levels()
@@ -823,7 +793,7 @@ class CutsWidget(QWidget):
         self.view3d.shown(cut)
 
     def _on_follow(self, on: bool) -> None:
-        if on and self.clicks:
+        if on:
             self.objects.replay()
 
     def _on_slider(self, value: int) -> None:
@@ -849,7 +819,7 @@ class CutsWidget(QWidget):
                 self._fill_slice(i)
             if self.source.volume:
                 self.levels_layer.refresh()
-        if self.follow_check.isChecked() and self.clicks:
+        if self.follow_check.isChecked():
             self.objects.replay()
         self._show_level_info()
         self._recolor_phate()
@@ -958,11 +928,10 @@ class CutsWidget(QWidget):
         self.phate_panel.set_colors(self._phate_colors(), hl)
 
     def pick_phate(self, index: int, modifiers=()) -> bool:
-        """Select the cluster of PHATE point ``index`` into the mask (as a click would,
-        but the whole cluster: a point of the PHATE view is a cluster, not a place)."""
+        """The pixel of PHATE point ``index`` as a prompt (as a click on it would)."""
         if self._phate is None:
             return False
         _, pixels, i = self._phate
         r, c = (int(v) for v in pixels[int(index)])
         point = (i, r, c) if self.source.volume else (r, c)
-        return self.click(point, click_mode(modifiers), connected=False)
+        return self.click(point, click_mode(modifiers))

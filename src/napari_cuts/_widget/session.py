@@ -1,8 +1,9 @@
 """Sessions in the CUTS dock widget: "Save session", and picking up a session's layers.
 
 :meth:`Sessions.save` writes a session folder through :mod:`napari_cuts.session` (the
-hierarchy, the encoder, the objects with their clicks and levels, the labels, the
-source path with its size and hash, the geometry). The plugin's reader opens such a
+hierarchy, the encoder, the objects with their prompts and levels, their scribbles,
+their masks, the labels, ``prompts.npz`` for the solver, the source path with its size
+and hash, the geometry). The plugin's reader opens such a
 folder (or a ``napari-cuts segment`` output folder) as the image, a "CUTS levels"
 layer whose metadata says where the hierarchy is (:data:`LEVELS_KEY`) and a "CUTS
 labels" layer with the objects in its metadata (:data:`OBJECTS_KEY`).
@@ -10,6 +11,10 @@ labels" layer with the objects in its metadata (:data:`OBJECTS_KEY`).
 finds such a levels layer and adopts it: the hierarchy is loaded (shared with the
 reader through :func:`napari_cuts.session.load_hierarchy`), the image layer chosen, and
 slider, grow/shrink and the object list work at once, without training or condensing.
+The objects come back with their prompts and their stored masks (identical to what
+the prompts solve to in the session folder; an object saved without its mask is solved
+again), and new prompts are solved in the session folder itself (a folder written
+before prompts gets a working folder, :meth:`~._widget.clicks.Objects.use_folder`).
 The encoder weights are loaded only when something needs them (Segment, Save weights).
 """
 
@@ -76,6 +81,8 @@ class Sessions:
         model = w.objects.model
         masks = {o.id: o.mask for o in model.objects if o.mask is not None} if model else {}
         labels = model.labels() if model is not None and model.objects else None
+        scribbles = model.scribbles() if model is not None else {}
+        prompt_file = w.objects.prompt_file()
         geometry = {"scale": [float(v) for v in lay.scale],
                     "translate": [float(v) for v in lay.translate],
                     "affine": np.asarray(lay.affine.affine_matrix, float).tolist(),
@@ -93,7 +100,7 @@ class Sessions:
                 current=None if model is None else model.current_id,
                 hierarchy_file=self.hierarchy_file, kind=w.source.kind,
                 source_paths=[c["path"] for c in channels or [] if c["path"]],
-                channels=channels)
+                channels=channels, scribbles=scribbles, prompt_file=prompt_file)
         except CutsError as exc:
             w._notify("error", str(exc))
             return None
@@ -190,6 +197,7 @@ class Sessions:
         level = int(np.clip(int(level), 0, hier.n_levels - 1))
         display = LevelsDisplay.from_hierarchy(hier) if src.one_volume else None
         w.adopt_results(res, display, level, levels_layer, bool(info.get("persistent")))
+        w.objects.use_folder(Path(info["hierarchy"]).parent, hier)
         for lay in list(w.viewer.layers):
             md = getattr(lay, "metadata", None) or {}
             if OBJECTS_KEY in md and Path(md[OBJECTS_KEY].get("folder", "")) == self.folder:
@@ -282,16 +290,18 @@ class Sessions:
         self._adopted.append(layer)
         rec = dict(layer.metadata.get(OBJECTS_KEY) or {})
         model = w.objects.model
-        masks = None
-        if self.folder is not None and (self.folder / core.MASKS).is_file():
+        masks, scribbles = None, {}
+        if self.folder is not None:
             try:
-                masks = core.read_session(self.folder).masks(model.shape)
+                sess = core.read_session(self.folder)
+                scribbles = sess.scribbles(model.shape)
+                if (self.folder / core.MASKS).is_file():
+                    masks = sess.masks(model.shape)
             except CutsError as exc:
-                w._notify("warning", f"{exc} The objects are rebuilt from their clicks.")
-        model.load(rec.get("objects") or [], masks, w.objects.structures(),
-                   rec.get("current"))
+                w._notify("warning", f"{exc} The objects are solved again from their prompts.")
+        model.load(rec.get("objects") or [], masks, scribbles, rec.get("current"))
         w.objects.adopt_labels_layer(layer)
-        w.objects.show()
+        w.objects.loaded()
 
     def resolve_encoder(self):
         """Load the session's encoder weights now (None if there are none)."""

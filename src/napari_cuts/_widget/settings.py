@@ -2,17 +2,18 @@
 
 :class:`Settings` is what the user chose; :class:`Source` is the chosen image layer
 (a 2D image, a grey volume segmented as one object, or a stack of colour images
-segmented one by one); :func:`click_mode` maps mouse modifiers to a selection mode.
+segmented one by one); :func:`click_mode` maps mouse modifiers to a prompt (positive or negative).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
 from .. import pipeline
-from ..errors import InputError
+from ..errors import InputError, WeightsError
 
 LEVELS_NAME = "CUTS levels"
 MASK_NAME = "CUTS mask"
@@ -144,13 +145,12 @@ def _modifier_names(modifiers) -> set[str]:
 
 
 def click_mode(modifiers) -> str:
-    """'add' for shift, 'remove' for alt (or control), else 'replace'."""
+    """The prompt a click makes: 'negative' for alt (or control, or meta), else
+    'positive' (a plain click or shift-click)."""
     names = _modifier_names(modifiers)
-    if "Shift" in names:
-        return "add"
     if names & {"Alt", "Control", "Meta"}:
-        return "remove"
-    return "replace"
+        return "negative"
+    return "positive"
 
 def default_level(counts: np.ndarray, target: int = 10) -> int:
     """The finest level with at most ``target`` clusters (the paper's k = 10)."""
@@ -159,7 +159,8 @@ def default_level(counts: np.ndarray, target: int = 10) -> int:
 
 
 def single_colour(layer, rgba=(1.0, 0.85, 0.0, 1.0)) -> None:
-    """Show label 1 of a binary Labels layer in one colour (yellow)."""
+    """Show label 1 of a binary Labels layer in one colour (yellow by default; the
+    "CUTS mask" layer takes its object's colour)."""
     try:
         from napari.utils.colormaps import DirectLabelColormap
 
@@ -167,3 +168,39 @@ def single_colour(layer, rgba=(1.0, 0.85, 0.0, 1.0)) -> None:
                                                          1: rgba})
     except Exception:  # noqa: BLE001 - cosmetic only
         pass
+
+
+def check_encoder(enc, src: Source) -> Optional[str]:
+    """Why ``enc`` cannot segment ``src`` (a message), or None."""
+    from ..encoder import is_volume_encoder
+
+    if enc is None:
+        return None
+    if is_volume_encoder(enc):
+        k = int(enc.metadata.get("context_slices", 0) or 0)
+        if not src.one_volume:
+            return str(WeightsError(
+                f"the encoder was trained on volumes (each slice with {k} neighbour(s) on "
+                f"each side) but layer '{src.layer.name}' is a 2D image or a stack of "
+                "colour images; Train a new encoder on it or load 2D weights."))
+        if enc.in_channels != (2 * k + 1) * src.channels:
+            return str(WeightsError(
+                f"the volume encoder expects {enc.in_channels // (2 * k + 1)}-channel "
+                f"volumes but {_has(src)} {src.channels} channel(s)."))
+        return None
+    if enc.in_channels != src.channels:
+        return str(WeightsError(
+            f"the encoder expects {enc.in_channels}-channel images but "
+            f"{_has(src)} {src.channels} channel(s); Train a new encoder or "
+            "load weights trained on this kind of image"
+            + (" (or tick as many layers in 'Also use')."
+               if enc.in_channels > 1 and not getattr(src.layer, "rgb", False) else ".")))
+    return None
+
+
+def _has(src: Source) -> str:
+    """"layer 'T1' has" or "layers 'T1', 'T2' chosen together have" (for messages)."""
+    if len(src.layers) == 1:
+        return f"layer '{src.layer.name}' has"
+    return ("layers " + ", ".join(f"'{lay.name}'" for lay in src.layers)
+            + " chosen together have")

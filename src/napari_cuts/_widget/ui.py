@@ -116,23 +116,19 @@ def build_controls(w) -> None:
     w.background_check.setToolTip("The cluster covering most of the volume's outer faces is "
                                   "shown transparent, so the 3D view shows the body.")
     w.background_check.toggled.connect(lambda *_: w._apply_level())
-    w.connected_check = QCheckBox("Connected part only")
-    w.connected_check.setToolTip("A click takes only the part of the cluster connected to "
-                                 "the clicked pixel (one lesion, not every place that "
-                                 "looks like it); grow and shrink then walk that part's "
-                                 "sizes. Each click keeps the choice it was made with. "
-                                 "On by default; untick it to take every part of the "
-                                 "cluster (a structure in several pieces).")
-    w.connected_check.setChecked(True)
     w.follow_check = QCheckBox("Mask follows slider")
+    w.follow_check.setToolTip("Moving the slider solves the selected object's prompts "
+                              "again at the new level; unticked, the level is taken at "
+                              "the next prompt.")
     w.follow_check.toggled.connect(w._on_follow)
     rl.addWidget(w.persistent_check)
     rl.addWidget(w.background_check)
-    rl.addWidget(w.connected_check)
     rl.addWidget(w.follow_check)
-    help_ = QLabel("Click (a slice, or the volume in 3D): the structure -> the selected "
-                   "object; shift-click: add; alt/ctrl-click: remove; ] grow, [ shrink, "
-                   "ctrl+z undo.")
+    help_ = QLabel("Click or shift-click (a slice, or the volume in 3D): a positive prompt "
+                   "for the selected object; alt/ctrl-click: a negative one; paint in "
+                   "'CUTS prompts' (1 object, 2 background); delete points in 'CUTS "
+                   "points'. The object is solved from all its prompts at the slider's "
+                   "level; ] grow, [ shrink, ctrl+z undo.")
     help_.setWordWrap(True)
     rl.addWidget(help_)
     w.area_label = QLabel("Mask: empty")

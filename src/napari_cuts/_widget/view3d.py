@@ -6,9 +6,9 @@ What the 3D view shows (the rules are in :mod:`napari_cuts._widget.model`):
   transparent), rendered as iso surfaces, with a cut-away: the half of the volume on
   the camera's side of one axial slice is removed (the middle slice of the mask, else
   the slice the 2D view showed), so the levels are read on the cut face;
-- the mask as its own layer, one colour, iso surface, not cut, drawn over the levels
-  (no depth test), opaque in 3D: the selected structure is seen whole, in 3D, through
-  the cut face;
+- the mask as its own layer, in its object's colour, iso surface, not cut, drawn over
+  the levels (no depth test), opaque in 3D: the selected structure is seen whole, in
+  3D, through the cut face;
 - the grey image layer is hidden while the 3D view shows a segmented volume (its
   maximum-intensity rendering is a white fog over everything) and shown again in 2D
   (unless the user changed its visibility in between).
@@ -118,6 +118,7 @@ class View3D:
         try:
             self.sync_image()
             self.refresh_if_changed()
+            self.w.objects.style_levels()     # outlines in the 2D view only
         except RuntimeError:  # the widget is gone
             pass
 
