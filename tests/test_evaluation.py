@@ -277,7 +277,7 @@ def test_2d_ablation_rows_come_from_their_own_hierarchies(retina_dir, tmp_path, 
             # the level chosen on the connected sizes
             from scipy import ndimage
 
-            assert E.CLICK_RULE == "click_level" and E.CLICK_CONNECTED
+            assert E.CLICK_CONNECTED
             lv_c = hier.click_level(pt, connected=True)
             assert int(rows[(f"{prefix}_click", smp.name)]["level"]) == lv_c
             lab = np.asarray(hier.labels(lv_c))

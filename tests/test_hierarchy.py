@@ -292,29 +292,35 @@ def _object_among_specks():
 
 def test_persistence_counts_structures_not_specks():
     h, obj, half = _object_among_specks()
-    clusters = h.persistence_counts("clusters")
-    structures = h.persistence_counts()
-    assert clusters.tolist() == [3842, 242, 62, 61, 16, 4, 1]
+    assert h.n_clusters.tolist() == [3842, 242, 62, 61, 16, 4, 1]
     # 1 % of 4,096 pixels: the 128-pixel halves count from the start, the background
     # blocks once they are 8 x 8 (64 pixels)
-    assert structures.tolist() == [2, 2, 62, 61, 16, 4, 1]
-    assert structures[-1] == 1
-    with pytest.raises(InputError, match="persistence measure"):
-        h.persistence_counts("voxels")
+    assert h.persistence_counts().tolist() == [2, 2, 62, 61, 16, 4, 1]
 
 
 def test_click_and_persistent_are_not_fooled_by_merging_specks():
+    """Counted in all clusters the half would look long-lived (3,842 -> 61 clusters);
+    counted in structures it is not (2 -> 61), and the object is (61 -> 4)."""
     h, obj, half = _object_among_specks()
     pt = (10, 3)
-    # counted in all clusters, the half looks long-lived (3,842 -> 61 clusters) ...
-    assert np.array_equal(h.click_mask(pt, measure="clusters"), half)
-    per = np.asarray(h.persistent(measure="clusters"))
-    assert len(np.unique(per[obj])) == 2
-    # ... counted in structures it is not (2 -> 61): the object is (61 -> 4)
     assert np.array_equal(h.click_mask(pt), obj)
-    assert np.array_equal(h.click_mask(pt, measure="structures"), obj)
     per = np.asarray(h.persistent())
     assert len(np.unique(per[obj])) == 1 and not np.any(per[~obj] == per[obj][0])
+
+
+def test_load_ignores_arrays_it_does_not_use(tmp_path):
+    """A hierarchy file with an extra per-cluster array (files of earlier versions held
+    a "reproducibility" score) loads, the extra array ignored."""
+    h, obj, half = _object_among_specks()
+    h.save(tmp_path / "h.npz")
+    with np.load(tmp_path / "h.npz") as z:
+        arrays = dict(z)
+    arrays["reproducibility"] = np.zeros(int(h.n_clusters.sum()), np.float32)
+    np.savez(tmp_path / "old.npz", **arrays)
+    back = Hierarchy.load(tmp_path / "old.npz")
+    assert np.array_equal(back.labels_stack(), h.labels_stack())
+    assert np.array_equal(back.persistent(), h.persistent())
+    assert not hasattr(back, "reproducibility")
 
 
 def test_persistent_gives_each_connected_piece_its_own_id():

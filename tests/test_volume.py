@@ -181,9 +181,9 @@ def test_plan_chooses_a_near_isotropic_grid_and_refuses_what_will_not_fit(monkey
     assert thick.grid_spacing[1] <= 5.0
     small = volume_plan((35, 50, 40), (1.0, 1.0, 1.0))
     assert small.pools == (1, 1, 1)
-    import napari_cuts.pipeline as pl
+    import napari_cuts.pipeline_volume as pv
 
-    monkeypatch.setattr(pl, "available_memory_mb", lambda: 100.0)
+    monkeypatch.setattr(pv, "available_memory_mb", lambda: 100.0)
     with pytest.raises(ResourceError, match="max-points"):
         check_fits_volume(brain)
 

@@ -54,8 +54,8 @@ under the ground truth, :func:`napari_cuts.selection.label_hint`).
   - ``cuts_click``: no label hint; one click at the mask's innermost point (largest
     distance to the background, the middle of a plateau of equal depth,
     :func:`napari_cuts.selection.innermost_point`: where a clinician would click),
-    answered by the tool's own rule (:func:`one_click`,
-    :data:`CLICK_RULE`): the part of the clicked cluster connected to the click
+    answered by the tool's own rule (:func:`one_click`): the part of the clicked
+    cluster connected to the click
     (:data:`CLICK_CONNECTED`); with ``ablation`` also ``cuts_click_whole``, the whole
     cluster.
   - ``cuts_click_refined``: the one-click structure and up to :data:`REFINE_STEPS`
@@ -116,26 +116,9 @@ VARIANTS = {
     "image_only": {"use_embeddings": False},       # the image channels alone
     "embedding_only": {"image_weight": 0.0},       # the unit embeddings alone
 }
-#: The one-click rule of every 2D ``*_click`` row (:func:`one_click`): "persistent" (the
-#: cluster of the persistent map under the click) or "click_level" (the most persistent
-#: structure along the clicked lineage, ``Hierarchy.click_level``). Measured on the 40
-#: development retina images (60 s training; seeds 1 / 2 / 3): persistent map
-#: 0.696 / 0.625 / 0.683 Dice, click_level 0.575 / 0.529 / 0.563 (too fine: under half
-#: the lesion's area in 45% of the images, seed 1), the best fixed level for all images
-#: (an oracle, for reference) 0.690 / 0.630 / 0.668. With click_level's lower area bound
-#: (specks under 1 % of the image compete only when nothing larger does), on the saved
-#: hierarchies of seeds 2 / 3: click_level 0.663 / 0.704 against the persistent map's
-#: 0.625 / 0.683 (image channels alone 0.588 vs 0.563, embeddings alone 0.597 / 0.679 vs
-#: 0.592 / 0.662), and MNI ventricles unchanged (0.762): one rule for 2D and volumes.
-CLICK_RULE = "click_level"
-#: The rule for volumes (3D hierarchies): click_level, the tool's answer on volumes.
-CLICK_RULE_3D = "click_level"
 #: Every ``*_click`` row takes, as the tool does by default, the part of the clicked
 #: cluster connected to the click (:data:`napari_cuts.hierarchy.CLICK_CONNECTED`);
-#: ``cuts_click_whole`` (``--ablation``) is the whole cluster. Measured: retina
-#: 3 seeds 0.772 against 0.739 whole (Hausdorff 13.0 against 26.0 px), hippocampus report
-#: split 0.213 against 0.163, painted MRI lesions 0.255 against 0.162; MNI ventricles (a
-#: thresholded template of three parts) lower: the click takes the part it is in.
+#: ``cuts_click_whole`` (``--ablation``) is the whole cluster (docs/decisions/0004).
 #: How far ``cuts_click_refined`` walks the clicked lineage each way (grow / shrink).
 REFINE_STEPS = 3
 #: Names shown in results.md.
@@ -451,51 +434,23 @@ def _cluster_at(hier, level: int, point) -> np.ndarray:
     return lab == lab[idx]
 
 
-def _level_of_mask(hier, point, mask) -> int:
-    """The level whose cluster under ``point`` overlaps ``mask`` best (IoU; ties: the
-    finest): where a mask read off the persistent map sits in the lineage. No labels."""
-    best_lv, best_iou = 0, -1.0
-    m = np.asarray(mask, dtype=bool)
-    seen = -1
-    for lv, _, size in hier.lineage(point):
-        if size == seen:  # the same structure as one level finer: same IoU
-            continue
-        seen = size
-        c = _cluster_at(hier, lv, point)
-        iou = np.count_nonzero(c & m) / max(np.count_nonzero(c | m), 1)
-        if iou > best_iou + 1e-12:
-            best_lv, best_iou = lv, iou
-    return int(best_lv)
-
-
 def _clicks_connected(hier) -> bool:
     """Whether the tool's click on ``hier`` is the connected part (:data:`CLICK_CONNECTED`
     and a hierarchy that has connected structures)."""
     return bool(CLICK_CONNECTED) and callable(getattr(hier, "structure", None))
 
 
-def one_click(hier, point, rule: Optional[str] = None) -> tuple[np.ndarray, dict]:
-    """The tool's answer to one click at ``point``, without labels, by ``rule`` (default
-    :data:`CLICK_RULE`, :data:`CLICK_RULE_3D` for volumes): ``"click_level"`` the structure under the click at
-    :meth:`napari_cuts.hierarchy.Hierarchy.click_level` (the most persistent structure
-    along the clicked lineage), ``"persistent"`` the cluster of the persistent map under
-    the click. The same rule for every ``*_click`` row (2D and 3D, with and without the
-    encoder). Returns ``(mask, info)``; ``info["level"]`` is the level the mask lives at
-    (for the persistent map: the level of its best-overlapping cluster on the lineage),
-    the start of :func:`refine_click`."""
-    if rule is None:
-        rule = CLICK_RULE_3D if len(getattr(hier, "shape", ())) == 3 else CLICK_RULE
-    if rule == "click_level" and callable(getattr(hier, "click_level", None)):
-        conn = _clicks_connected(hier)
-        lv = int(hier.click_level(point, connected=True) if conn else hier.click_level(point))
-        mask = hier.structure(point, lv, connected=True) if conn else _cluster_at(hier, lv, point)
-        setting = "click_level, connected" if conn else "click_level"
-    elif rule in ("persistent", "click_level"):
-        mask = select_cluster(np.asarray(hier.persistent()), point)
-        lv = _level_of_mask(hier, point, mask)
-        setting = "persistent map"
-    else:
-        raise InputError(f"unknown click rule {rule!r}; use 'click_level' or 'persistent'.")
+def one_click(hier, point) -> tuple[np.ndarray, dict]:
+    """The tool's answer to one click at ``point``, without labels: the structure under
+    the click at :meth:`napari_cuts.hierarchy.Hierarchy.click_level` (the most persistent
+    structure along the clicked lineage), its part connected to the click
+    (:func:`_clicks_connected`). The same rule for every ``*_click`` row (2D and 3D, with
+    and without the encoder). Returns ``(mask, info)``; ``info["level"]`` is the level
+    the mask lives at, the start of :func:`refine_click`."""
+    conn = _clicks_connected(hier)
+    lv = int(hier.click_level(point, connected=True) if conn else hier.click_level(point))
+    mask = hier.structure(point, lv, connected=True) if conn else _cluster_at(hier, lv, point)
+    setting = "click_level, connected" if conn else "click_level"
     return mask, {"level": lv, "n_clusters": int(np.asarray(hier.n_clusters)[lv]),
                   "setting": setting}
 
@@ -678,7 +633,7 @@ def _markdown(result: dict, layout: str) -> str:
         "- CUTS best granularity is an oracle: the level with the best label-hint Dice per image "
         "(all metrics of that level's mask). CUTS one click: no label hint; the structure "
         "under a click at the mask's innermost point, by the tool's own rule "
-        f"({result.get('click_rule') or CLICK_RULE}), the same rule for every one-click row. "
+        f"({result.get('click_rule') or 'click_level'}), the same rule for every one-click row. "
         "One click + grow/shrink: that structure and up to 3 steps up and 3 down its "
         "lineage (`Hierarchy.step_level`), the candidate with the best Dice kept (a user "
         "who stops when the mask looks right).",

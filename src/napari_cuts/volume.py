@@ -1,7 +1,7 @@
 """Volumes as volumes: the working grid, slice context and checks for 3D input.
 
 A volume ``(Z, Y, X)`` (or ``(Z, Y, X, C)``) with voxel ``spacing`` (sz, sy, sx) is
-segmented as ONE object (see :func:`napari_cuts.pipeline.segment_volume`):
+segmented as ONE object (see :func:`napari_cuts.pipeline_volume.segment_volume`):
 
 1. **Working grid.** The volume is reduced to at most ``max_points`` voxels by block
    means whose sides are chosen per axis so that the grid is as close to isotropic in
@@ -11,7 +11,7 @@ segmented as ONE object (see :func:`napari_cuts.pipeline.segment_volume`):
    grid (8 times fewer voxels to embed at 2 mm, and the encoder's 17-voxel view then
    covers 34 mm); labels are mapped back to every voxel (nearest block).
 2. **Encoder.** The Table S1 network on every slice of the grid, trained on a subset
-   of slices (by default: it measured better than 2.5D, see ``CONTEXT_SLICES``), or with
+   of slices (by default, see ``CONTEXT_SLICES``), or with
    ``context = k`` each slice with its ``k`` neighbours as extra channels (2.5D, edges
    repeated), so the network sees across slices; :func:`context_stack`.
 3. **One hierarchy.** Condensation pre-merges 6-connected voxel neighbours, with the
@@ -35,9 +35,7 @@ __all__ = ["VolumePlan", "volume_plan", "block_reduce", "context_stack", "check_
 #: Condensation and the encoder work on at most this many voxels of a volume.
 MAX_VOLUME_POINTS = 1_200_000
 #: Neighbouring slices on each side given to the encoder as channels (2.5D) by default.
-#: 0: the 2D network on every slice. Measured with 60 s of training: MNI ventricles best
-#: level 0.76 (2D) against 0.63-0.67 (2.5D, k = 1); hippocampus development cases 0.32
-#: against 0.28-0.29. 2.5D stays available (``context=1``).
+#: 0: the 2D network on every slice (docs/decisions/0006); ``context=1`` gives 2.5D.
 CONTEXT_SLICES = 0
 #: Guided smoothing of a volume's embeddings before condensation (:func:`guided_smooth`):
 #: range bandwidth in the [0, 1] image and the number of iterations (0: off).
@@ -291,10 +289,8 @@ def refine_finest(grid_finest: np.ndarray, image01: np.ndarray, pools, *, margin
     a wall (a 2 mm block half ventricle, half tissue has a mean between the two, and the
     condensation merges such blocks into the tissue) no longer keeps its voxels that
     look like the structure next to it: they go to the neighbouring block whose
-    clusters they match at every scale. Measured on the MNI ventricles (2 saved
-    encoders, 4 runs): best level 0.785 / 0.710 / 0.581 / 0.692 -> 0.825 / 0.767 / 0.583
-    / 0.719, the connected click on a lateral ventricle +0.04-0.06 in every run. The cost
-    is linear in the voxel, so it is as fast as the plain rule (0.7 s for a 1 mm brain)."""
+    clusters they match at every scale (docs/decisions/0006). The cost is linear in the
+    voxels, as the plain rule's (0.7 s for a 1 mm brain)."""
     pools = tuple(int(p) for p in pools)
     shape = image01.shape[:3]
     img = image01 if image01.ndim == 4 else image01[..., None]

@@ -1,0 +1,337 @@
+"""The volume path: one volume ``(Z, Y, X[, C])`` to ONE hierarchy.
+
+A volume is condensed on its working grid (:func:`volume_grid`, block means of the
+volume scaled by its own percentiles, :func:`napari_cuts.volume.volume_plan`), embedded
+slice by slice by a 2.5D encoder (:func:`train_volume_encoder`), its embeddings
+smoothed within the image's regions, condensed all at once, and the labels mapped back
+to every voxel guided by the image (:func:`refined_hierarchy`).
+:func:`segment_volume_job` is the ``napari-cuts segment`` job for a volume.
+
+Import these names from :mod:`napari_cuts.pipeline`, which re-exports them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError
+from .images import Cancel, Progress, check_cancel, report
+from .pipeline_common import (DEFAULT_SECONDS, IMAGE_WEIGHT, SegmentResult, available_memory_mb,
+                              clustering_features, informative, load_weights, save_npy, stage,
+                              train_or_load)
+
+#: ``encoder.metadata["volume_input"]`` of volume encoders trained on volumes scaled per
+#: channel by their own percentiles (:func:`volume_grid`); an encoder without it gets the
+#: raw intensities it was trained on.
+VOLUME_INPUT = "per-volume percentiles"
+
+
+def volume_grid(volume, spacing=None, max_points: Optional[int] = None, *, scaled: bool = True):
+    """The working grid of a volume: ``(plan, grid volume (z, y, x, C) float32)``
+    (:func:`napari_cuts.volume.volume_plan`, block means of the volume scaled per
+    channel to [0, 1] between its own 0.5 and 99.5 percentiles; ``scaled=False``: of
+    the raw intensities, for encoders without ``metadata["volume_input"]``).
+
+    The per-volume scaling comes first because MRI intensities have no fixed unit: one
+    encoder for a cohort (``batch``, "Apply to all images") would otherwise normalise
+    every volume with the percentiles of the volumes it was trained on, and a scan ten
+    times brighter would be clipped flat. A volume and any positive affine rescaling of it
+    give the same hierarchy."""
+    from .volume import MAX_VOLUME_POINTS, block_reduce, check_volume, normalise_volume, volume_plan
+
+    vol = check_volume(volume)
+    if scaled:
+        vol = normalise_volume(vol)
+    p = volume_plan(vol.shape, spacing, MAX_VOLUME_POINTS if max_points is None else max_points)
+    return p, block_reduce(vol, p.pools)
+
+
+def volume_training_slices(grid: np.ndarray, context: int, max_slices: int = 64) -> list:
+    """Training images of a volume's working grid: evenly spaced informative slices
+    ``(y, x, (2k+1) C)`` with their ``context`` neighbours as channels."""
+    from .volume import context_stack
+
+    ctx = context_stack(grid, context)
+    idx = [i for i in range(grid.shape[0]) if informative(grid[i])]
+    if not idx:
+        raise InputError("every slice of the volume is constant; there is nothing to segment.")
+    if len(idx) > max_slices:
+        idx = [idx[i] for i in np.linspace(0, len(idx) - 1, max_slices).round().astype(int)]
+    return [ctx[i] for i in idx]
+
+
+def train_volume_encoder(volume, *, spacing=None, max_points: Optional[int] = None,
+                         context: Optional[int] = None, epochs=None, seconds=None, seed: int = 0,
+                         device: str = "auto", progress: Progress = None, cancel: Cancel = None,
+                         **options):
+    """Train a 2.5D encoder on one volume ``(Z, Y, X[, C])``, or several volumes of the
+    same channel count (a list), on their working grids (see :mod:`napari_cuts.volume`)."""
+    from .encoder import train_encoder
+    from .volume import CONTEXT_SLICES
+
+    k = CONTEXT_SLICES if context is None else int(context)
+    vols = volume if isinstance(volume, (list, tuple)) else [volume]
+    sps = spacing if isinstance(volume, (list, tuple)) and spacing is not None else [spacing] * len(vols)
+    imgs = []
+    per = max(8, 64 // len(vols))
+    for v, sp in zip(vols, sps):
+        _, grid = volume_grid(v, sp, max_points)
+        imgs += volume_training_slices(grid, k, per)
+    if epochs is None and seconds is None:
+        seconds = DEFAULT_SECONDS
+    enc = train_encoder(imgs, epochs=epochs, seconds=seconds, seed=seed, device=device,
+                        progress=progress, cancel=cancel, context_slices=k, **options)
+    enc.metadata["volume"] = True       # embed() then reads (Z, Y, X[, C]) as a volume
+    enc.metadata["volume_input"] = VOLUME_INPUT
+    return enc
+
+
+def smooth_embedding_columns(feats: np.ndarray, image01: np.ndarray, iterations: int,
+                             sigma: float, *, spacing=None, cancel: Cancel = None,
+                             times: Optional[dict] = None) -> Optional[dict]:
+    """Smooth, in place, the embedding columns of joined ``feats`` (those before the
+    ``image01`` channels) within the image's regions (:func:`napari_cuts.volume.guided_smooth`).
+    Returns the setting for the hierarchy's metadata (None when ``iterations`` is 0);
+    ``times["smooth"]`` gets the seconds it took."""
+    if iterations <= 0:
+        return None
+    from .volume import guided_smooth
+
+    t0 = time.perf_counter()
+    d = feats.shape[-1] - image01.shape[-1]
+    guided_smooth(feats[..., :d], image01, sigma=sigma, iterations=iterations,
+                  spacing=spacing, inplace=True, cancel=cancel)
+    if times is not None:
+        times["smooth"] = time.perf_counter() - t0
+    return {"iterations": int(iterations), "sigma": float(sigma)}
+
+
+def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
+                   max_points: Optional[int] = None, progress: Progress = None,
+                   cancel: Cancel = None, image_weight: float = IMAGE_WEIGHT,
+                   use_embeddings: bool = True, **condense_params) -> SegmentResult:
+    """Segment a volume ``(Z, Y, X)`` / ``(Z, Y, X, C)`` as ONE object.
+
+    Embeds its working grid slice by slice (with slice context for a 2.5D encoder),
+    joins the normalised image, condenses all grid voxels at once (6-connected pre-merge
+    weighted by the grid ``spacing``) and maps the labels back: ``hierarchy.labels(l)``
+    is ``(Z, Y, X)``, one id one structure across all slices. ``use_embeddings=False``
+    condenses the normalised image (with its slice context) alone (the ablation).
+
+    Before condensing, the unit embeddings are smoothed within the image's regions
+    (:func:`napari_cuts.volume.guided_smooth`, ``GUIDE_ITERATIONS`` iterations, range
+    sigma ``GUIDE_SIGMA``; not for the ablations, whose input is the image alone or the
+    embeddings alone).
+    ``result.pool`` is the block size per axis; ``result.embeddings`` the grid's
+    ``(z, y, x, D)``."""
+    from .condensation import condense
+    from .encoder import embed_volume, normalised_image
+    from .volume import GUIDE_ITERATIONS, GUIDE_SIGMA, check_volume, context_stack, estimate_note
+
+    vol = check_volume(volume)
+    t0 = time.perf_counter()
+    p, grid = volume_grid(vol, spacing, max_points,
+                          scaled=encoder.metadata.get("volume_input") == VOLUME_INPUT)
+    check_fits_volume(p)
+    times = {"grid": time.perf_counter() - t0}
+    k = int(encoder.metadata.get("context_slices", 0) or 0)
+    t0 = time.perf_counter()
+
+    def emb_progress(done, total, message):
+        report(progress, done, total + max(1, total // 3), message)
+
+    emb = embed_volume(encoder, grid, progress=emb_progress, cancel=cancel) if use_embeddings else None
+    times["embed"] = time.perf_counter() - t0
+    check_cancel(cancel)
+    ctx = context_stack(grid, k) if k else grid
+    img01 = np.stack([normalised_image(encoder, ctx[i], allow_constant=True)
+                      for i in range(ctx.shape[0])])
+    z = grid.shape[0]
+
+    def cond_progress(done, total, message):
+        report(progress, z, z + max(1, z // 3), f"condensing: {message}")
+
+    guided = None
+    if use_embeddings:
+        feats = clustering_features(emb, img01, image_weight)
+        if image_weight > 0:
+            report(progress, z, z + max(1, z // 3), "smoothing the embeddings within the image")
+            guided = smooth_embedding_columns(feats, img01, GUIDE_ITERATIONS, GUIDE_SIGMA,
+                                              spacing=p.grid_spacing, cancel=cancel, times=times)
+    else:
+        feats = ((image_weight / np.sqrt(img01.shape[-1])) * img01).astype(np.float32)
+    condense_params.setdefault("normalize", False)
+    t0 = time.perf_counter()
+    hier = condense(feats, seed=seed, spacing=p.grid_spacing, progress=cond_progress,
+                    cancel=cancel, **condense_params)
+    times["condense"] = time.perf_counter() - t0
+    if p.pools != (1, 1, 1):
+        t0 = time.perf_counter()
+        hier = refined_hierarchy(hier, vol, p.pools)
+        times["refine"] = time.perf_counter() - t0
+    hier.metadata.update({"napari_cuts_version": __version__, "seed": int(seed),
+                          "volume": True, "refined": p.pools != (1, 1, 1), "spacing": list(p.spacing),
+                          "pools": list(p.pools), "grid_spacing": list(p.grid_spacing),
+                          "image_weight": image_weight, "use_embeddings": bool(use_embeddings),
+                          "guided_smoothing": guided,
+                          "encoder": {key: encoder.metadata.get(key) for key in
+                                      ("in_channels", "seed", "version", "context_slices")
+                                      if key in encoder.metadata}})
+    report(progress, 1, 1, "done")
+    return SegmentResult(hier, emb, p.pools, [*p.notes, estimate_note(p)], times, feats)
+
+
+def refined_hierarchy(hier, volume: np.ndarray, pools, *, normalised: bool = False):
+    """A grid hierarchy mapped to every voxel of ``volume`` by
+    :func:`napari_cuts.volume.refine_finest` (image-guided, not nearest blocks): each
+    voxel takes the base region, of its own block or a neighbouring one, whose clusters
+    match its intensity best over every level of the hierarchy (the one-cluster root
+    left out: it is the same for every candidate).
+
+    A 2D hierarchy (a large photograph condensed on block means) is refined as a volume
+    of one slice: ``volume`` is then ``(1, H, W, C)``, ``pools`` ``(1, p, p)``, and the
+    result is 2D again. ``normalised``: ``volume`` is already in [0, 1] per channel (the
+    encoder's normalisation of a 2D image)."""
+    from .hierarchy import Hierarchy
+    from .volume import normalise_volume, refine_finest
+
+    flat = hier.finest.ndim == 2
+    base = hier.finest[None] if flat else hier.finest
+    last = hier.n_levels - 1 if hier.n_levels > 1 and int(hier.n_clusters[-1]) <= 1 else hier.n_levels
+    img = np.asarray(volume, dtype=np.float32) if normalised else normalise_volume(volume)
+    if img.ndim == 3:
+        img = img[..., None]
+    full = refine_finest(base, img, pools, luts=[hier.lut(lv) for lv in range(last)])
+    if flat:
+        full = full[0]
+    meta = dict(hier.metadata)
+    meta["grid_shape"] = list(hier.shape)
+    if flat:
+        meta["pool"] = int(pools[-1])
+    else:
+        meta["pools"] = [int(v) for v in pools]
+    return Hierarchy(full, [hier.lut(lv) for lv in range(hier.n_levels)],
+                     iterations=hier.iterations, iterations_total=hier.iterations_total,
+                     metadata=meta, check=False)
+
+
+def check_fits_volume(p) -> None:
+    """Raise :class:`ResourceError` if a volume plan would not fit the free memory."""
+    free = available_memory_mb()
+    if free is not None and p.estimated_mb > 0.9 * free:
+        from .errors import ResourceError
+
+        raise ResourceError(
+            f"segmenting a {' x '.join(map(str, p.shape))} volume needs about "
+            f"{p.estimated_mb:.0f} MB but only {free:.0f} MB are free; close other programs, "
+            "crop the volume, or pass a smaller max_points (--max-points) for a coarser grid.")
+
+
+def segment_volume_job(src, data, out, *, max_points, weights, epochs, seconds, seed, device,
+                       warm_start, progress, cancel, log, summary, provenance, image_path) -> None:
+    """The ``segment`` job for a volume (:func:`napari_cuts.pipeline.run_segment`): plan,
+    train a 2.5D encoder (always from scratch; ``warm_start`` is ignored) or load
+    ``weights``, segment, write ``hierarchy.npz``, the persistent map and ``levels.png``."""
+    from .io import write_labels
+    from .prompts import save_prompt_data
+    from .volume import MAX_VOLUME_POINTS, check_volume, estimate_note, volume_plan
+
+    vol = check_volume(data, Path(image_path).name)
+    spacing = tuple(float(v) for v in src.spacing[:3])
+    p = volume_plan(vol.shape, spacing, max_points or MAX_VOLUME_POINTS)
+    log(f"{Path(image_path).name}: volume {' x '.join(map(str, vol.shape[:3]))} "
+        f"({' x '.join(f'{v:g}' for v in spacing)} mm); {estimate_note(p)}"
+        f"{'' if weights is None else ' (weights loaded)'}.")
+    check_fits_volume(p)
+    t0 = time.perf_counter()
+
+    def train():
+        if weights is not None:
+            return load_weights(weights, device), False
+        return train_volume_encoder(vol, spacing=spacing, max_points=p.points, epochs=epochs,
+                                    seconds=seconds, seed=seed, device=device,
+                                    progress=stage(progress, "training"), cancel=cancel), True
+
+    enc = train_or_load(train, out, summary=summary, t_start=t0)
+    res = segment_volume(enc, vol, spacing=spacing, seed=seed, max_points=p.points,
+                         progress=stage(progress, "segmenting"), cancel=cancel)
+    for note in res.notes:
+        log(note)
+    hier = res.hierarchy
+    hier.metadata.update({"input": str(image_path)})
+    t1 = time.perf_counter()
+    hier.save(out / "hierarchy.npz")
+    save_prompt_data(out, image=vol, spacing=spacing)
+    pers = hier.persistent()
+    save_npy(out / "persistent.npy", pers)
+    write_labels(out / "persistent.nii.gz", pers, like=src, provenance=provenance)
+    if src.format == "dicom":
+        try:
+            write_labels(out / "persistent.dcm", pers, like=src, provenance=provenance)
+        except Exception as exc:  # noqa: BLE001 - the NIfTI is written; say why the SEG is not
+            log(f"persistent.dcm not written: {exc}")
+    _figure_volume_levels(vol, hier, out / "levels.png", spacing=spacing)
+    summary.update({"volume": True, "n_levels": int(hier.n_levels),
+                    "n_clusters": [int(c) for c in hier.n_clusters],
+                    "encoder_context_slices": int(enc.metadata.get("context_slices", 0) or 0),
+                    "pools": list(res.pool), "grid_shape": list(p.grid_shape),
+                    "notes": summary["notes"] + res.notes,
+                    "seconds_embed": round(res.seconds["embed"], 2),
+                    "seconds_smooth": round(res.seconds.get("smooth", 0.0), 2),
+                    "seconds_condense": round(res.seconds["condense"], 2),
+                    "seconds_refine": round(res.seconds.get("refine", 0.0), 2),
+                    "seconds_write": round(time.perf_counter() - t1, 2),
+                    "guided_smoothing": hier.metadata.get("guided_smoothing")})
+
+
+def _figure_volume_levels(vol: np.ndarray, hier, path: Path, *, spacing=(1.0, 1.0, 1.0),
+                          max_panels: int = 6) -> None:
+    """The coarse-to-fine figure of a volume: row 1 the middle axial slice (axis 0), row 2
+    the middle slice along axis 1 (an orthogonal view, drawn with the voxel aspect)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from .fileutil import save_figure
+    from .io import label_colours
+
+    counts = np.asarray(hier.n_clusters)
+    candidates = [lv for lv in range(hier.n_levels) if 2 <= counts[lv] <= 256] or [hier.n_levels - 1]
+    targets = np.geomspace(counts[candidates[-1]], counts[candidates[0]],
+                           min(max_panels - 2, len(candidates)))
+    picks = sorted({min(candidates, key=lambda lv: abs(np.log(counts[lv]) - np.log(t)))
+                    for t in targets}, reverse=True)
+    grey = vol[..., 0] if vol.ndim == 4 else vol
+    lo, hi = np.percentile(grey, [0.5, 99.5])
+    disp = np.clip((grey - lo) / max(hi - lo, 1e-6), 0, 1)
+    z0, y0 = vol.shape[0] // 2, vol.shape[1] // 2
+    views = [("axial z=%d" % z0, lambda a: a[z0], spacing[1] / spacing[2]),
+             ("orthogonal y=%d" % y0, lambda a: a[:, y0], spacing[0] / spacing[2])]
+    maps = [(f"level {lv}: {int(counts[lv])} clusters", hier.labels(lv)) for lv in picks]
+    maps.append(("persistent structures", hier.persistent()))
+    ncol = 1 + len(maps)
+    fig, axes = plt.subplots(2, ncol, figsize=(2.5 * ncol, 5.4), dpi=110, squeeze=False)
+    for r, (vname, cut, aspect) in enumerate(views):
+        base = cut(disp)
+        if r == 1:
+            base = base[::-1]
+        axes[r, 0].imshow(base, cmap="gray", aspect=aspect, interpolation="nearest")
+        axes[r, 0].set_title(vname, fontsize=8)
+        for c, (title, lab) in enumerate(maps, start=1):
+            lab2 = cut(lab).astype(np.int64)
+            if r == 1:
+                lab2 = lab2[::-1]
+            table = label_colours(int(lab2.max()) + 1)[1:].astype(np.float32) / 255.0
+            over = 0.5 * base[..., None] + 0.5 * table[lab2]
+            axes[r, c].imshow(over, aspect=aspect, interpolation="nearest")
+            if r == 0:
+                axes[r, c].set_title(title, fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle("CUTS on a volume: one hierarchy, coarse (left) to fine (right)", fontsize=9)
+    save_figure(fig, path)
