@@ -211,55 +211,6 @@ def test_defaults_are_documented():
         assert k in c.condense.__doc__ or k in c.__doc__
 
 
-def two_blobs(gap=6):
-    """(12, 20, 40, 1) volume: two boxes of the same intensity, ``gap`` voxels apart in x."""
-    rng = np.random.default_rng(0)
-    shape = (12, 20, 40)
-    a = np.zeros(shape, bool)
-    b = np.zeros(shape, bool)
-    a[3:9, 5:15, 4:14] = True
-    b[3:9, 5:15, 14 + gap:24 + gap] = True
-    vol = np.where(a | b, 1.0, 0.0) + rng.normal(scale=0.05, size=shape)
-    return vol[..., None].astype(np.float32), a, b
-
-
-def test_spatial_weight_separates_blobs_of_the_same_intensity():
-    vol, a, b = two_blobs()
-    pa, pb = (6, 10, 9), (6, 10, 25)
-
-    def coarsest_split(h):
-        # the coarsest level at which the two blob centres are in different clusters
-        lv = [lv for lv in range(h.n_levels) if h.labels(lv)[pa] != h.labels(lv)[pb]][-1]
-        lab = h.labels(lv)
-        return dice(lab == lab[pa], a), dice(lab == lab[pb], b)
-
-    # feature space only: same intensity, one cluster as soon as each blob is whole
-    assert max(coarsest_split(condense(vol))) < 0.5
-    # joint spatial-range diffusion: a level holds each blob as its own cluster
-    assert min(coarsest_split(condense(vol, spatial_weight=10))) > 0.95
-
-
-def test_spatial_positions_are_in_physical_units():
-    from napari_cuts.condensation import _positions
-
-    pos = _positions((2, 3, 4), (3.0, 1.0, 0.5), 2.0, "mm").reshape(2, 3, 4, 3)
-    assert np.allclose(pos[1, 0, 0], [6.0, 0.0, 0.0])      # 1 slice of 3 mm, 2 units per mm
-    assert np.allclose(pos[0, 2, 3], [0.0, 4.0, 3.0])
-    # "fov": the longest physical side (2 x 3 mm = 6 mm) is spatial_weight units
-    pos = _positions((2, 3, 4), (3.0, 1.0, 0.5), 2.0, "fov").reshape(2, 3, 4, 3)
-    assert np.allclose(pos[1, 2, 3], [1.0, 2 / 3, 0.5])
-    with pytest.raises(InputError):
-        condense(two_blobs()[0], spatial_weight=1, spatial_unit="px")
-
-
-def test_spatial_term_leaves_the_premerge_alone():
-    vol = two_blobs()[0]
-    h0, h1 = condense(vol), condense(vol, spatial_weight=10)
-    assert h0.metadata["unit_distance"] == h1.metadata["unit_distance"]
-    assert h0.n_clusters[0] == h1.n_clusters[0]
-    assert np.array_equal(h0.labels(0), h1.labels(0))
-
-
 def test_step_control_keeps_the_middle_scales():
     """16-d noise: without step control one diffusion step merges 1,447 points into one
     cluster; with the default (min_keep 0.5) no level has more than twice the clusters of

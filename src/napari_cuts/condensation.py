@@ -36,16 +36,6 @@ What this implementation does to be fast and lean (no dense N x N over pixels):
 4. **Dense condensation** on the last ``dense_max`` points or fewer: the full weighted
    ``M x M`` operator, vectorised.
 
-**Spatial term** (``spatial_weight`` > 0, off by default): joint spatial-range
-diffusion, as mean-shift segmentation uses a spatial and a range bandwidth. After the
-PCA and the distance unit (so positions neither take PCA variance nor change the unit
-or the pre-merge, which uses the feature columns only), every point gets its position
-(grid index times ``spacing``, physical units) as extra coordinates, ``spatial_weight``
-distance units per ``spatial_unit`` (``"fov"``: the grid's longest physical side;
-``"mm"``: one unit of ``spacing``). Merged regions carry their centroids; the
-bandwidth, the diffusion and the merges then act on feature and position together, so
-two far-apart regions of the same appearance stay apart until eps spans their distance.
-
 ``eps`` starts at ``eps_factor`` times the (weighted) median distance of the points
 to their ``knn``-th neighbour and grows by ``eps_growth`` per iteration; the merge
 threshold is ``merge_factor`` times the starting ``eps``. Both come from the data.
@@ -118,17 +108,6 @@ DEFAULTS: dict = {
     "max_clusters": 4096,
     # Safety bound on diffusion iterations (the rest is merged into one cluster).
     "max_iter": 400,
-    # Joint spatial-range diffusion (as mean-shift segmentation's spatial bandwidth):
-    # every point also carries its position, spatial_weight distance units per
-    # spatial_unit ("fov": the longest side of the grid in physical units, so the
-    # far corners are ~spatial_weight * sqrt(3) apart; "mm": one grid unit of
-    # ``spacing``). Added after the PCA and the distance unit, not used by the
-    # pre-merge. 0: feature space only. Off by default: measured (issue 16) it lifts
-    # image-only volume hierarchies (hippocampus best/click 0.22/0.08 -> 0.28/0.23 at
-    # 10 fov, MNI ventricles 0.63/0.32 -> 0.74/0.74) but not the encoder's (hippocampus
-    # 0.330/0.250 -> 0.327/0.266; MNI ventricle best 0.63 -> 0.50-0.57).
-    "spatial_weight": 0.0,
-    "spatial_unit": "fov",
     # Step control: a diffusion iteration that would leave fewer than this fraction of
     # the points is undone and retried with a smaller eps (eps / eps_backoff), so that
     # no single step jumps over the scales in between (with 0, the default until 0.4,
@@ -190,21 +169,6 @@ def _grid_edges(shape: tuple[int, ...], spacing=None) -> tuple[np.ndarray, np.nd
         e = np.zeros(0, dtype=np.int64)
         return e, e, np.zeros(0, dtype=np.float32)
     return np.concatenate(us), np.concatenate(vs), np.concatenate(fs)
-
-
-def _positions(grid, spacing, weight: float, unit: str) -> np.ndarray:
-    """``(N, ndim)`` float32 positions of the grid points in physical units (``spacing``
-    per step, default 1), times ``weight`` per ``unit`` ("mm": one physical unit;
-    "fov": the grid's longest physical side)."""
-    sp = np.ones(len(grid)) if spacing is None else np.asarray(spacing, dtype=np.float64)
-    if unit == "fov":
-        scale = weight / float(max(g * s for g, s in zip(grid, sp)))
-    elif unit == "mm":
-        scale = weight
-    else:
-        raise InputError(f"spatial_unit {unit!r} must be 'fov' or 'mm'.")
-    axes = [(np.arange(g, dtype=np.float64) * s * scale).astype(np.float32) for g, s in zip(grid, sp)]
-    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(grid))
 
 
 def _merge(labels: np.ndarray, n: int, y: np.ndarray, w: np.ndarray):
@@ -336,10 +300,6 @@ def condense(embeddings, *, seed: int = 0, spacing=None, progress: Progress = No
     else:
         unit = float(np.sqrt(((y - y.mean(0)) ** 2).sum(1).mean())) or 1.0
     y = y / np.float32(unit)
-    n_feat = y.shape[1]
-    sw = float(p["spatial_weight"] or 0.0)
-    if sw > 0:
-        y = np.concatenate([y, _positions(grid, spacing, sw, p["spatial_unit"])], axis=1)
     wts = np.ones(n, dtype=np.float64)
     m = n
     thr = float(p["premerge_threshold"])
@@ -347,7 +307,7 @@ def condense(embeddings, *, seed: int = 0, spacing=None, progress: Progress = No
     while m > premerge_points and eu.size and thr > 0:
         check_cancel(cancel)
         report(progress, it, it + 10, f"pre-merging {m} points")
-        dd = np.sqrt(((y[eu, :n_feat] - y[ev, :n_feat]) ** 2).sum(axis=1)) * ef
+        dd = np.sqrt(((y[eu] - y[ev]) ** 2).sum(axis=1)) * ef
         a = np.concatenate([eu, ev])
         b = np.concatenate([ev, eu])
         dd2 = np.concatenate([dd, dd])
