@@ -8,7 +8,7 @@
    features condensation saw).
 2. ``--refs`` references spread over the 40 images (every 40 / refs-th), each clicked at
    the innermost point of its expert mask; in the other 39 the matched mask
-   (``cohort.prototype_at`` + ``cohort.matched_mask``) is scored against theirs. Rows: the
+   (``matching.prototype_at`` + ``matching.matched_mask``) is scored against theirs. Rows: the
    shipped rule; without the image balance (``MATCH_BALANCE_IMAGE``); without the place
    (``MATCH_POSITION`` 0); with the plain cosine instead of the length-aware
    ``appearance_similarity``; and, as a floor with no matching at all, the click at the
@@ -58,7 +58,7 @@ def build_cache(cache: Path, seconds: float, seed: int) -> None:
 
 
 def evaluate(cache: Path, refs: int) -> dict:
-    from napari_cuts import cohort as C
+    from napari_cuts import matching as C
     from napari_cuts.hierarchy import Hierarchy
     from napari_cuts.metrics import dice
     from napari_cuts.selection import innermost_point

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_cuts import cohort
+from napari_cuts import cohort, matching
 from napari_cuts.cli import main
 from napari_cuts.errors import InputError
 from napari_cuts.hierarchy import Hierarchy
@@ -222,7 +222,7 @@ def test_batch_local_cluster_then_two_workers_identical(images, cluster, tmp_pat
         assert r["status"] == "ok" and r["error"] == ""
         d = out1 / f"img{i}"
         assert {p.name for p in d.iterdir()} == {"hierarchy.npz", "persistent.png", "mask.png",
-                                                  "run.json", "done.json"}
+                                                  "prompts.npz", "run.json", "done.json"}
         mask = iio.imread(d / "mask.png") > 0
         assert int(r["mask_pixels"]) == int(mask.sum()) > 0
         assert r["area_mm2"] == "" and r["volume_ml"] == ""    # pictures: no physical spacing
@@ -461,12 +461,12 @@ def test_matched_mask_takes_every_part_of_a_multifocal_structure():
     np.testing.assert_array_equal(m, (fine == 1) | (fine == 2))
     assert len(info["match_clusters"]) == 2 and cid in info["match_clusters"]
     # without the rule (a similarity bar above 1) only one lesion would be taken
-    old = cohort.MATCH_SIMILAR
+    old = matching.MATCH_SIMILAR
     try:
-        cohort.MATCH_SIMILAR = 1.01
+        matching.MATCH_SIMILAR = 1.01
         _, _, m1, _ = cohort.matched_mask(h, feats, 1, ref["prototype"])
     finally:
-        cohort.MATCH_SIMILAR = old
+        matching.MATCH_SIMILAR = old
     assert m1.sum() == 9 and (m1 & m).sum() == 9
     # with the reference centroid (what batch and the widget pass): the look-alike at
     # the reference's place, not the one across the image

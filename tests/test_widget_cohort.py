@@ -104,10 +104,10 @@ def test_apply_to_all_finds_the_blob_in_every_other_image(clicked, images, monke
 
 
 def test_cancel_after_the_first_image_leaves_no_layer(clicked, qtbot, monkeypatch):
-    import napari_cuts.cohort as cohort
+    import napari_cuts.matching as matching
 
     viewer, widget = clicked
-    real = cohort.match_image
+    real = matching.match_image
     done = []
 
     def then_cancel(*a, **k):
@@ -116,7 +116,7 @@ def test_cancel_after_the_first_image_leaves_no_layer(clicked, qtbot, monkeypatc
         widget.runner.cancel()
         return out
 
-    monkeypatch.setattr(cohort, "match_image", then_cancel)
+    monkeypatch.setattr(matching, "match_image", then_cancel)
     before = [lay.name for lay in viewer.layers]
     widget.run_sync = False
     assert widget.apply_to_all()

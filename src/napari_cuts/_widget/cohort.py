@@ -2,10 +2,10 @@
 
 After a click (on a 2D image, or in any slice of a volume), :meth:`Cohort.apply` takes the
 mask's structure as the reference: its prototype is the mean of the features
-condensation saw over the mask (:func:`napari_cuts.cohort.prototype_of_mask`). Every
+condensation saw over the mask (:func:`napari_cuts.matching.prototype_of_mask`). Every
 other open image layer of the same kind (2D image or volume, the same channel count) is
 segmented with the SAME encoder (no training) and its matching structure found by the
-batch's rule (:func:`napari_cuts.cohort.match_image`: the most similar cluster says
+batch's rule (:func:`napari_cuts.matching.match_image`: the most similar cluster says
 where), its extent the cluster there whose size is closest to the clicked mask's (the
 user chose the granularity with the slider; on 40 retina photographs at 128 x 128, 5
 references x 39 images, mean Dice 0.42 against 0.41 for the batch's click rule), in a
@@ -92,7 +92,7 @@ class Cohort:
     def _reference(self) -> Optional[tuple]:
         """``(encoder, prototype, area, seed)`` of the clicked structure, or None after a
         message saying what is missing."""
-        from ..cohort import image_columns, prototype_of_mask
+        from ..matching import image_columns, prototype_of_mask
 
         w = self.w
         if not w.results or w.source is None or w.mask is None or not w.mask.any():
@@ -135,7 +135,7 @@ class Cohort:
 
     def apply(self) -> bool:
         """Start the job; False (with a message saying why) when it cannot run."""
-        from ..cohort import match_image
+        from ..matching import match_image
 
         w = self.w
         ref = self._ready()
@@ -233,7 +233,7 @@ class Cohort:
         ``summary.csv`` written to ``out`` (default ``folder/cuts_masks``), in a worker."""
         from pathlib import Path
 
-        from ..cohort import match_folder
+        from ..matching import match_folder
 
         w = self.w
         ref = self._ready()
