@@ -407,7 +407,7 @@ def test_seg_of_another_tool_that_omits_empty_frames(tmp_path):
 
     folder, _ = series(tmp_path, "s", iop=oblique_iop(), n=7, order=[6, 0, 5, 1, 4, 2, 3])
     img = io.read_image(folder)
-    headers = img._dicom_headers
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in img.metadata["dicom_files"]]
     mask = np.zeros(img.data.shape, bool)
     mask[[1, 2, 5], 2:6, 3:8] = True  # slices 0, 3, 4 and 6 empty
     desc = hd.seg.SegmentDescription(

@@ -11,6 +11,8 @@ No napari, no Qt. One module per format family around one :class:`ImageData`:
 * :mod:`.dicom`: one file, a multi-frame file, or a folder of series;
 * :mod:`.dicom_seg`: DICOM SEG, read as labels on the source grid and written
   (highdicom) referencing the source series;
+* :mod:`._dicom_common`: what those two share (dataset reading, attribute parsing, the
+  slice geometry); neither imports the other, :mod:`.readers` sends a file to one;
 * :mod:`.writers`: ``write_mask`` / ``write_labels`` / ``write_segments`` to NIfTI,
   PNG or DICOM SEG, atomically, with the permissions of the user's umask.
 """

@@ -1,6 +1,8 @@
 """DICOM images: one file, a multi-frame file, or a folder of one or more series.
 
-A folder may also hold DICOM SEG files (:mod:`.dicom_seg`): they open as labels.
+A DICOM file may be a SEG, and a folder may hold SEG files: those are read by
+:mod:`.dicom_seg`, where :mod:`.readers` sends them (:func:`read_dicom_folder` says
+which SEG files of a folder to read).
 Every image read here remembers where its slices came from (``metadata
 ["dicom_files"]``, ``metadata["sop_instance_uids"]`` in array slice order, and
 ``metadata["dicom_frame_order"]`` for a multi-frame file), so that a mask drawn on
@@ -9,7 +11,6 @@ it can be written as a DICOM SEG that references the source instances.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -20,77 +21,10 @@ from ._base import (
     DICOM_EXTS, FORMAT, RAS_FROM_LPS, SUPPORTED_EXTENSIONS, ImageData, check_size,
     clean_float, extension, has_dicm_magic, native, spacing_of,
 )
-
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-
-
-def dcmread(path: Path, *, header_only: bool):
-    import pydicom
-
-    return pydicom.dcmread(str(path), force=True, stop_before_pixels=header_only)
-
-
-def is_seg(ds) -> bool:
-    """A DICOM Segmentation (by SOP class, or Modality SEG)."""
-    return str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS or str(ds.get("Modality", "")).upper() == "SEG"
-
-
-def floats(value, n: int) -> list[float] | None:
-    if value is None:
-        return None
-    try:
-        vals = [float(v) for v in (value if not isinstance(value, (str, bytes)) else [value])]
-    except (TypeError, ValueError):
-        return None
-    if len(vals) != n or not all(math.isfinite(v) for v in vals):
-        return None
-    return vals
-
-
-def positive(value, default: float | None) -> float | None:
-    f = clean_float(value)
-    if f is None or f <= 0:
-        return default
-    return f
-
-
-def orientation(iop) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(row direction, column direction, normal) unit vectors, or None if invalid."""
-    vals = floats(iop, 6)
-    if vals is None:
-        return None
-    row = np.asarray(vals[:3])
-    col = np.asarray(vals[3:])
-    if np.linalg.norm(row) < 1e-3 or np.linalg.norm(col) < 1e-3:
-        return None
-    row = row / np.linalg.norm(row)
-    col = col / np.linalg.norm(col)
-    normal = np.cross(row, col)
-    if np.linalg.norm(normal) < 1e-3:
-        return None
-    return row, col, normal / np.linalg.norm(normal)
-
-
-def fg(ds, seq: str, attr: str, frame: int | None = None):
-    """Look ``attr`` up in a functional group (per-frame, then shared), then top level."""
-    try:
-        if frame is not None and "PerFrameFunctionalGroupsSequence" in ds:
-            pf = ds.PerFrameFunctionalGroupsSequence
-            if frame < len(pf) and seq in pf[frame] and len(pf[frame][seq].value):
-                item = pf[frame][seq].value[0]
-                if attr in item:
-                    return item[attr].value
-        if "SharedFunctionalGroupsSequence" in ds and len(ds.SharedFunctionalGroupsSequence):
-            sh = ds.SharedFunctionalGroupsSequence[0]
-            if seq in sh and len(sh[seq].value):
-                item = sh[seq].value[0]
-                if attr in item:
-                    return item[attr].value
-    except Exception:  # noqa: BLE001 - malformed sequences fall through to the top level
-        pass
-    if attr in ds:
-        return ds[attr].value
-    return None
+from ._dicom_common import (
+    dcmread, dicom_meta, fg, floats, is_seg, orientation, pixel_spacing_of, positive,
+    slice_geometry,
+)
 
 
 def rescale(arr: np.ndarray, slope, intercept) -> np.ndarray:
@@ -159,76 +93,6 @@ def frames_of(ds, arr: np.ndarray) -> tuple[np.ndarray, bool]:
     return arr, bool(rgb)
 
 
-def dicom_meta(ds) -> dict:
-    def s(tag):
-        v = ds.get(tag)
-        return None if v is None else str(v)
-
-    meta = {
-        "series_uid": s("SeriesInstanceUID"),
-        "study_uid": s("StudyInstanceUID"),
-        "frame_of_reference_uid": s("FrameOfReferenceUID"),
-        "series_description": s("SeriesDescription"),
-        "series_number": s("SeriesNumber"),
-        "modality": s("Modality"),
-        "photometric": s("PhotometricInterpretation"),
-        "sop_class_uid": s("SOPClassUID"),
-    }
-    return {k: v for k, v in meta.items() if v not in (None, "")}
-
-
-def dicom_affine(
-    orient, origin: np.ndarray, pixel_spacing: tuple[float, float], slice_vec: np.ndarray
-) -> np.ndarray:
-    """RAS affine mapping array index (slice, row, column) to world mm."""
-    row_dir, col_dir, _normal = orient
-    lps = np.eye(4)
-    lps[:3, 0] = slice_vec
-    lps[:3, 1] = col_dir * pixel_spacing[0]  # next row: along the column direction
-    lps[:3, 2] = row_dir * pixel_spacing[1]  # next column: along the row direction
-    lps[:3, 3] = origin
-    return RAS_FROM_LPS @ lps
-
-
-def slice_geometry(
-    positions: list, orient, pixel_spacing, thickness: float | None, *, name: str,
-    notes: list[str], order_by: str, quiet: bool = False,
-) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """(RAS affine, slice step (LPS), orientation) of sorted slices at ``positions``.
-
-    The one rule that DICOM images and DICOM SEGs share, so that a SEG lies exactly
-    on its source: origin = the first slice's position, slice step = (last - first) /
-    (n - 1) (the mean, noted when the gaps are uneven, e.g. missing slices)."""
-    n = len(positions)
-    if orient is None:
-        orient = (np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), np.array([0, 0, 1.0]))
-        if not quiet:
-            notes.append(f"{name}: no valid ImageOrientationPatient; the affine assumes an "
-                         "axial orientation.")
-    have_pos = n > 0 and all(q is not None for q in positions)
-    origin = positions[0] if have_pos else np.zeros(3)
-    if not have_pos and not quiet:
-        notes.append(f"{name}: no ImagePositionPatient; the volume is placed at the origin.")
-    normal = orient[2]
-    if n > 1 and have_pos:
-        step = (positions[-1] - positions[0]) / (n - 1)
-        gaps = np.diff([float(np.dot(q, normal)) for q in positions])
-        if np.linalg.norm(step) < 1e-6:
-            step = normal * (thickness or 1.0)
-            notes.append(
-                f"{name}: all {n} slices are at the same position (a time series?); "
-                f"stacked in {order_by} order with {thickness or 1.0:g} mm spacing."
-            )
-        elif gaps.size and (gaps.max() - gaps.min()) > max(0.01 * abs(gaps.mean()), 1e-3):
-            notes.append(
-                f"{name}: uneven slice spacing ({gaps.min():.3g} to {gaps.max():.3g} mm); "
-                f"the affine uses the mean, {np.linalg.norm(step):.4g} mm."
-            )
-    else:
-        step = normal * (thickness or 1.0)
-    return dicom_affine(orient, origin, pixel_spacing, step), step, orient
-
-
 def build_volume(
     slices: list[np.ndarray], positions: list[np.ndarray | None], *, p: Path, rgb: bool,
     orient, pixel_spacing, thickness: float | None, notes: list[str], meta: dict,
@@ -277,26 +141,17 @@ def build_volume(
     )
 
 
-def pixel_spacing_of(value, p: Path, notes: list[str]) -> tuple[float, float]:
-    vals = floats(value, 2)
-    if vals is None or vals[0] <= 0 or vals[1] <= 0:
-        if value is not None:
-            notes.append(f"{p.name}: invalid PixelSpacing {value!r}; using 1 mm.")
-        else:
-            notes.append(f"{p.name}: no PixelSpacing; using 1 mm.")
-        return (1.0, 1.0)
-    return (vals[0], vals[1])
-
-
-def read_dicom_file(p: Path, ds=None, *, all_layers: bool = False) -> list[ImageData]:
-    """One DICOM file: a single image, a multi-frame volume, or a DICOM SEG."""
+def read_dicom_file(p: Path, ds=None) -> list[ImageData]:
+    """One DICOM image file: a single image or a multi-frame volume (``ds``: the file's
+    dataset, with its pixels, when the caller has read it). A DICOM SEG is read by
+    :func:`napari_cuts.io.dicom_seg.read_seg` instead (:func:`napari_cuts.io.read_image`
+    sends it there)."""
     notes: list[str] = []
     if ds is None:
         ds = dcmread(p, header_only=False)
     if is_seg(ds):
-        from .dicom_seg import read_seg
-
-        return read_seg(p, ds, all_layers=all_layers)
+        raise ReadError(f"{p} is a DICOM SEG, not an image: open it with "
+                        "napari_cuts.io.read_image (it reads a SEG as labels).")
     if "Rows" not in ds and "PixelData" not in ds:
         raise ReadError(
             f"{p}: not a DICOM image (no pixel data). Open a DICOM image file or a "
@@ -388,9 +243,11 @@ def dicom_candidates(folder: Path) -> tuple[list[Path], int]:
     return out, total
 
 
-def read_dicom_folder(folder: Path, *, all_series: bool) -> list[ImageData]:
+def read_dicom_folder(folder: Path, *, all_series: bool) -> tuple[list[ImageData], list[Path]]:
     """The image series of a folder, largest first (only the largest unless
-    ``all_series``), then its DICOM SEGs (as labels)."""
+    ``all_series``), and the DICOM SEG files of the folder to read as labels after them
+    (every one with ``all_series``, else the first one when the folder holds no image;
+    otherwise none, and a note names them)."""
     files, total = dicom_candidates(folder)
     headers = []
     segs: list[tuple[Path, object]] = []
@@ -464,27 +321,23 @@ def read_dicom_folder(folder: Path, *, all_series: bool) -> list[ImageData]:
             img.metadata["name"] = folder.name
         img.source = str(folder)
         results.append(img)
+    seg_files = [fp for fp, _ in segs]
     if segs and (all_series or not results):
-        from .dicom_seg import read_seg
-
-        for fp, _ in segs if all_series else segs[:1]:
-            results.extend(read_seg(fp, None, all_layers=all_series))
-    elif segs:
+        return results, seg_files if all_series else seg_files[:1]
+    if segs:
         results[0].notes.append(
-            f"{folder.name} also holds {len(segs)} DICOM SEG file(s) (e.g. {segs[0][0].name}); "
+            f"{folder.name} also holds {len(segs)} DICOM SEG file(s) (e.g. {seg_files[0].name}); "
             "napari_cuts.io.read_all (and napari) open them as labels."
         )
-    return results
+    return results, []
 
 
 def read_series(folder: Path, group: list) -> ImageData:
     """Read a group of DICOM files of one series and geometry into one volume."""
     if len(group) == 1:
-        fp, ds_h = group[0]
+        fp, _ = group[0]
         img = read_dicom_file(fp)[0]
         img.metadata["files"] = [fp.name]
-        if int(img.metadata.get("n_frames", 1)) == 1:
-            img._dicom_headers = [ds_h]  # header-only, for DICOM SEG export
         return img
     notes: list[str] = []
     _, ds0 = group[0]
@@ -512,7 +365,7 @@ def read_series(folder: Path, group: list) -> ImageData:
             f"{folder.name}: {len(idx) - len(kept)} slice(s) share a position with another "
             "(several echoes or time points?); using the first at each position."
         )
-    slices, pos, names, paths, uids, hdrs = [], [], [], [], [], []
+    slices, pos, names, paths, uids = [], [], [], [], []
     rgb = False
     for i in kept:
         fp, ds_h = group[i]
@@ -536,7 +389,6 @@ def read_series(folder: Path, group: list) -> ImageData:
         names.append(fp.name)
         paths.append(str(fp.resolve()))
         uids.append(str(ds_h.get("SOPInstanceUID", "") or ""))
-        hdrs.append(ds_h)
     ps = pixel_spacing_of(ds0.get("PixelSpacing") or ds0.get("ImagerPixelSpacing"), folder, notes)
     thickness = positive(ds0.get("SpacingBetweenSlices"), None) or positive(
         ds0.get("SliceThickness"), None
@@ -545,9 +397,8 @@ def read_series(folder: Path, group: list) -> ImageData:
     meta["files"] = names
     meta["dicom_files"] = paths
     meta["sop_instance_uids"] = uids
-    img = build_volume(
+    return build_volume(
         slices, pos, p=folder, rgb=rgb, orient=orient, pixel_spacing=ps,
         thickness=thickness, notes=notes, meta=meta, order_by=order_by,
     )
-    img._dicom_headers = hdrs[: img.spatial_shape[0] if img.ndim_spatial == 3 else 1]
-    return img
+

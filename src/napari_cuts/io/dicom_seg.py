@@ -5,7 +5,7 @@ Reading
 -------
 The frames' ``PlanePositionSequence`` / ``PlaneOrientationSequence`` / pixel
 measures give the grid, by the same rule the DICOM image reader uses for the
-source series (:func:`napari_cuts.io.dicom.slice_geometry`: slices sorted along
+source series (:func:`napari_cuts.io._dicom_common.slice_geometry`: slices sorted along
 the normal, origin the first slice, array ``(slice, row, column)``), so a SEG of
 a series lies exactly on that series' layer in napari: same shape, scale,
 translate and affine. A SEG that omits empty frames (other tools do) is filled
@@ -40,7 +40,7 @@ import numpy as np
 from ..errors import CutsError, InputError, ReadError, WriteError
 from ..fileutil import atomic_path
 from ._base import ImageData, check_size, clean_float, smallest_uint, spacing_of, stem
-from .dicom import (
+from ._dicom_common import (
     dcmread, dicom_meta, fg, floats, orientation, pixel_spacing_of, positive,
     slice_geometry,
 )
@@ -351,7 +351,8 @@ _TYPE2_FILL = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "Ac
 
 def source_headers(like: ImageData | None, what: str, path: Path) -> list:
     """The source DICOM datasets of ``like`` in array slice order (one dataset for a
-    multi-frame source); re-read lazily from ``metadata["dicom_files"]``."""
+    multi-frame source): the headers of the files in ``metadata["dicom_files"]``,
+    checked against ``metadata["sop_instance_uids"]``."""
     suggestion = (f"save it as {stem(path)}.nii.gz instead (NIfTI keeps the geometry), or "
                   "draw it on an image opened from DICOM")
     if like is None:
@@ -362,28 +363,26 @@ def source_headers(like: ImageData | None, what: str, path: Path) -> list:
         raise WriteError(f"{path}: a .dcm {what} is a DICOM SEG, which must reference a DICOM "
                          f"series, but it was drawn on {src} ({like.source}); {suggestion}.")
     meta = like.metadata
-    headers = getattr(like, "_dicom_headers", None)
     files = list(meta.get("dicom_files") or [])
     uids = list(meta.get("sop_instance_uids") or [])
     n_frames = int(meta.get("n_frames", 1) or 1)
-    if not headers:
-        if not files:
-            raise WriteError(f"{path}: the source image ({like.source}) does not say which DICOM "
-                             f"files it came from; reopen the series, or {suggestion}.")
-        headers = []
-        for i, f in enumerate(files if n_frames == 1 else files[:1]):
-            try:
-                ds = dcmread(Path(f), header_only=True)
-            except Exception as exc:  # noqa: BLE001
-                raise WriteError(
-                    f"{path}: cannot read the source DICOM file {f} ({type(exc).__name__}); "
-                    f"the DICOM SEG must reference it. Keep the series in place, or {suggestion}."
-                ) from None
-            if i < len(uids) and uids[i] and str(ds.get("SOPInstanceUID", "")) != uids[i]:
-                raise WriteError(f"{path}: the source file {f} is no longer the instance the "
-                                 f"image was read from (SOPInstanceUID changed); reopen the series.")
-            headers.append(ds)
-    return list(headers)
+    if not files:
+        raise WriteError(f"{path}: the source image ({like.source}) does not say which DICOM "
+                         f"files it came from; reopen the series, or {suggestion}.")
+    headers = []
+    for i, f in enumerate(files if n_frames == 1 else files[:1]):
+        try:
+            ds = dcmread(Path(f), header_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise WriteError(
+                f"{path}: cannot read the source DICOM file {f} ({type(exc).__name__}); "
+                f"the DICOM SEG must reference it. Keep the series in place, or {suggestion}."
+            ) from None
+        if i < len(uids) and uids[i] and str(ds.get("SOPInstanceUID", "")) != uids[i]:
+            raise WriteError(f"{path}: the source file {f} is no longer the instance the "
+                             f"image was read from (SOPInstanceUID changed); reopen the series.")
+        headers.append(ds)
+    return headers
 
 
 def _complete(headers: list, notes: list[str]) -> list:

@@ -9,7 +9,9 @@ from ._base import (
     DICOM_EXTS, FORMAT, SUPPORTED_EXTENSIONS, ImageData, as_path, extension, has_dicm_magic,
     supported_list,
 )
+from ._dicom_common import dcmread, is_seg
 from .dicom import looks_like_dicom_folder, read_dicom_file, read_dicom_folder
+from .dicom_seg import read_seg
 from .nifti import read_nifti
 from .pictures import read_one, read_stack, stack_files
 
@@ -63,6 +65,24 @@ def _one_line(text: str, limit: int = 200) -> str:
     return " ".join(str(text).split())[:limit]
 
 
+def _read_dicom_file(p, all_layers: bool) -> list[ImageData]:
+    """A DICOM file: an image or a multi-frame volume, or a DICOM SEG (as labels; one
+    labels image per segment with ``all_layers`` when its segments overlap)."""
+    ds = dcmread(p, header_only=False)
+    if is_seg(ds):
+        return read_seg(p, ds, all_layers=all_layers)
+    return read_dicom_file(p, ds)
+
+
+def _read_dicom_folder(folder, all_series: bool) -> list[ImageData]:
+    """A DICOM folder: its image series, then the DICOM SEGs it holds that are to be
+    read (:func:`~napari_cuts.io.dicom.read_dicom_folder`)."""
+    images, segs = read_dicom_folder(folder, all_series=all_series)
+    for seg in segs:
+        images.extend(read_seg(seg, None, all_layers=all_series))
+    return images
+
+
 def _read(path, *, all_series: bool, sequences: bool | None = None) -> list[ImageData]:
     p = as_path(path)
     try:
@@ -79,7 +99,7 @@ def _read(path, *, all_series: bool, sequences: bool | None = None) -> list[Imag
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if looks_like_dicom_folder(p) or not stack_files(p):
-                    return read_dicom_folder(p, all_series=all_series)
+                    return _read_dicom_folder(p, all_series)
                 return [read_stack(p)]
         ext = extension(p)
         fmt = FORMAT.get(ext)
@@ -98,7 +118,7 @@ def _read(path, *, all_series: bool, sequences: bool | None = None) -> list[Imag
             if fmt == "nifti":
                 return [read_nifti(p, sequences=sequences)]
             if fmt == "dicom":
-                return read_dicom_file(p, all_layers=all_series)
+                return _read_dicom_file(p, all_series)
             return [read_one(p, fmt)]
     except CutsError:
         raise
