@@ -24,8 +24,8 @@ SAMPLES = REPO / "src" / "napari_cuts" / "sample_data"
 
 
 def _part(lab, point):
-    """The 4-connected part (scipy) of ``lab``'s cluster at ``point``: what a click
-    selects with "Connected part only" (on by default)."""
+    """The 4-connected part (scipy) of ``lab``'s cluster at ``point``: what one positive
+    click selects at the slider's level."""
     from scipy import ndimage
 
     comp, _ = ndimage.label(lab == lab[tuple(point)])
@@ -186,22 +186,29 @@ def test_train_segment_slide_click_export(docked, rgb96, tmp_path):
     assert not np.array_equal(levels.data, data_coarse)
     assert widget.shown_clusters == int(hier.n_clusters[fine])
 
-    # click: the cluster under the pointer at the current level becomes the mask
+    # click: a positive prompt; alone, the structure under the pointer at the current
+    # level (the part of its cluster connected to it) becomes the mask
+    from napari_cuts.prompts import segment_from_prompts
+
+    folder = widget.objects.folders.get(0)
     lab = _labels_at(widget)
     p1 = (48, 48)
     fake_click(widget, levels, p1)
     mask_layer = viewer.layers[MASK_NAME]
-    np.testing.assert_array_equal(mask_layer.data.astype(bool), lab == lab[p1])
+    np.testing.assert_array_equal(mask_layer.data.astype(bool), _part(lab, p1))
     np.testing.assert_allclose(mask_layer.scale, img.scale)
     assert viewer.layers.selection.active.name == LEVELS_NAME   # clicks keep going there
-    # shift-click adds another cluster, alt-click removes it again
+    # shift-click adds a positive prompt, alt-click on it makes it negative: the object
+    # is solved from all its prompts each time
     p2 = tuple(int(v) for v in np.argwhere(lab != lab[p1])[0])
     fake_click(widget, levels, p2, modifiers=("Shift",))
     np.testing.assert_array_equal(mask_layer.data.astype(bool),
-                                  (lab == lab[p1]) | (lab == lab[p2]))
+                                  segment_from_prompts(folder, [p1, p2], level=fine))
     fake_click(widget, img, p2, modifiers=("Alt",))         # on the image layer too
-    np.testing.assert_array_equal(mask_layer.data.astype(bool), lab == lab[p1])
-    n = int((lab == lab[p1]).sum())
+    want = segment_from_prompts(folder, [p1], [p2], level=fine)
+    np.testing.assert_array_equal(mask_layer.data.astype(bool), want)
+    assert widget.clicks == [("positive", p1), ("negative", p2)]
+    n = int(want.sum())
     assert widget.mask_stats() == {"pixels": n, "mm2": pytest.approx(n * 0.5 * 0.25)}
     assert f"{n} pixels" in widget.area_label.text()
 
@@ -220,12 +227,12 @@ def test_train_segment_slide_click_export(docked, rgb96, tmp_path):
     # the mask stays put when the slider moves ...
     widget.set_level(coarse)
     np.testing.assert_array_equal(mask_layer.data, before)
-    # ... unless it follows the slider: the stored click is replayed at the new level
+    # ... unless it follows the slider: the prompts are solved again at the new level
     widget.follow_check.setChecked(True)
-    lab_c = _labels_at(widget)
-    np.testing.assert_array_equal(mask_layer.data.astype(bool), lab_c == lab_c[p1])
+    np.testing.assert_array_equal(mask_layer.data.astype(bool),
+                                  segment_from_prompts(folder, [p1], [p2], level=coarse))
     widget.set_level(fine)
-    np.testing.assert_array_equal(mask_layer.data.astype(bool), lab == lab[p1])
+    np.testing.assert_array_equal(mask_layer.data.astype(bool), want)
 
     # persistent structures: one map, the slider off
     widget.persistent_check.setChecked(True)
@@ -282,8 +289,8 @@ def test_phate_view_picks_a_cluster(segmented):
     assert panel._scatter is not None
     lab = _labels_at(widget)
     r, c = panel.pixels[7]
-    assert widget.pick_phate(7)
-    np.testing.assert_array_equal(widget.mask_layer.data.astype(bool), lab == lab[r, c])
+    assert widget.pick_phate(7)                # the point's pixel as a positive prompt
+    np.testing.assert_array_equal(widget.mask_layer.data.astype(bool), _part(lab, (r, c)))
     # the slider recolours the points without recomputing them
     coords = panel.coords.copy()
     widget.set_level(max(0, widget.level - 1))
@@ -373,8 +380,10 @@ def test_threaded_segment(docked, rgb96, rgb_encoder, qtbot):
     hier = widget.results[0].hierarchy
     assert widget.shown_clusters == int(hier.n_clusters[widget.level])
     fake_click(widget, widget.levels_layer, (10, 80))
+    # the prompt is solved off the GUI thread
+    qtbot.waitUntil(lambda: widget.mask is not None, timeout=60000)
     lab = _labels_at(widget)
-    # by default the part of the clicked cluster connected to the click
+    # one click: the part of the clicked cluster connected to the click
     np.testing.assert_array_equal(widget.mask.astype(bool), _part(lab, (10, 80)))
 
 
@@ -431,12 +440,15 @@ def test_click_through_the_canvas(segmented):
     r, c = np.round(widget.levels_layer.world_to_data(viewer.cursor.position)).astype(int)[-2:]
     lab = _labels_at(widget)
     np.testing.assert_array_equal(widget.mask, _part(lab, (r, c)))
-    # shift-click elsewhere adds that cluster's part
+    # shift-click elsewhere adds a positive prompt there: both prompts solved together
     from vispy.util import keys
+
+    from napari_cuts.prompts import segment_from_prompts
 
     pos2 = (w // 2 - 2, h // 2 + h // 4)   # the image is tall and narrow (scale 0.5, 0.25)
     canvas.events.mouse_move(pos=pos2, modifiers=())
     canvas.events.mouse_press(pos=pos2, modifiers=(keys.SHIFT,), button=1)
     canvas.events.mouse_release(pos=pos2, modifiers=(keys.SHIFT,), button=1)
     r2, c2 = np.round(widget.levels_layer.world_to_data(viewer.cursor.position)).astype(int)[-2:]
-    np.testing.assert_array_equal(widget.mask, _part(lab, (r, c)) | _part(lab, (r2, c2)))
+    np.testing.assert_array_equal(widget.mask, segment_from_prompts(
+        widget.objects.folders.get(0), [(r, c), (r2, c2)], level=widget.level))

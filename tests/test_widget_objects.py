@@ -1,6 +1,7 @@
 """GUI tests of the object list (napari viewer under Xvfb): several objects, each with
-its own id, mask and area; per-structure grow / shrink along the clicked lineage; undo
-and redo through the viewer's keys; multi-label export that keeps the ids.
+its own id, prompts, mask and area; grow / shrink along the lineage of the object's
+click (the slider moves, the object is solved there); undo and redo through the
+viewer's keys; multi-label export that keeps the ids.
 
 The object model (:mod:`napari_cuts._widget.objects`) is tested without Qt at the end.
 """
@@ -73,10 +74,10 @@ def _points(widget, n=3):
 
 
 def _movable(hier, pts):
-    """A level where the structure at each point can both grow and shrink."""
+    """A level where the connected structure at each point can both grow and shrink."""
     for lv in range(1, hier.n_levels - 1):
-        if all(hier.step_level(p, lv, +1) != lv and hier.step_level(p, lv, -1) != lv
-               for p in pts):
+        if all(hier.step_level(p, lv, +1, connected=True) != lv
+               and hier.step_level(p, lv, -1, connected=True) != lv for p in pts):
             return lv
     pytest.skip("no level where every structure can grow and shrink")
 
@@ -88,8 +89,6 @@ def test_three_objects_grow_shrink_undo_redo_export(segmented, tmp_path):
     from napari_cuts._widget import LABELS_NAME, LEVELS_NAME, MASK_NAME
 
     viewer, widget = segmented
-    # whole clusters here (the connected option has its own test below)
-    widget.connected_check.setChecked(False)
     hier = widget.results[0].hierarchy
     widget.set_level(min(hier.n_levels - 1, max(1, widget.level)))
     pts = _points(widget, 3)
@@ -104,30 +103,33 @@ def test_three_objects_grow_shrink_undo_redo_export(segmented, tmp_path):
         fake_click(widget, widget.levels_layer, p)
     model = widget.objects.model
     assert model.ids == [1, 2, 3]
-    lab = np.asarray(hier.labels(lv))
     for o, p in zip(model.objects, pts):
-        np.testing.assert_array_equal(o.mask, lab == lab[p])
-        assert widget.objects.stats(o.id)["pixels"] == int((lab == lab[p]).sum())
+        # one positive click: the connected structure under it at the slider's level
+        want = hier.structure(p, lv, connected=True)
+        np.testing.assert_array_equal(o.mask, want)
+        assert o.prompts.positive == (p,) and o.level == lv
+        assert widget.objects.stats(o.id)["pixels"] == int(want.sum())
         assert widget.objects.stats(o.id)["mm2"] == pytest.approx(o.mask.sum() * 0.25)
     shown = viewer.layers[LABELS_NAME].data
     for o in model.objects:
         assert set(np.unique(shown[o.mask])) == {o.id}    # disjoint clusters here
     assert widget.object_list.table.rowCount() == 3
     row = widget.object_list.row_text(2)
-    assert row[1] == "3" and row[2] == str(lv) and "mm" in row[3]
+    assert row[1] == "3" and row[2].startswith("1:") and row[3] == str(lv) and "mm" in row[4]
     assert viewer.layers.selection.active.name == LEVELS_NAME
 
-    # grow: a strictly larger structure holding the click, the slider unmoved
+    # grow: the slider one real merge up the click's lineage, the object solved there:
+    # a strictly larger structure holding the click
     obj3 = model.current
     p3 = pts[2]
     widget.grow()
     grown = model.current
-    up = hier.step_level(p3, lv, +1)
-    assert grown.levels == [up] and widget.level == lv
+    up = hier.step_level(p3, lv, +1, connected=True)
+    assert grown.level == up and widget.level == up
     assert grown.mask[p3] and grown.mask.sum() > obj3.mask.sum()
     assert np.all(grown.mask[obj3.mask])
     np.testing.assert_array_equal(viewer.layers[MASK_NAME].data.astype(bool), grown.mask)
-    assert widget.object_list.row_text(2)[2] == str(up)
+    assert widget.object_list.row_text(2)[3] == str(up)
     # grow then shrink: the same mask again
     widget.shrink()
     np.testing.assert_array_equal(model.current.mask, obj3.mask)
@@ -143,13 +145,15 @@ def test_three_objects_grow_shrink_undo_redo_export(segmented, tmp_path):
     _press(viewer, "[")
     np.testing.assert_array_equal(model.current.mask, before)
 
-    # an object of two clicks grows each of its structures
+    # an object of two positive clicks grows along its first click's lineage
     widget.select_object(1)
     fake_click(widget, widget.levels_layer, pts[1], modifiers=("Shift",))
     two = model.current
-    assert two.id == 1 and len(two.clicks) == 2
-    widget.grow()
-    assert model.current.levels == [hier.step_level(pts[0], lv, 1), hier.step_level(pts[1], lv, 1)]
+    assert two.id == 1 and len(two.clicks) == 2 and two.level == widget.level
+    anchor = min(pts[0], pts[1])
+    up = hier.step_level(anchor, two.level, +1, connected=True)
+    assert widget.grow() == (up != two.level)
+    assert model.current.level == up and widget.level == up
 
     # rename and delete
     widget.rename_object(2, "optic disc")
@@ -205,50 +209,69 @@ def test_one_object_png_is_not_0_255(segmented, tmp_path):
 
 # ----------------------------------------------------------- model, no Qt
 
-class _Toy:
-    """A 1D-ish toy hierarchy on a 4 x 4 grid: levels nest 4 quadrants -> halves -> all."""
+def test_model_objects_are_their_prompts_with_history():
+    """Prompts change sign and never duplicate; a change is one undo step whose mask
+    arrives later (stale answers refused); undo restores prompts and masks together;
+    objects keep their own prompts; JSON and scribbles round trip."""
+    from napari_cuts._widget.objects import ObjectSet, Prompts
 
-    def __init__(self):
-        from napari_cuts.hierarchy import Hierarchy
-
-        q = np.zeros((4, 4), np.int64)
-        q[:2, 2:], q[2:, :2], q[2:, 2:] = 1, 2, 3
-        self.h = Hierarchy(q, [np.arange(4), np.array([0, 0, 1, 1]), np.zeros(4, int)])
-
-
-def test_model_objects_history_and_steps():
-    from napari_cuts._widget.objects import HierarchyStructures, ObjectSet
-
-    toy = _Toy()
-    st = HierarchyStructures(lambda z: toy.h)
+    p = Prompts().add((0, 0), True)
+    assert p.add((0, 0), True) is p                     # the same click again: nothing new
+    q = p.add((0, 0), False)                            # alt-click on it: it turns negative
+    assert q.positive == () and q.negative == ((0, 0),)
+    assert p.add((1, 2.4), True).positive == ((0, 0), (1, 2))
     m = ObjectSet((4, 4))
-    m.click(st, (0, 0), "replace", 0)
-    assert m.ids == [1] and m.current.mask.sum() == 4
+    obj = m.set_prompts(p, 2)
+    assert m.ids == [1] and obj.level == 2 and not obj.solved and obj.mask is None
+    assert m.unsolved() == [obj]
+    full = np.ones((4, 4), bool)
+    assert not m.set_mask(1, Prompts().add((0, 0), True), 2, full)   # not these prompts
+    assert not m.set_mask(1, p, 1, full)                             # not this level
+    assert m.set_mask(1, p, 2, full) and m.current.solved and m.current.mask.all()
+    p2 = p.add((3, 3), False)
+    m.set_prompts(p2, 2)
+    assert m.current.mask.all() and not m.current.solved            # the last mask stays
+    half = np.zeros((4, 4), bool)
+    half[:2] = True
+    assert m.set_error(1, p2, 2, "no") and m.unsolved() == []
+    assert m.current.mask.all() and m.current.error == "no"
+    m.set_prompts(p2, 2)
+    assert m.current.error is None
+    assert m.set_mask(1, p2, 2, half)
+    # scribbles: sparse in the model, dense out
+    dense = np.zeros((4, 4), np.uint8)
+    dense[3, :] = 2
+    p3 = p2.with_scribbles(dense)
+    assert p3.strokes == 1 and p3.count == 3 and p3.text() == "3: 1+ 1-, 1 stroke"
+    np.testing.assert_array_equal(p3.scribbles((4, 4)), dense)
+    m.set_prompts(p3, 2)
+    m.set_mask(1, p3, 2, half)
     m.new_object("b")
-    m.click(st, (3, 3), "replace", 0)
-    m.click(st, (3, 0), "add", 0)
-    assert m.current.mask.sum() == 8 and m.labels()[3, 0] == 2
-    assert m.step(st, +1)                    # each structure up: halves (overlapping)
-    assert m.current.levels == [1, 1] and m.current.mask.sum() == 8
-    assert m.step(st, +1) and m.current.mask.all()
-    assert not m.step(st, +1)                # the root: nothing to grow, no undo step
-    lab = m.labels()
-    assert (lab == 2).all()                  # the later object on top
-    assert m.get(1).mask.sum() == 4          # object 1 keeps its whole mask
-    for _ in range(5):
-        assert m.undo()
-    assert m.ids == [1] and m.current.mask.sum() == 4
-    assert m.redo() and m.ids == [1, 2]
-    m.delete(1)
-    assert m.ids == [2]
-    assert m.undo() and m.ids == [1, 2]
-    rec = m.to_json()
+    m.set_prompts(Prompts().add((3, 0), True), 0)
+    assert m.get(1).prompts is p3 and m.current.id == 2
+    # undo walks back: object b, the stroke, the negative point, the first click
+    assert m.undo() and m.current.id == 2 and m.current.prompts.empty
+    assert m.undo() and m.ids == [1]
+    assert m.undo() and m.current.prompts is p2 and not m.current.prompts.has_scribbles
+    np.testing.assert_array_equal(m.current.mask, half)
+    assert m.undo() and m.current.prompts is p2 and m.current.error == "no"
+    assert m.current.mask.all()                         # the mask kept through the error
+    assert m.undo() and m.current.prompts is p and m.current.mask.all() and m.current.solved
+    assert m.undo() and m.ids == [] and not m.can_undo
+    while m.redo():
+        pass
+    assert m.ids == [1, 2] and m.get(1).prompts is p3
+    recs = m.to_json()
+    assert recs[0]["prompts"] == {"positive": [[0, 0]], "negative": [[3, 3]], "strokes": 1}
     m2 = ObjectSet((4, 4))
-    m2.load(rec, None, st)
-    for a, b in zip(m.objects, m2.objects):
-        np.testing.assert_array_equal(a.mask, b.mask)
-        assert a.clicks == b.clicks and a.name == b.name
+    m2.load(recs, {1: half}, m.scribbles())
+    assert m2.get(1).prompts.same(p3) and m2.get(1).solved and m2.get(1).level == 2
+    assert not m2.get(2).solved and m2.unsolved() == [m2.get(2)]     # no stored mask
     assert not m2.can_undo
+    # Clear prompts: no prompt, no mask, at once
+    m2.select(1)
+    m2.set_prompts(Prompts(), 2)
+    assert m2.current.mask is None and m2.current.solved
     for _ in range(60):
         m2.new_object()
     n = 0
@@ -257,69 +280,23 @@ def test_model_objects_history_and_steps():
     assert n >= 20
 
 
-def test_model_connected_click_takes_the_part_under_the_click_and_is_saved():
-    """A click with ``connected`` takes the part of the cluster connected to it; the
-    choice is stored with the click (JSON) and kept by grow / shrink and reload."""
-    from napari_cuts._widget.objects import Click, HierarchyStructures, ObjectSet
-    from napari_cuts.hierarchy import Hierarchy
+def test_model_reads_the_clicks_of_older_sessions():
+    """Sessions saved before objects were prompts have clicks (replace / add / remove):
+    they come back as points (a replace starts over, remove is negative), with their
+    stored masks and the last click's level."""
+    from napari_cuts._widget.objects import ObjectSet, Prompts
 
-    lab = np.zeros((6, 6), int)
-    lab[0:2, 0:2] = 1
-    lab[4:6, 4:6] = 1                           # the same cluster, another place
-    coarse = (lab > 0) | (np.arange(6)[None, :] < 3) & (np.arange(6)[:, None] < 3)
-    h = Hierarchy.from_labels(np.stack([lab, coarse.astype(int), np.zeros_like(lab)]))
-    st = HierarchyStructures(lambda z: h)
+    clicks = [{"mode": "replace", "point": [5, 5], "level": 1},
+              {"mode": "replace", "point": [0, 0], "level": 2},
+              {"mode": "add", "point": [1, 1], "level": 3},
+              {"mode": "remove", "point": [2, 2], "level": 3, "connected": True}]
+    p = Prompts.from_clicks(clicks)
+    assert p.positive == ((0, 0), (1, 1)) and p.negative == ((2, 2),)
     m = ObjectSet((6, 6))
-    m.click(st, (0, 0), "replace", 0)
-    assert m.current.mask.sum() == 8            # the whole cluster: both squares
-    m.click(st, (0, 0), "replace", 0, connected=True)
-    assert m.current.mask.sum() == 4 and not m.current.mask[4:, 4:].any()
-    c = m.current.clicks[0]
-    assert c.connected and Click.from_json(c.to_json()) == c
-    assert not Click.from_json({"mode": "add", "point": [0, 0], "level": 0}).connected
-    assert m.step(st, +1)                       # up to the connected 3 x 3 + 2 x 2 cluster
-    assert m.current.levels == [1] and m.current.mask.sum() == 9
-    rec = m.to_json()
-    m2 = ObjectSet((6, 6))
-    m2.load(rec, None, st)
-    np.testing.assert_array_equal(m2.current.mask, m.current.mask)
-    assert m2.current.clicks[0].connected
-
-
-def test_connected_part_only_click_in_the_viewer(segmented):
-    """With "Connected part only" ticked a click in the viewer takes the part of the
-    cluster connected to the clicked pixel (scipy's 4-connected label), unticked the
-    whole cluster; the saved session JSON records the choice per click."""
-    from scipy import ndimage
-
-    viewer, widget = segmented
-    hier = widget.results[0].hierarchy
-    # a level and a pixel whose cluster has more than one connected part
-    found = None
-    for lv in range(hier.n_levels - 1):
-        lab = np.asarray(hier.labels(lv))
-        for cid in np.unique(lab):
-            comp, n = ndimage.label(lab == cid)
-            if n > 1:
-                found = (lv, tuple(int(v) for v in np.argwhere(comp == 1)[0]), lab == cid, comp == 1)
-                break
-        if found:
-            break
-    assert found, "the test image should have a cluster in several parts"
-    lv, p, whole, part = found
-    widget.set_level(lv)
-    assert widget.connected_check.isChecked()          # on by default
-    fake_click(widget, widget.levels_layer, p)
-    obj = widget.objects.model.current
-    np.testing.assert_array_equal(obj.mask, part)
-    assert obj.clicks[-1].connected and json.loads(json.dumps(obj.to_json()))["clicks"][0]["connected"]
-    widget.connected_check.setChecked(False)
-    fake_click(widget, widget.levels_layer, p)
-    obj = widget.objects.model.current
-    np.testing.assert_array_equal(obj.mask, whole)
-    assert not obj.clicks[-1].connected
-    assert not json.loads(json.dumps(obj.to_json()))["clicks"][0]["connected"]
-    widget.connected_check.setChecked(True)
-    fake_click(widget, widget.levels_layer, p)
-    obj = widget.objects.model.current
-    np.testing.assert_array_equal(obj.mask, part)
+    mask = np.zeros((6, 6), bool)
+    mask[:2, :2] = True
+    m.load([{"id": 3, "name": "old", "colour": [1, 0, 0, 1], "clicks": clicks}], {3: mask})
+    o = m.current
+    assert o.id == 3 and o.prompts.same(p) and o.level == 3 and o.solved
+    np.testing.assert_array_equal(o.mask, mask)
+    assert o.colour == (1.0, 0.0, 0.0, 1.0)

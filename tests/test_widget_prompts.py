@@ -273,12 +273,16 @@ def test_a_newer_prompt_supersedes_a_running_solve(disc2d, qtbot):
         return real(req)
 
     res.solve = slow
-    widget.click(CENTRE)                       # runs (slowly)
-    widget.click(RIM, "negative")              # waits ...
-    widget.click(RIM2)                         # ... and is superseded by this one
+    widget.click(CENTRE)                       # one click: the tool's click, at once
+    assert widget.objects.current.solved and not ran
+    np.testing.assert_array_equal(widget.mask, _solve(folder, widget))
+    widget.click(RIM, "negative")              # solved in a worker (slowly)
+    widget.click(RIM2)                         # waits ...
+    widget.click((14, 16))                     # ... and is superseded by this one
     assert res.busy and "Solving" in widget.object_list.message.text()
     qtbot.waitUntil(lambda: not res.busy and widget.objects.current.solved, timeout=20000)
-    assert len(ran) == 2 and res.dropped == 1  # the middle request never ran; the first dropped
+    assert len(ran) == 2 and res.dropped == 1  # the waiting request never ran; the first dropped
+    assert ran[-1] is widget.objects.prompts
     np.testing.assert_array_equal(widget.mask, _solve(folder, widget))
     assert widget.object_list.message.text() == ""
 

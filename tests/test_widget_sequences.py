@@ -67,7 +67,8 @@ def test_two_layers_one_hierarchy_click_in_either(docked, tmp_path):
     fake_click(widget, viewer.layers["T2"], (32, 32))
     assert widget.mask is not None and widget.mask[32, 32]
     d_square = dice(widget.mask, square)
-    # a click in the first layer: the disc only T1 shows
+    # a click in the first layer (the object's prompts cleared first): the disc only T1 shows
+    assert widget.clear_prompts()
     fake_click(widget, viewer.layers["T1"], (15, 15))
     assert widget.mask[15, 15] and not widget.mask[32, 32]
     d_disc = dice(widget.mask, disc)

@@ -117,14 +117,21 @@ def test_volume_one_hierarchy_slider_click_3d_structure(segmented, blob, tmp_pat
     lab = np.asarray(hier.labels(lv))
     np.testing.assert_array_equal(mask, lab == lab[CENTRE])
 
-    # shift-click adds a cluster (the body around the blob), alt-click removes it
+    # shift-click adds a positive prompt (in the body around the blob), alt-click on it
+    # makes it negative: each time the object is solved from all its prompts
+    from napari_cuts.prompts import segment_from_prompts
+
+    folder = widget.objects.folders.get(0)
     body_pt = (CENTRE[0], CENTRE[1], CENTRE[2] + 14)
     assert lab[body_pt] != lab[CENTRE]
     fake_click(widget, viewer.layers["vol"], body_pt, modifiers=("Shift",))
     both = viewer.layers[MASK_NAME].data.astype(bool)
-    np.testing.assert_array_equal(both, (lab == lab[CENTRE]) | (lab == lab[body_pt]))
+    np.testing.assert_array_equal(both, segment_from_prompts(folder, [CENTRE, body_pt], level=lv))
+    assert both[CENTRE] and both[body_pt]
     fake_click(widget, levels, body_pt, modifiers=("Alt",))
-    np.testing.assert_array_equal(viewer.layers[MASK_NAME].data.astype(bool), mask)
+    mask = viewer.layers[MASK_NAME].data.astype(bool)
+    np.testing.assert_array_equal(mask, segment_from_prompts(folder, [CENTRE], [body_pt], level=lv))
+    assert mask[CENTRE] and not mask[body_pt]
 
     # volume in mL from the layer scale
     n = int(mask.sum())
@@ -184,12 +191,22 @@ def test_volume_click_in_the_3d_view(segmented, blob):
     assert widget.mask_layer.rendering == "iso_categorical"
     assert widget.view3d.cut()[0] == widget.objects.model.centre_slice()
     assert not viewer.layers["vol"].visible           # no MIP fog over the 3D view
-    # a ray through the mask picks the mask (it is drawn over the levels): alt-click removes
+    # a ray through the mask picks the mask (it is drawn over the levels): alt-click
+    # there is a negative prompt on the mask's first voxel along the ray
+    from napari_cuts.prompts import segment_from_prompts
+
+    first = widget.objects.prompts.positive
+    hit = widget.objects.pick_3d(ev_pos, vd)
+    assert hit is not None and widget.mask[hit]
     gen = widget._on_mouse(levels, _event3d(ev_pos, vd, ("Alt",)))
     next(gen)
     with pytest.raises(StopIteration):
         next(gen)
-    assert not widget.mask.any()
+    p = widget.objects.prompts
+    assert p.negative == (hit,) and p.positive == tuple(q for q in first if q != hit)
+    assert not widget.mask[hit]
+    np.testing.assert_array_equal(widget.mask, segment_from_prompts(
+        widget.objects.folders.get(0), p.positive, p.negative, level=lv))
     # back to 2D: no cut, the image shown again
     viewer.dims.ndisplay = 2
     assert widget.view3d.cut() is None

@@ -3,9 +3,12 @@
 Parts, composed by the panel :class:`CutsWidget` (:mod:`.panel`): :mod:`.ui` (the
 controls), :mod:`.settings` (what the user chose, the source layer), :mod:`.jobs`
 (thread workers), :mod:`.model` (the state model: display values, background, cut-away,
-mask; numpy only, no Qt), :mod:`.clicks` (objects and clicks), :mod:`.view3d` (the
-3D view), :mod:`.export`, :mod:`.phate` (the PHATE view), :mod:`.inputs` (several
-layers as one input) and :mod:`.cohort` ("Apply to all images").
+mask; numpy only, no Qt), :mod:`.objects` (objects as prompts, their history; numpy
+only), :mod:`.clicks` (prompts -> masks, the objects' layers), :mod:`.prompts` (the
+folder the solver reads, solving off the GUI thread), :mod:`.promptlayers` ("CUTS
+points" and "CUTS prompts"), :mod:`.view3d` (the 3D view), :mod:`.export`,
+:mod:`.phate` (the PHATE view), :mod:`.inputs` (several layers as one input) and
+:mod:`.cohort` ("Apply to all images").
 """
 
 from .panel import CutsWidget

@@ -10,7 +10,8 @@ into "CUTS prompts" and points can be deleted in "CUTS points" (:mod:`.promptlay
 Every change of the prompts solves the object again from all of them with
 :func:`napari_cuts.prompts.segment_from_prompts` at the slider's level (the tool's own
 level with the persistent view), off the GUI thread; a newer prompt supersedes a solve
-still running (:mod:`.prompts`). A solver error (:class:`~napari_cuts.errors.InputError`
+still running (:mod:`.prompts`). One positive point alone is the tool's click,
+answered at once from the hierarchy in memory (what the solver answers for it). A solver error (:class:`~napari_cuts.errors.InputError`
 naming the prompt) is shown under the object list and the mask stays.
 
 In the 2D view a click is the data point under the cursor (any slice of a volume); in
@@ -40,7 +41,7 @@ from ..errors import CutsError, InputError
 from .model import first_hit
 from .objects import ObjectSet, Prompts, measure
 from .promptlayers import PromptLayers
-from .prompts import Resolver, WorkFolders, has_prompt_data, solve_prompts
+from .prompts import Resolver, WorkFolders, has_prompt_data, one_click, solve_prompts
 from .settings import LABELS_NAME, MASK_NAME, click_mode, single_colour
 
 log = logging.getLogger(__name__)
@@ -266,6 +267,13 @@ class Objects:
     def _request(self, obj) -> None:
         if obj is None or obj.prompts.empty:
             return
+        model = self.model
+        quick = one_click(lambda z: self.w.results[z].hierarchy, obj.prompts, obj.level,
+                          model.shape, model.per_slice)
+        if quick is not None:                 # the tool's click: at once, as always
+            self.resolver.supersede(obj.id)
+            model.set_mask(obj.id, obj.prompts, obj.level, quick)
+            return
         self.resolver.run_sync = bool(self.w.run_sync)
         if not self.resolver.run_sync:
             self.message("Solving...")
@@ -287,11 +295,18 @@ class Objects:
                              model.per_slice, n_levels)
 
     def _solved(self, req, mask) -> None:
-        if self.model is not None and self.model.set_mask(req.label_id, req.prompts,
-                                                          req.level, mask):
-            if not self.resolver.waiting:
-                self.message("")
+        applied = self.model is not None and self.model.set_mask(req.label_id, req.prompts,
+                                                                 req.level, mask)
+        self._settle_message()
+        if applied:
             self.show()
+
+    def _settle_message(self) -> None:
+        """Once nothing waits: the current object's solver error, or nothing."""
+        if not self.resolver.waiting:
+            obj = self.current
+            self.message(obj.error + " The mask is unchanged."
+                         if obj is not None and obj.error else "")
 
     def _failed(self, req, exc) -> None:
         if isinstance(exc, CutsError):
@@ -305,6 +320,8 @@ class Objects:
             self.message(text + " The mask is unchanged.")
             self.w._notify("warning", text)
             self.show()
+        else:
+            self._settle_message()           # a stale answer
 
     def message(self, text: str) -> None:
         """Show ``text`` under the object list (solver messages)."""
