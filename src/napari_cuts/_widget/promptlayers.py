@@ -41,6 +41,7 @@ class PromptLayers:
         self.points = None
         self.scribbles = None
         self._syncing = False
+        self._shown = None           # the Prompts object the layers show (skip rewrites)
 
     # ----------------------------------------------------------------- state
     def layers(self) -> list:
@@ -50,6 +51,7 @@ class PromptLayers:
         """Forget the layers (the widget removes them with the other result layers)."""
         self.points = None
         self.scribbles = None
+        self._shown = None
 
     def _gone(self, layer) -> bool:
         return layer is None or layer not in self.w.viewer.layers
@@ -69,6 +71,7 @@ class PromptLayers:
             self.points = self._make_points(model.shape, geometry)
             made = True
         if made:
+            self._shown = None
             self.raise_to_top()
             w.viewer.layers.selection.active = w.levels_layer
 
@@ -124,12 +127,15 @@ class PromptLayers:
             return
         shape = self.w.objects.model.shape
         prompts = None if obj is None else obj.prompts
+        if prompts is not None and prompts is self._shown:
+            return                   # shown already (a volume's scribbles are not compared)
         self._syncing = True
         try:
             self._show_points(prompts)
             self._show_scribbles(prompts, shape)
         finally:
             self._syncing = False
+        self._shown = prompts
 
     def _show_points(self, prompts) -> None:
         lay = self.points
