@@ -58,7 +58,7 @@ SEED_RADIUS = 2
 MARGIN = 0.25
 MARGIN_MIN = 4
 #: Above this many voxels the box is solved at a stride and the answer upsampled.
-MAX_SOLVE_VOXELS = 80_000
+MAX_SOLVE_VOXELS = 400_000
 #: Conjugate-gradient tolerance (relative residual) and iteration cap.
 CG_TOL = 1e-3
 CG_MAXITER = 300
