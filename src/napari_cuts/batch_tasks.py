@@ -51,11 +51,11 @@ _ENC_LOCK = threading.Lock()
 def _single_thread_torch() -> None:
     """One torch thread per task: tasks of a worker's threads run side by side, and a
     fixed thread count keeps the results independent of the engine. (The encoder
-    module sets torch to every core before each embedding; here that means the
-    worker's share.)"""
+    sets torch to every core before each embedding, through
+    ``encoder_network._use_all_cores``; here that means the worker's share.)"""
     import torch
 
-    from . import encoder as E
+    from . import encoder_network as E
 
     if getattr(E._use_all_cores, "_cohort", False):
         torch.set_num_threads(1)
