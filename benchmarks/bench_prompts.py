@@ -9,7 +9,7 @@
 For a hippocampus crop (``../shared/data/msd_hippocampus``, its first case), the
 bundled 512 x 512 fundus and the MNI T1 volume (``../shared/data/mni152``):
 ``napari-cuts segment`` writes the folder (training 15 s, ``quick``: 3 s; not part of
-the measure), then the standard simulated user (:mod:`napari_cuts.simulated_user`)
+the measure), then the standard simulated user (:mod:`napari_cuts.evaluation.clicks`)
 clicks 10 times against the ground truth (the hippocampus label, the ventricle pseudo
 ground truth; for the fundus, with no ground truth here, the tool's one-click
 structure eroded by 4 pixels stands in as the target) and every call of
@@ -58,7 +58,7 @@ def _one(name: str, quick: bool) -> dict:
     from napari_cuts import segment_from_prompts
     from napari_cuts.hierarchy import Hierarchy
     from napari_cuts.pipeline import run_segment
-    from napari_cuts.simulated_user import first_click, next_click
+    from napari_cuts.evaluation.clicks import first_click, next_click
 
     case = _case(name)
     if case is None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_cuts import simulated_user as U
+from napari_cuts.evaluation import clicks as U
 from napari_cuts.cli import main
 
 SHAPE = (16, 20, 18)

@@ -126,8 +126,8 @@ def test_sequence_files_form_one_case_in_sorted_order(seq_dir):
     for v in vs.volumes:
         t1, flair, gt = cases[v.name]
         assert v.image.shape == SHAPE + (2,) and v.sequences == ["flair", "t1"]
-        np.testing.assert_allclose(v.image[..., 0], E._robust_unit(flair), atol=1e-6)
-        np.testing.assert_allclose(v.image[..., 1], E._robust_unit(t1), atol=1e-6)
+        np.testing.assert_allclose(v.image[..., 0], E.robust_unit(flair), atol=1e-6)
+        np.testing.assert_allclose(v.image[..., 1], E.robust_unit(t1), atol=1e-6)
         np.testing.assert_array_equal(v.mask, gt)
         assert v.spacing == pytest.approx((ZOOMS[2], ZOOMS[1], ZOOMS[0]))
 

@@ -238,7 +238,7 @@ def _bench_section(path: Path, name: str, result: dict, *, quick: bool) -> None:
     """Replace the ``<!-- bench:name -->`` section of ``path`` with ``result``."""
     import datetime
 
-    from .click_report import git_commit, machine, replace_section
+    from .evaluation.click_report import git_commit, machine, replace_section
 
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "napari-cuts bench " + name + (" --quick" if quick else "")
@@ -295,7 +295,7 @@ def cmd_batch(args) -> int:
 def _cmd_evaluate_clicks(args) -> int:
     import shlex
 
-    from .simulated_user import run_clicks_evaluation
+    from .evaluation import run_clicks_evaluation
 
     if args.slices or args.save_hierarchies:
         raise CutsError("--clicks scores whole images and volumes; drop --slices and "

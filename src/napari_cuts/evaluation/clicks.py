@@ -41,7 +41,7 @@ Methods (the same clicks rule for all; each re-solves from all clicks so far)
 - ``image_only_prompts`` (``ablation``): the same solver on a folder whose hierarchy is
   built on the image channels alone (``segment_image`` / ``segment_volume`` with
   ``use_embeddings=False`` and the case's encoder, as ``image_only_click`` of
-  :mod:`napari_cuts.evaluation`); the solver sees the image in both
+  :mod:`napari_cuts.evaluation.methods`); the solver sees the image in both
   (``OUT/cases/<case>/seed<S>_image_only/``).
 
 Seeds: ``cuts_prompts`` and ``image_only_prompts`` run once per seed; the other methods
@@ -61,9 +61,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
-from .images import Cancel, Progress, check_cancel, report
-from .metrics import dice as dice_score
+from ..errors import InputError
+from ..images import Cancel, Progress, check_cancel, report
+from ..metrics import dice as dice_score
+from . import click_report as R
+from .datasets import (
+    case_name, decathlon_pairs, load_dataset, nifti_cases, nifti_pairs, select_cases,
+)
+from .volumes import load_volumes, volume_layout
 
 #: Every method of the clicks evaluation, in table order.
 CLICK_METHODS = ("cuts_prompts", "random_walker", "slic3d", "image_only_prompts")
@@ -297,7 +302,7 @@ class PromptSolver:
     """``segment_from_prompts`` on one folder, ``level=None``."""
 
     def __init__(self, folder):
-        from .prompts import segment_from_prompts
+        from ..prompts import segment_from_prompts
 
         self.folder, self.solve = str(folder), segment_from_prompts
 
@@ -309,7 +314,7 @@ class PromptSolver:
 def prompts_available() -> Optional[str]:
     """None when ``napari_cuts.prompts.segment_from_prompts`` can be imported, else why."""
     try:
-        from .prompts import save_prompt_data, segment_from_prompts  # noqa: F401
+        from ..prompts import save_prompt_data, segment_from_prompts  # noqa: F401
     except ImportError as exc:
         return f"napari_cuts.prompts is not available ({exc})"
     return None
@@ -338,32 +343,30 @@ class ClickCase:
 def load_click_cases(data_dir, *, split: str = "all", cases=None, labels=None,
                      limit=None) -> tuple[list, str, list]:
     """``([ClickCase], layout, notes)`` of a labelled folder: volumes through
-    :func:`napari_cuts.evaluation.load_volumes`, 2D folders through ``load_dataset``;
-    ``split`` / ``cases`` / ``limit`` as :func:`napari_cuts.evaluation.select_cases`
+    :func:`.volumes.load_volumes`, 2D folders through :func:`.datasets.load_dataset`;
+    ``split`` / ``cases`` / ``limit`` as :func:`.datasets.select_cases`
     (for 2D folders too: ``dev`` the first half of the images by sorted name, 40 retina
     images giving 20 and 20)."""
-    from . import evaluation as E
-
     root = Path(data_dir)
-    if E.volume_layout(root) is not None:
-        vs = E.load_volumes(root, labels=labels, split=split, cases=cases, limit=limit)
+    if volume_layout(root) is not None:
+        vs = load_volumes(root, labels=labels, split=split, cases=cases, limit=limit)
         if vs.layout == "decathlon":
-            paths = {E._case_name(img): img for img, _ in E._decathlon_pairs(root)[0]}
+            paths = {case_name(img): img for img, _ in decathlon_pairs(root)[0]}
         else:
             paths = {c.name: (c.images[0] if len(c.images) == 1 else list(c.images))
-                     for c in E.nifti_cases(root)[0]}
+                     for c in nifti_cases(root)[0]}
         out = [ClickCase(v.name, np.asarray(v.image, dtype=np.float32), np.asarray(v.mask, bool),
                          tuple(float(s) for s in v.spacing), paths[v.name]) for v in vs.volumes]
         return out, vs.layout, list(vs.notes)
     if labels is not None:
         raise InputError("--label applies to folders of volumes; this folder holds 2D images.")
-    ds = E.load_dataset(root)
-    names = E.select_cases([s.name for s in ds.samples], split=split, cases=cases, limit=limit)
+    ds = load_dataset(root)
+    names = select_cases([s.name for s in ds.samples], split=split, cases=cases, limit=limit)
     if ds.layout == "retina":
         img_dir = root / "image_with_GA"
         paths = {p.stem: p for p in img_dir.iterdir()}
     else:
-        paths = {E._case_name(img): img for img, _ in E._nifti_pairs(root)}
+        paths = {case_name(img): img for img, _ in nifti_pairs(root)}
     by_name = {s.name: s for s in ds.samples}
     out = []
     for name in names:
@@ -380,7 +383,7 @@ def segment_folder(case: ClickCase, folder: Path, *, seed: int, seconds=None, ep
                    device: str = "auto", warm_start=None, cancel: Cancel = None) -> Path:
     """The case's ``segment`` output folder for ``seed``, computed by
     :func:`napari_cuts.pipeline.run_segment` unless its ``run.json`` exists."""
-    from .pipeline import run_segment
+    from ..pipeline import run_segment
 
     if not (folder / "run.json").exists():
         run_segment(case.source, folder, seed=seed, seconds=seconds, epochs=epochs,
@@ -394,19 +397,19 @@ def image_only_folder(case: ClickCase, seg: Path, folder: Path, *, seed: int,
     (``use_embeddings=False``, the case's encoder ``seg/encoder.pt`` normalising the
     image, as ``image_only_click``), with the same prompt data (the image). Reused when
     ``image_only.json`` exists."""
-    from .encoder import load_encoder
-    from .fileutil import make_output_dir, write_json
-    from .pipeline import segment_image, segment_volume
-    from .prompts import save_prompt_data
+    from ..encoder import load_encoder
+    from ..fileutil import make_output_dir, write_json
+    from ..pipeline import segment_image, segment_volume
+    from ..prompts import save_prompt_data
 
     if (folder / "image_only.json").exists():
         return folder
     if isinstance(case.source, list):
-        from .sequences import read_sequences
+        from ..sequences import read_sequences
 
         src = read_sequences(case.source)
     else:
-        from .io import read_image
+        from ..io import read_image
 
         src = read_image(case.source)
     data = np.asarray(src.data)
@@ -449,7 +452,7 @@ def run_clicks_evaluation(data_dir, out_dir, *, n_clicks: int = 10,
     of ``data_dir`` (2D folders and volumes, :func:`load_click_cases`).
 
     Writes into ``out_dir``: ``cases/<case>/seed<S>/`` (the ``segment`` folders,
-    reused), ``results.json`` with the ``clicks`` entry (:mod:`napari_cuts.click_report`;
+    reused), ``results.json`` with the ``clicks`` entry (:mod:`.click_report`;
     an existing ``results.json`` keeps its ``methods`` and other entries, a new one has
     ``"methods": {}``: ``--clicks`` runs only this evaluation), ``clicks.png`` (mean Dice
     against clicks per method) and a clicks section in ``results.md`` (added to the
@@ -463,8 +466,7 @@ def run_clicks_evaluation(data_dir, out_dir, *, n_clicks: int = 10,
     Seeds: ``clicks["cases"][case][method]`` is the curve averaged over the seeds (the
     seed-independent baselines run once per case); ``clicks["per_seed"]`` keeps each
     seed's curve of the seeded methods. Returns the ``clicks`` dict."""
-    from . import click_report as R
-    from .fileutil import make_output_dir
+    from ..fileutil import make_output_dir
 
     n = int(n_clicks)
     if n < 1:

@@ -1,5 +1,5 @@
 """The numbers, table and figure of ``napari-cuts evaluate --clicks`` (see
-:mod:`napari_cuts.simulated_user`).
+:mod:`napari_cuts.evaluation.clicks`).
 
 ``results.json["clicks"]``::
 
@@ -70,7 +70,7 @@ def summarise(by_case: dict, n: int) -> dict:
 def clicks_result(curves: dict, chosen, not_run: dict, *, n: int, seeds, notes, cases,
                   layout: str, split: str, training: dict, seconds: float) -> dict:
     """``results.json["clicks"]`` from ``curves`` (method -> case -> seed or "-" -> the
-    run of :func:`napari_cuts.simulated_user.simulate`)."""
+    run of :func:`napari_cuts.evaluation.clicks.simulate`)."""
     res = {"n": int(n), "methods": {}, "cases": {}, "per_seed": {}, "click_sequences": {},
            "slic_size": {}, "seeds": list(seeds), "cases_order": list(cases),
            "layout": layout, "split": split, "training": training,
@@ -143,7 +143,7 @@ def replace_section(path: Path, start: str, end: str, body: str, title: str = ""
     """Write ``body`` between the lines ``start`` and ``end`` of the file ``path``,
     replacing what was there; the section is appended when missing, the file created
     (beginning with ``title``) when it does not exist."""
-    from .fileutil import atomic_path
+    from ..fileutil import atomic_path
 
     path = Path(path)
     text = path.read_text(encoding="utf-8") if path.exists() else title
@@ -189,7 +189,7 @@ def figure(clicks: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .fileutil import save_figure
+    from ..fileutil import save_figure
 
     n = clicks["n"]
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
@@ -210,7 +210,7 @@ def write_outputs(out: Path, clicks: dict, *, dataset: str, results_md=None,
                   command=None) -> None:
     """``results.json`` (its ``clicks`` entry; the rest kept), ``clicks.png``, the clicks
     section of ``results.md``, and with ``results_md`` the dataset's section there."""
-    from .fileutil import write_json
+    from ..fileutil import write_json
 
     out = Path(out)
     res = {"methods": {}}
@@ -230,7 +230,7 @@ def write_outputs(out: Path, clicks: dict, *, dataset: str, results_md=None,
         import datetime
 
         when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        cmd = command or "napari_cuts.simulated_user.run_clicks_evaluation (Python API)"
+        cmd = command or "napari_cuts.evaluation.run_clicks_evaluation (Python API)"
         prov = (f"Written by `napari-cuts evaluate --clicks` on {when}.\n\n"
                 f"- command: `{cmd}`\n- commit: {git_commit()}\n- machine: {machine()}\n\n")
         replace_section(Path(results_md), f"<!-- evaluate-clicks:{dataset} -->",
