@@ -135,6 +135,7 @@ def volume_shots(viewer, app, widget, args, out2d: Path, out3d: Path) -> int:
         print(f"pseudo ground truth {gt.shape} != volume {hier.shape}", file=sys.stderr)
         return 1
     pt = innermost_point(gt)
+    spacing = tuple(float(v) for v in read_image(sample / "mri_volume.nii.gz").spacing[:3])
 
     def dice(m):
         return 2 * np.count_nonzero(m & gt) / max(1, np.count_nonzero(m) + np.count_nonzero(gt))
@@ -158,7 +159,41 @@ def volume_shots(viewer, app, widget, args, out2d: Path, out3d: Path) -> int:
     ck = timed(app, lambda: widget.click(pt), n=5)
     print("volume 2D view: click %.1f ms (with redraw %.1f ms); %s; Dice %.3f" % (
         ck[0], ck[1], widget.area_label.text(), dice(widget.mask)))
-    widget.progress_label.setText("One hierarchy for the volume; a lateral ventricle clicked.")
+    # further prompts as the standard simulated user gives them (the largest error of the
+    # mask against the pseudo ground truth: positive where the ventricles are missing,
+    # negative where the mask spills over), each solved with all the others
+    from napari_cuts.evaluation.clicks import next_click
+
+    res = widget.objects.resolver
+    for _ in range(args.prompts):
+        nxt = next_click(widget.mask, gt, spacing)
+        if nxt is None:
+            break
+        p, positive = nxt
+        t0 = time.perf_counter()
+        widget.click(tuple(int(v) for v in p), "positive" if positive else "negative")
+        while res.busy or not widget.objects.current.solved:
+            app.processEvents()
+            time.sleep(0.01)
+        print("volume prompt %s at %s: solved in %.0f ms; Dice %.3f" % (
+            "+" if positive else "-", tuple(int(v) for v in p),
+            1000 * (time.perf_counter() - t0), dice(widget.mask)))
+        viewer.dims.set_current_step(0, int(p[0]))
+    show_z = pt[0]
+    if not any(kind == "negative" for kind, _ in widget.clicks):
+        # one negative prompt where the mask spills over most (the largest false positive)
+        nxt = next_click(widget.mask, gt & widget.mask, spacing)
+        if nxt is not None:
+            p = tuple(int(v) for v in nxt[0])
+            widget.click(p, "negative")
+            while res.busy or not widget.objects.current.solved:
+                app.processEvents()
+                time.sleep(0.01)
+            print("volume prompt - at %s (the largest spill): Dice %.3f" % (p, dice(widget.mask)))
+            show_z = p[0]
+    viewer.dims.set_current_step(0, show_z)
+    widget.progress_label.setText("One hierarchy for the volume; a lateral ventricle clicked, "
+                                  "then positive (green) and negative (red) prompts.")
     viewer.layers.selection.active = widget.levels_layer
     viewer.reset_view()
     settle(app)
@@ -194,10 +229,12 @@ def volume_shots(viewer, app, widget, args, out2d: Path, out3d: Path) -> int:
         hit[0] = click3d()
 
     c3 = timed(app, run3d, n=3)
-    print("volume 3D view: 3D click %.1f ms (with redraw %.1f ms), hit %s; %s" % (
-        c3[0], c3[1], hit[0], widget.area_label.text()))
-    if widget.mask is None or dice(widget.mask) < 0.5:   # keep the screenshot on the ventricle
-        widget.click(pt)
+    while res.busy or not widget.objects.current.solved:
+        app.processEvents()
+        time.sleep(0.01)
+    print("volume 3D view: 3D click %.1f ms (with redraw %.1f ms), hit %s; %s; Dice %.3f" % (
+        c3[0], c3[1], hit[0], widget.area_label.text(), dice(widget.mask)))
+
     settle(app)
     viewer.screenshot(str(out3d), canvas_only=False, flash=False)
     print(f"wrote {out3d}")
@@ -215,6 +252,7 @@ def main(argv=None) -> int:
     ap.add_argument("--angles", type=float, nargs=3, default=(-20.0, 30.0, 150.0),
                     help="3D camera angles (degrees)")
     ap.add_argument("--timeout", type=float, default=900.0)
+    ap.add_argument("--prompts", type=int, default=3, help="volume: prompts after the click")
     args = ap.parse_args(argv)
 
     import napari
