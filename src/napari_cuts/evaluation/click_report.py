@@ -207,9 +207,10 @@ def figure(clicks: dict, path: Path) -> None:
 
 
 def write_outputs(out: Path, clicks: dict, *, dataset: str, results_md=None,
-                  command=None) -> None:
+                  command=None, commit=None) -> None:
     """``results.json`` (its ``clicks`` entry; the rest kept), ``clicks.png``, the clicks
-    section of ``results.md``, and with ``results_md`` the dataset's section there."""
+    section of ``results.md``, and with ``results_md`` the dataset's section there
+    (``commit``: the commit the run started from; by default the current one)."""
     from ..fileutil import write_json
 
     out = Path(out)
@@ -232,7 +233,7 @@ def write_outputs(out: Path, clicks: dict, *, dataset: str, results_md=None,
         when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         cmd = command or "napari_cuts.evaluation.run_clicks_evaluation (Python API)"
         prov = (f"Written by `napari-cuts evaluate --clicks` on {when}.\n\n"
-                f"- command: `{cmd}`\n- commit: {git_commit()}\n- machine: {machine()}\n\n")
+                f"- command: `{cmd}`\n- commit: {commit or git_commit()}\n- machine: {machine()}\n\n")
         replace_section(Path(results_md), f"<!-- evaluate-clicks:{dataset} -->",
                         f"<!-- /evaluate-clicks:{dataset} -->", prov + body,
                         title="# Benchmark results\n")

@@ -479,6 +479,7 @@ def run_clicks_evaluation(data_dir, out_dir, *, n_clicks: int = 10,
     the_cases, layout, notes = load_click_cases(data_dir, split=split, cases=cases,
                                                 labels=labels, limit=limit)
     out = make_output_dir(out_dir)
+    commit = R.git_commit()    # the code that runs, not the one at the end
     t_start = time.perf_counter()
     curves: dict = {m: {} for m in chosen}      # method -> case -> {seed or "-": run}
     not_run: dict = {}
@@ -538,5 +539,5 @@ def run_clicks_evaluation(data_dir, out_dir, *, n_clicks: int = 10,
                              seconds=time.perf_counter() - t_start)
     report(progress, total, total, "clicks: writing the results")
     R.write_outputs(out, clicks, dataset=Path(data_dir).resolve().name, results_md=results_md,
-                    command=command)
+                    command=command, commit=commit)
     return clicks
