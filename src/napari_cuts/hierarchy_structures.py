@@ -28,6 +28,11 @@ CLICK_TOLERANCE = 0.1
 #: parts of the same cluster (other tissue of the same look) are left out; shift-click
 #: adds them.
 CLICK_CONNECTED = True
+#: Connected-structure lineages kept per hierarchy (one per clicked base piece): the
+#: prompts of the objects being edited.
+PIECES_CACHE = 256
+#: ... holding at most this many region ids in all (8 bytes each).
+PIECES_CACHE_IDS = 20_000_000
 
 
 class StructureMixin:
@@ -94,10 +99,12 @@ class StructureMixin:
         reg, region_base, region_px, ea, eb = self._regions()
         r0 = int(reg[idx])
         cached = getattr(self, "_pieces_cache", None)
-        if cached is not None and cached[0] == r0:
-            # the same piece as the last call (a click, then its grow / shrink steps):
-            # every level's answer is the same
-            return cached[1]
+        if not isinstance(cached, dict):
+            cached = self._pieces_cache = {}
+        if r0 in cached:
+            # a piece asked before (a click, its grow / shrink steps, every prompt of an
+            # object re-solved): every level's answer is the same
+            return cached[r0][0]
         sizes = self._cluster_sizes()
         out = []
         prev_size = -1
@@ -123,7 +130,11 @@ class StructureMixin:
             ssize = int(region_px[pieces].sum())
             prev_size, prev = csize, (ssize, pieces)
             out.append((lv, cid, ssize, pieces))
-        self._pieces_cache = (r0, out)
+        size = sum(a.size for a in {id(e[3]): e[3] for e in out}.values())
+        while cached and (len(cached) >= PIECES_CACHE or
+                          sum(v[1] for v in cached.values()) + size > PIECES_CACHE_IDS):
+            cached.pop(next(iter(cached)))
+        cached[r0] = (out, size)
         return out
 
     def _index(self, point) -> tuple[int, ...]:
