@@ -24,6 +24,7 @@ from napari_cuts import cohort, matching
 from napari_cuts.cli import main
 from napari_cuts.errors import InputError
 from napari_cuts.hierarchy import Hierarchy
+from picture_helpers import pale_disk
 
 iio = pytest.importorskip("imageio.v3")
 distributed = pytest.importorskip("distributed")
@@ -40,15 +41,7 @@ def _disk(centre, size=SIZE, r=RADIUS):
 
 def _picture(i: int) -> np.ndarray:
     """A textured RGB picture: a pale disk on a reddish gradient, noisy."""
-    rng = np.random.default_rng(100 + i)
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    img = np.zeros((SIZE, SIZE, 3), np.float64)
-    img[..., 0] = 120 + 40 * xx / SIZE
-    img[..., 1] = 50 + 20 * yy / SIZE
-    img[..., 2] = 30
-    img[_disk(CENTRES[i])] = (230, 210, 160)
-    img += rng.normal(0, 6, img.shape)
-    return np.clip(img, 0, 255).round().astype(np.uint8)
+    return pale_disk(SIZE, CENTRES[i], RADIUS, seed=100 + i)
 
 
 @pytest.fixture(scope="module")

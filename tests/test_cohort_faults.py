@@ -27,6 +27,7 @@ import pytest
 
 from napari_cuts import cohort
 from napari_cuts.cli import main
+from picture_helpers import pale_disk
 
 iio = pytest.importorskip("imageio.v3")
 distributed = pytest.importorskip("distributed")
@@ -41,16 +42,7 @@ WAIT = 120.0          # a deadline for a marker to appear (a hung run fails, nev
 
 def _picture(i: int) -> np.ndarray:
     """A pale disk on a reddish gradient, noisy, the disk a little elsewhere each time."""
-    rng = np.random.default_rng(300 + i)
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    img = np.zeros((SIZE, SIZE, 3), np.float64)
-    img[..., 0] = 120 + 40 * xx / SIZE
-    img[..., 1] = 50 + 20 * yy / SIZE
-    img[..., 2] = 30
-    cy, cx = 20 + 2 * (i % 3), 22 + 2 * (i % 2)
-    img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 81] = (230, 210, 160)
-    img += rng.normal(0, 6, img.shape)
-    return np.clip(img, 0, 255).round().astype(np.uint8)
+    return pale_disk(SIZE, (20 + 2 * (i % 3), 22 + 2 * (i % 2)), 9, seed=300 + i)
 
 
 @functools.lru_cache(maxsize=None)

@@ -112,7 +112,7 @@ class Hierarchy(StructureMixin, PersistenceMixin):
         self._sizes = None
         self._pcounts: dict = {}
         self._region_cache = None
-        self._pieces_cache = None
+        self._pieces_cache = {}
 
     # ------------------------------------------------------------------ access
     def labels(self, level: int) -> np.ndarray:

@@ -98,9 +98,7 @@ class StructureMixin:
         idx = self._index(point)
         reg, region_base, region_px, ea, eb = self._regions()
         r0 = int(reg[idx])
-        cached = getattr(self, "_pieces_cache", None)
-        if not isinstance(cached, dict):
-            cached = self._pieces_cache = {}
+        cached = self._pieces_cache
         if r0 in cached:
             # a piece asked before (a click, its grow / shrink steps, every prompt of an
             # object re-solved): every level's answer is the same

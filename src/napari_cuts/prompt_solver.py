@@ -68,13 +68,12 @@ CG_MAXITER = 300
 class Seeds:
     """The prompts of one object on the image grid.
 
-    ``positive_points`` / ``negative_points``: the clicks, sorted index tuples;
+    ``positive_points``: the positive clicks, sorted index tuples;
     ``positive`` / ``negative``: every seed voxel (click balls and scribbles) as sorted
     unique flat indices, disjoint; ``forced_in`` / ``forced_out``: the voxels the mask
     must hold or leave out (the clicked voxels and the scribbles)."""
 
     positive_points: list
-    negative_points: list
     positive: np.ndarray
     negative: np.ndarray
     forced_in: np.ndarray
@@ -114,7 +113,7 @@ def make_seeds(shape, spacing, positive, negative, scribbles=None) -> Seeds:
     neg = np.union1d(np.setdiff1d(balls_n, both), f_out)
     pos = np.setdiff1d(pos, f_out)
     neg = np.setdiff1d(neg, f_in)
-    return Seeds(pos_pts, neg_pts, pos, neg, np.unique(f_in), np.unique(f_out))
+    return Seeds(pos_pts, pos, neg, np.unique(f_in), np.unique(f_out))
 
 
 def _border_regions(reg: np.ndarray) -> np.ndarray:

@@ -17,7 +17,8 @@ import numpy as np
 
 from .errors import InputError, ReadError
 
-__all__ = ["segment_from_prompts", "save_prompt_data", "prompt_image", "PROMPTS_FILE"]
+__all__ = ["segment_from_prompts", "single_click", "save_prompt_data", "prompt_image",
+           "PROMPTS_FILE"]
 
 PROMPTS_FILE = "prompts.npz"
 HIERARCHY_FILE = "hierarchy.npz"
@@ -29,24 +30,16 @@ _CACHE: dict = {}
 def prompt_image(image: np.ndarray, spatial_ndim: int) -> np.ndarray:
     """``image`` (grid shape, optionally with a trailing channel axis) as float32 with a
     channel axis, each channel scaled to [0, 1] between its 0.5 and 99.5 percentiles
-    (a constant channel is 0)."""
-    x = np.asarray(image, dtype=np.float32)
+    (:func:`napari_cuts.volume.normalise_volume`)."""
+    from .volume import normalise_volume
+
+    x = np.asarray(image)
     if x.ndim == spatial_ndim:
         x = x[..., None]
     if x.ndim != spatial_ndim + 1:
         raise InputError(f"the prompt image must have {spatial_ndim} spatial axes and at most "
                          f"one channel axis, got shape {x.shape}.")
-    out = np.empty(x.shape, dtype=np.float32)
-    for c in range(x.shape[-1]):
-        ch = x[..., c]
-        finite = np.isfinite(ch)
-        if not finite.any():
-            out[..., c] = 0.0
-            continue
-        lo, hi = np.percentile(ch[finite], [0.5, 99.5])
-        span = float(hi - lo)
-        out[..., c] = 0.0 if span <= 0 else np.clip((np.where(finite, ch, lo) - lo) / span, 0.0, 1.0)
-    return out
+    return normalise_volume(x[None])[0] if spatial_ndim == 2 else normalise_volume(x)
 
 
 #: The image's border must be at least this share one value (in every channel) for the
@@ -187,6 +180,20 @@ def _scribbles(scribbles, shape) -> Optional[np.ndarray]:
     return s.astype(np.uint8, copy=False)
 
 
+def single_click(hier, positive, negative=(), has_scribbles: bool = False,
+                 level: Optional[int] = None) -> Optional[np.ndarray]:
+    """The answer to one positive click and nothing else (duplicates count once): the
+    tool's click (:meth:`~napari_cuts.hierarchy.Hierarchy.click_mask`), or the connected
+    structure at ``level`` (clipped to the hierarchy's levels). None for other prompts."""
+    pos = {tuple(int(round(float(v))) for v in p) for p in positive}
+    if len(pos) != 1 or len(negative) or has_scribbles:
+        return None
+    p = next(iter(pos))
+    if level is None:
+        return hier.click_mask(p)
+    return hier.structure(p, min(int(level), hier.n_levels - 1), connected=True)
+
+
 def segment_from_prompts(result, positive: Sequence = (), negative: Sequence = (), *,
                          scribbles=None, level: Optional[int] = None) -> np.ndarray:
     """The object's bool mask from all of its prompts.
@@ -246,10 +253,9 @@ def segment_from_prompts(result, positive: Sequence = (), negative: Sequence = (
     has_scribble = scr is not None and bool(scr.any())
     if not pos and not (has_scribble and (scr == 1).any()):
         return np.zeros(shape, dtype=bool)
-    if len(set(pos)) == 1 and not neg and not has_scribble:
-        if level is None:
-            return hier.click_mask(pos[0])
-        return hier.structure(pos[0], int(level), connected=True)
+    one = single_click(hier, pos, neg, has_scribble, level)
+    if one is not None:
+        return one
     if level is not None and not -hier.n_levels <= int(level) < hier.n_levels:
         raise InputError(f"level {level} is out of range; this hierarchy has levels "
                          f"0..{hier.n_levels - 1}.")

@@ -207,16 +207,16 @@ def one_click(hierarchy_for, prompts, level: Optional[int], shape: tuple,
     structure at ``level``, or :meth:`~napari_cuts.hierarchy.Hierarchy.click_mask`
     for None), at the cost of a click (tens of ms) and without waiting for the folder.
     None for any other prompts."""
-    if len(set(prompts.positive)) != 1 or prompts.negative or prompts.has_scribbles:
+    from ..prompts import single_click
+
+    if len(set(prompts.positive)) != 1:
         return None
     p = prompts.positive[0]
     z = p[0] if per_slice else 0
     local = p[1:] if per_slice else p
-    hier = hierarchy_for(z)
-    if level is None:
-        m = hier.click_mask(local)
-    else:
-        m = hier.structure(local, int(min(int(level), hier.n_levels - 1)), connected=True)
+    m = single_click(hierarchy_for(z), [local], prompts.negative, prompts.has_scribbles, level)
+    if m is None:
+        return None
     if not per_slice:
         return np.asarray(m, bool)
     mask = np.zeros(shape, bool)

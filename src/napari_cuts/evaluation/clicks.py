@@ -219,16 +219,11 @@ def unit_channels(image, multichannel: bool) -> np.ndarray:
 
 def click_ball(shape, point, spacing) -> tuple:
     """Index arrays of the ball drawn for a click: radius 2 voxels, 1 along the axes
-    whose spacing exceeds twice the finest; clipped to the image."""
-    sp = np.asarray(spacing, dtype=float)
-    radii = [1 if s > 2.0 * sp.min() else 2 for s in sp]
-    grids = np.meshgrid(*[np.arange(-r, r + 1) for r in radii], indexing="ij")
-    inside = sum((g / r) ** 2 for g, r in zip(grids, radii)) <= 1.0
-    idx = [g[inside] + int(p) for g, p in zip(grids, point)]
-    ok = np.ones(idx[0].shape, dtype=bool)
-    for i, n in zip(idx, shape):
-        ok &= (i >= 0) & (i < n)
-    return tuple(i[ok] for i in idx)
+    whose spacing exceeds twice the finest; clipped to the image (the prompt solver's
+    own seed, :func:`napari_cuts.prompt_solver.click_ball`)."""
+    from ..prompt_solver import click_ball as flat_ball
+
+    return np.unravel_index(flat_ball(point, shape, spacing), shape)
 
 
 def random_walker_seeds(shape, positive, negative, spacing) -> np.ndarray:
