@@ -25,8 +25,8 @@ from .persistence import PERSISTENT_MAX_AREA, PERSISTENT_MIN_AREA
 CLICK_TOLERANCE = 0.1
 #: The tool's one-click answer (:meth:`StructureMixin.click_mask`) is the part of the
 #: clicked cluster connected to the click, as a magic wand's "contiguous" mode: far-away
-#: parts of the same cluster (other tissue of the same look) are left out; shift-click
-#: adds them.
+#: parts of the same cluster (other tissue of the same look) are left out; a positive
+#: prompt on another part adds it (:mod:`napari_cuts.prompt_solver`).
 CLICK_CONNECTED = True
 #: Connected-structure lineages kept per hierarchy (one per clicked base piece): the
 #: prompts of the objects being edited.
