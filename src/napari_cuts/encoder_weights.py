@@ -31,6 +31,10 @@ MAX_INPUT_CHANNELS = 8
 #: (written by benchmarks/train_warm_start.py; origin and licences in weights/README.md).
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 PACKAGED_WEIGHTS = {3: "warm_rgb.pt", 1: "warm_grey.pt"}
+#: Warm-start weights of the volume encoder (``train_volume_encoder``: slices of a
+#: volume's working grid, per-volume percentile input), by (channels of the volume,
+#: context slices on each side).
+PACKAGED_VOLUME_WEIGHTS = {(1, 0): "warm_volume_grey.pt"}
 
 
 class Encoder:
@@ -172,10 +176,21 @@ def load_encoder(path, device: str = "auto") -> Encoder:
     return enc.to(dev)
 
 
-def packaged_weights(in_channels: int) -> Optional[Path]:
-    """The packaged warm-start weights for ``in_channels``-channel 2D images (3: RGB,
-    1: grey), or None where the package ships none for that channel count."""
-    name = PACKAGED_WEIGHTS.get(int(in_channels))
+def packaged_weights(in_channels: int, context_slices: Optional[int] = None) -> Optional[Path]:
+    """The packaged warm-start weights, or None where the package ships none.
+
+    ``context_slices=None`` (the default): the start point for ``in_channels``-channel
+    2D images (3: RGB ``warm_rgb.pt``, 1: grey ``warm_grey.pt``).
+    ``context_slices=k`` (an int, 0 included): the start point of the volume encoder
+    (:func:`napari_cuts.pipeline_volume.train_volume_encoder`) for volumes of
+    ``in_channels`` channels (before slice context) with ``k`` neighbour slices on each
+    side: ``warm_volume_grey.pt`` for grey volumes with ``k = 0``
+    (:data:`napari_cuts.volume.CONTEXT_SLICES`), None for any other pair (multi-channel
+    volumes: none)."""
+    if context_slices is None:
+        name = PACKAGED_WEIGHTS.get(int(in_channels))
+    else:
+        name = PACKAGED_VOLUME_WEIGHTS.get((int(in_channels), int(context_slices)))
     if name is None:
         return None
     path = WEIGHTS_DIR / name
