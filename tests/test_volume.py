@@ -259,7 +259,7 @@ def test_segment_cli_writes_one_volume_hierarchy(tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["volume"] is True and run["encoder_context_slices"] == 0
     assert run["guided_smoothing"] == {"iterations": GUIDE_ITERATIONS, "sigma": GUIDE_SIGMA}
-    assert "seconds_smooth" in run and "seconds_refine" in run
+    assert "seconds_smooth" in run and "seconds_map_back" in run
     assert not (out / "slices").exists()
     # the saved encoder, loaded with --weights, gives the same hierarchy without training
     rc = main(["segment", str(tmp_path / "vol.nii.gz"), "--out", str(tmp_path / "again"),

@@ -105,9 +105,11 @@ def test_dilations_follow_the_start_point_or_must_match():
 
 
 def test_get_encoder_policy(monkeypatch):
-    """Default (no budget): packaged weights for the channel count and the short budget;
-    no packaged file for that count: falls back to scratch at the full budget; an
-    explicit budget or warm_start=False: scratch."""
+    """Default (no budget) or a budget in steps: packaged weights for the channel count
+    and the step rule's warm budget; no packaged file for that count: scratch at the
+    scratch budget; a budget in seconds or epochs, or warm_start=False: scratch."""
+    from napari_cuts.budget import steps_for_images
+
     calls = []
 
     def fake_train(images, **kw):
@@ -118,17 +120,21 @@ def test_get_encoder_policy(monkeypatch):
     monkeypatch.setattr("napari_cuts.encoder.train_encoder", fake_train)
     rgb, grey = [_img(0)], [_img(0, channels=0)]
     four = [np.concatenate([_img(0), _img(1)[..., :1]], -1)]
+    shape = rgb[0].shape
 
     pipeline.get_encoder(rgb, device="cpu")
     assert calls[-1]["init"] == packaged_weights(3)
     if packaged_weights(3) is not None:
-        assert calls[-1]["seconds"] == pipeline.WARM_START_SECONDS
+        assert calls[-1]["steps"] == steps_for_images([shape], warm=True)
     pipeline.get_encoder(four, device="cpu")                   # no 4-channel weights
-    assert calls[-1]["init"] is None and calls[-1]["seconds"] == pipeline.DEFAULT_SECONDS
+    assert calls[-1]["init"] is None
+    assert calls[-1]["steps"] == steps_for_images([four[0].shape], warm=False)
     pipeline.get_encoder(rgb, device="cpu", warm_start=False)
-    assert calls[-1]["init"] is None and calls[-1]["seconds"] == pipeline.DEFAULT_SECONDS
+    assert calls[-1]["init"] is None and calls[-1]["steps"] == steps_for_images([shape], warm=False)
+    pipeline.get_encoder(rgb, device="cpu", steps=7)
+    assert calls[-1]["init"] == packaged_weights(3) and calls[-1]["steps"] == 7
     pipeline.get_encoder(rgb, device="cpu", seconds=5)
-    assert calls[-1]["init"] is None and calls[-1]["seconds"] == 5
+    assert calls[-1]["init"] is None and calls[-1]["seconds"] == 5 and calls[-1]["steps"] is None
     pipeline.get_encoder(rgb, device="cpu", seconds=5, warm_start=True)
     assert calls[-1]["init"] == packaged_weights(3) and calls[-1]["seconds"] == 5
     pipeline.get_encoder(grey, device="cpu")
@@ -147,24 +153,23 @@ def test_packaged_weights_are_package_data():
 
 @needs_rgb
 def test_cli_segment_default_warm_start_and_no_warm_start(tmp_path, monkeypatch):
-    """``segment`` with no budget fine-tunes the packaged weights (budget shortened here
-    to keep the test quick) and records them in run.json; --no-warm-start and an explicit
-    budget train from scratch."""
+    """``segment`` with a budget in steps (as by default) fine-tunes the packaged
+    weights and records them in run.json; --no-warm-start and a budget in seconds train
+    from scratch."""
     import imageio.v3 as iio
 
     from napari_cuts.cli import main
 
     img = tmp_path / "rgb.png"
     iio.imwrite(img, (np.clip(_img(0, 64), 0, 1) * 255).astype(np.uint8))
-    monkeypatch.setattr(pipeline, "WARM_START_SECONDS", 1.0)
-    monkeypatch.setattr(pipeline, "DEFAULT_SECONDS", 1.0)
-    assert main(["segment", str(img), "--out", str(tmp_path / "a")]) == 0
+    assert main(["segment", str(img), "--out", str(tmp_path / "a"), "--steps", "3"]) == 0
     run = json.loads((tmp_path / "a" / "run.json").read_text())
     assert run["warm_start"]["file"] == RGB.name
     assert run["warm_start"]["sha256"] == file_sha256(RGB)
     saved = load_encoder(tmp_path / "a" / "encoder.pt", device="cpu")
     assert saved.metadata["warm_start"]["sha256"] == file_sha256(RGB)
-    assert main(["segment", str(img), "--out", str(tmp_path / "b"), "--no-warm-start"]) == 0
+    assert main(["segment", str(img), "--out", str(tmp_path / "b"), "--steps", "3",
+                 "--no-warm-start"]) == 0
     assert json.loads((tmp_path / "b" / "run.json").read_text())["warm_start"] is None
     assert main(["segment", str(img), "--out", str(tmp_path / "c"), "--seconds", "1"]) == 0
     assert json.loads((tmp_path / "c" / "run.json").read_text())["warm_start"] is None

@@ -1,41 +1,54 @@
-"""The widget's warm start: by default a 2D image fine-tunes the packaged generic weights
-for 15 s; volumes and channel counts without packaged weights train from scratch for
-60 s; unticking the box moves the untouched default budget."""
+"""The widget's budget and warm start: by default the budget box shows the steps that
+training will take on the chosen image (fewer from the generic weights), and a budget
+the user typed stays."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from napari_cuts import pipeline
 from napari_cuts._widget import Settings
+from napari_cuts.budget import steps_for_images, steps_for_volumes
 
 from test_widget import docked  # noqa: F401 (the docked-widget fixture)
 
 
 def test_settings_train_kwargs():
     s = Settings()
-    assert s.warm_start and s.budget == pipeline.WARM_START_SECONDS == 15.0
-    # RGB and grey 2D images: warm start, 15 s of fine-tuning
-    for c in (3, 1):
-        assert s.train_kwargs(c, False) == {"epochs": None, "seconds": 15.0, "warm_start": True}
-    # no packaged weights for 2 channels, and never for a volume: the scratch default
-    assert s.train_kwargs(2, False) == {"epochs": None, "seconds": 60.0, "warm_start": False}
-    assert s.train_kwargs(1, True) == {"epochs": None, "seconds": 60.0}
-    # a budget the user chose is kept
-    s2 = Settings(budget=30.0, warm_start=False)
-    assert s2.train_kwargs(3, False) == {"epochs": None, "seconds": 30.0, "warm_start": False}
-    assert Settings(budget=2, unit="epochs").train_kwargs(1, True) == {"epochs": 2, "seconds": None}
+    assert s.warm_start and s.budget is None and s.unit == "steps"
+    assert s.train_kwargs() == {"warm_start": True}
+    assert Settings(budget=30.0, unit="seconds", warm_start=False).train_kwargs() == \
+        {"warm_start": False, "seconds": 30.0}
+    assert Settings(budget=2, unit="minutes").train_kwargs()["seconds"] == 120.0
+    assert Settings(budget=2, unit="epochs").train_kwargs()["epochs"] == 2
+    assert Settings(budget=12.4, unit="steps").train_kwargs()["steps"] == 12
+
+
+def test_budget_box_shows_the_default_steps(docked):
+    viewer, widget = docked
+    rgb = np.random.default_rng(0).random((48, 64, 3)).astype(np.float32)
+    viewer.add_image(rgb, name="rgb", rgb=True)
+    widget.image_combo.setCurrentText("rgb")
+    assert widget.unit_combo.currentText() == "steps"
+    assert widget.budget_spin.value() == steps_for_images([rgb.shape], warm=True)
+    widget.warm_check.setChecked(False)          # from scratch: more steps
+    assert widget.budget_spin.value() == steps_for_images([rgb.shape], warm=False)
+    widget.warm_check.setChecked(True)
+    vol = np.random.default_rng(1).random((40, 60, 60)).astype(np.float32)
+    viewer.add_image(vol, name="vol")
+    widget.image_combo.setCurrentText("vol")
+    shown = widget.budget_spin.value()
+    assert shown in (steps_for_volumes([vol.shape], warm=True),
+                     steps_for_volumes([vol.shape], warm=False))
+    assert widget.settings.budget is None        # still the default
+    widget.budget_spin.setValue(9)               # the user's budget stays
+    widget.image_combo.setCurrentText("rgb")
+    assert widget.budget_spin.value() == 9 and widget.settings.budget == 9
+    assert widget.settings.train_kwargs()["steps"] == 9
 
 
 def test_widget_trains_from_the_warm_start_by_default(docked):
     viewer, widget = docked
-    assert widget.warm_check.isChecked() and widget.budget_spin.value() == 15.0
-    # unticking moves the untouched default to 60 s, ticking back to 15 s
-    widget.warm_check.setChecked(False)
-    assert widget.budget_spin.value() == 60.0 and widget.settings.warm_start is False
-    widget.warm_check.setChecked(True)
-    assert widget.budget_spin.value() == 15.0
+    assert widget.warm_check.isChecked()
     rng = np.random.default_rng(0)
     img = rng.random((48, 48, 3)).astype(np.float32)
     img[10:30, 12:32] += 1.0
@@ -50,12 +63,8 @@ def test_widget_trains_from_the_warm_start_by_default(docked):
     assert not widget.encoder.metadata.get("warm_start")
 
 
-def test_warm_start_box_is_off_for_a_volume(docked):
+def test_warm_start_box_applies_to_volumes_too(docked):
     viewer, widget = docked
-    viewer.add_image(np.random.default_rng(0).random((40, 40)).astype(np.float32), name="slice")
-    assert widget.warm_check.isEnabled()
     viewer.add_image(np.random.default_rng(1).random((6, 40, 40)).astype(np.float32), name="vol")
     widget.image_combo.setCurrentText("vol")
-    assert widget.image_layer.name == "vol" and not widget.warm_check.isEnabled()
-    widget.image_combo.setCurrentText("slice")
-    assert widget.warm_check.isEnabled()
+    assert widget.image_layer.name == "vol" and widget.warm_check.isEnabled()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import os
 import sys
@@ -79,10 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--weights", help="encoder weights to load instead of training")
-    g.add_argument("--epochs", type=int, help="training epochs")
-    g.add_argument("--seconds", type=float, help="training budget in seconds (default: 2D "
-                   "images fine-tune the packaged warm-start weights for 15 s; otherwise 60 s "
-                   "from scratch)")
+    g.add_argument("--steps", type=int, help="training budget in steps: at most N, ending "
+                   "early once the loss has settled (default: a number that follows the "
+                   "input's size, from the packaged warm-start weights; run.json records the "
+                   "steps trained, and --steps with that number replays the run)")
+    g.add_argument("--epochs", type=int, help="training epochs (from scratch)")
+    g.add_argument("--seconds", type=float, help="training budget in seconds (from scratch; "
+                   "the steps then depend on the machine's speed and load)")
     s.add_argument("--no-warm-start", dest="warm_start", action="store_const", const=False,
                    default=None, help="train from scratch (as in the paper), not from the "
                    "packaged warm-start weights")
@@ -102,8 +106,10 @@ def _parser() -> argparse.ArgumentParser:
                    "OUT/encoder.pt)")
     cg = c.add_mutually_exclusive_group()
     cg.add_argument("--weights", help="encoder weights to load instead of training")
-    cg.add_argument("--epochs", type=int, help="training epochs")
-    cg.add_argument("--seconds", type=float, help="training budget in seconds (default 60)")
+    cg.add_argument("--steps", type=int, help="training budget in steps (default: a number "
+                    "that follows the training sample's size, from the packaged weights)")
+    cg.add_argument("--epochs", type=int, help="training epochs (from scratch)")
+    cg.add_argument("--seconds", type=float, help="training budget in seconds (from scratch)")
     c.add_argument("--reference", metavar="IMAGE", help="the image clicked on (may be one of the "
                    "inputs); with --point")
     c.add_argument("--point", type=float, nargs="+", metavar="C", help="the click on the reference: "
@@ -128,8 +134,10 @@ def _parser() -> argparse.ArgumentParser:
                    "or 4D images")
     e.add_argument("--out", required=True, help="output folder (results.json, results.md, figures)")
     e.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    e.add_argument("--seconds", type=float, default=None, help="training budget per seed "
-                   "(default 120 s for 2D images, 60 s for a set of volumes: one encoder for the set)")
+    e.add_argument("--steps", type=int, default=None, help="training budget per seed in steps "
+                   "(default: the step rule of `segment`, from the packaged weights)")
+    e.add_argument("--seconds", type=float, default=None, help="training budget per seed in "
+                   "seconds (from scratch unless --warm-start)")
     e.add_argument("--epochs", type=int, default=None)
     e.add_argument("--warm-start", nargs="?", const=True, default=None, metavar="WEIGHTS",
                    help="2D images: start every seed's encoder from WEIGHTS (default: the "
@@ -179,6 +187,8 @@ def _parser() -> argparse.ArgumentParser:
                    "condense, volume) or 'all'")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--quick", action="store_true", help="a small, fast version of each benchmark")
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="the torch device, for the benchmarks that train or embed")
     b.add_argument("--benchmarks-dir", default=None, help="where the bench_*.py files are")
     b.add_argument("--results-md", default=None, metavar="PATH", help="also write each "
                    "benchmark's numbers into PATH (e.g. benchmarks/RESULTS.md) between "
@@ -211,11 +221,13 @@ def _load_bench(path: Path):
 
 def cmd_bench(args) -> int:
     bdir = _benchmarks_dir(args.benchmarks_dir)
-    available = {p.stem[len("bench_"):]: p for p in sorted(bdir.glob("bench_*.py"))}
-    if args.which == "all":
+    available = {p.stem[len("bench_"):].replace("_", "-"): p
+                 for p in sorted(bdir.glob("bench_*.py"))}
+    which = args.which.replace("_", "-")
+    if which == "all":
         names = list(available)
-    elif args.which in available:
-        names = [args.which]
+    elif which in available:
+        names = [which]
     else:
         raise CutsError(f"no benchmark named {args.which!r}; available: {', '.join(available)} or all.")
     results = {}
@@ -223,7 +235,11 @@ def cmd_bench(args) -> int:
         if not args.json:
             print(f"== {name}", flush=True)
         t0 = time.perf_counter()
-        results[name] = _load_bench(available[name]).run(quick=args.quick)
+        run = _load_bench(available[name]).run
+        kw = {"device": args.device} if "device" in inspect.signature(run).parameters else {}
+        if args.device != "auto" and not kw:
+            raise CutsError(f"bench {name} does not take --device.")
+        results[name] = run(quick=args.quick, **kw)
         if not args.json:
             print(json.dumps(results[name], indent=2), flush=True)
             print(f"   ({time.perf_counter() - t0:.1f} s)", flush=True)
@@ -255,7 +271,7 @@ def cmd_segment(args) -> int:
     try:
         image = args.image[0] if len(args.image) == 1 else list(args.image)
         summary = run_segment(image, args.out, weights=args.weights, epochs=args.epochs,
-                              seconds=args.seconds, seed=args.seed, device=args.device,
+                              steps=args.steps, seconds=args.seconds, seed=args.seed, device=args.device,
                               max_points=args.max_points, slices=args.slices,
                               progress=bar, log=lambda m: print(m, file=sys.stderr),
                               sequences=args.sequences, warm_start=args.warm_start)
@@ -275,7 +291,7 @@ def cmd_batch(args) -> int:
     bar = _Bar()
     try:
         res = run_batch(args.inputs, args.out, weights=args.weights, epochs=args.epochs,
-                        seconds=args.seconds, reference=args.reference, point=args.point,
+                        steps=args.steps, seconds=args.seconds, reference=args.reference, point=args.point,
                         scheduler=args.scheduler, workers=args.workers, seed=args.seed,
                         worker_timeout=args.worker_timeout, progress=bar,
                         log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -308,7 +324,7 @@ def _cmd_evaluate_clicks(args) -> int:
     bar = _Bar()
     try:
         run_clicks_evaluation(args.data, args.out, n_clicks=args.clicks, seeds=tuple(args.seeds),
-                              seconds=args.seconds, epochs=args.epochs, split=args.split,
+                              steps=args.steps, seconds=args.seconds, epochs=args.epochs, split=args.split,
                               cases=cases, labels=args.label, limit=args.limit,
                               ablation=args.ablation, methods=args.methods, progress=bar,
                               results_md=args.results_md, device=args.device,
@@ -333,7 +349,7 @@ def cmd_evaluate(args) -> int:
             from .evaluation import read_case_list
 
             cases = read_case_list(args.cases_from)
-        res = run_evaluation(args.data, args.out, seeds=tuple(args.seeds), seconds=args.seconds,
+        res = run_evaluation(args.data, args.out, seeds=tuple(args.seeds), steps=args.steps, seconds=args.seconds,
                              epochs=args.epochs, methods=args.methods, limit=args.limit,
                              device=args.device, progress=bar, labels=args.label,
                              ablation=args.ablation, split=args.split, cases=cases,

@@ -295,7 +295,8 @@ def _reference_key(ref_path: Path, point, enc_sha: str, seed: int) -> dict:
             "point": [float(v) for v in point], "encoder_sha256": enc_sha, "seed": int(seed)}
 
 
-def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, reference=None,
+def run_batch(inputs, out_dir, *, weights=None, steps=None, epochs=None, seconds=None,
+              reference=None,
               point=None, scheduler: Optional[str] = None, workers: Optional[int] = None,
               seed: int = 0, client=None, progress: Progress = None, log: Log = None,
               worker_timeout: float = WORKER_TIMEOUT, _crash_once: Optional[tuple] = None) -> dict:
@@ -317,8 +318,9 @@ def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, refer
     items = expand_inputs(inputs)
     out = make_output_dir(out_dir)
     _clean_partials(out)
-    if weights is not None and (epochs is not None or seconds is not None):
-        raise InputError("give --weights or a training budget (--epochs / --seconds), not both.")
+    if weights is not None and (steps is not None or epochs is not None or seconds is not None):
+        raise InputError("give --weights or a training budget (--steps / --epochs / --seconds), "
+                         "not both.")
     if not (math.isfinite(float(worker_timeout)) and float(worker_timeout) >= 0):
         raise InputError(f"--worker-timeout must be a number of seconds >= 0, got {worker_timeout}.")
     if (reference is None) != (point is None):
@@ -410,17 +412,11 @@ def run_batch(inputs, out_dir, *, weights=None, epochs=None, seconds=None, refer
             log(f"training the cohort encoder on {len(arrays)} of {len(items)} inputs"
                 f"{' (volumes)' if vols else ''} ...")
             stage = None if progress is None else (lambda d, t, m: progress(d, t, f"training: {m}"))
-            if epochs is None and seconds is None:
-                from .pipeline import DEFAULT_SECONDS
-
-                seconds_ = DEFAULT_SECONDS
-            else:
-                seconds_ = seconds
             if vols:
-                enc = train_volume_encoder(arrays, spacing=spacings, epochs=epochs,
-                                           seconds=seconds_, seed=seed, progress=stage)
+                enc = train_volume_encoder(arrays, spacing=spacings, steps=steps, epochs=epochs,
+                                           seconds=seconds, seed=seed, progress=stage)
             else:
-                enc, _ = get_encoder(arrays, epochs=epochs, seconds=seconds_, seed=seed,
+                enc, _ = get_encoder(arrays, steps=steps, epochs=epochs, seconds=seconds, seed=seed,
                                      progress=stage)
             del arrays
             enc_file = out / "encoder.pt"

@@ -64,7 +64,6 @@ seeds 0-3 gave best-level ventricle Dice 0.710-0.785 (README).
 from __future__ import annotations
 
 import math
-import time
 from typing import Optional
 
 import numpy as np
@@ -265,7 +264,6 @@ def condense(embeddings, *, seed: int = 0, spacing=None, progress: Progress = No
         if len(spacing) != len(grid) or not all(np.isfinite(spacing)) or min(spacing) <= 0:
             raise InputError(f"spacing {spacing!r} must be {len(grid)} positive numbers, one "
                              f"per axis of the {' x '.join(map(str, grid))} grid.")
-    t_start = time.perf_counter()
     knn = int(p["knn"])
     growth = float(p["eps_growth"])
     if growth <= 1.0:
@@ -456,7 +454,6 @@ def condense(embeddings, *, seed: int = 0, spacing=None, progress: Progress = No
         "stages": int(len(counts) - 1),
         "embedding_shape": [*(int(g) for g in grid), int(d)],
         "spacing": None if spacing is None else list(spacing),
-        "seconds": round(time.perf_counter() - t_start, 4),
     }
     its = np.array(rec.iters)[stages]
     return Hierarchy(pix.reshape(grid), luts, iterations=its, iterations_total=it + 1,

@@ -52,7 +52,6 @@ DEFAULTS: dict[str, Any] = {
     "warmup": 0.05,           # fraction of the run spent warming the lr up linearly
     "percentiles": (0.5, 99.5),  # robust per-channel normalisation
     "num_threads": None,      # torch CPU threads (None: all cores)
-    "default_seconds": 60.0,  # budget when neither epochs nor seconds is given
     # 2.5D: the images are volume slices with this many neighbouring slices on each
     # side stacked as channels (napari_cuts.volume.context_stack); 0 for 2D images.
     # Recorded so that embedding a volume builds the same input.

@@ -14,8 +14,10 @@ Training uses the paper's two losses:
 Training runs on random crops with many anchors each, samples all anchors and
 positive candidates at once, runs the SSIM check for all pairs as tensor ops and
 gathers embeddings with one index: a training step on 8 crops of 64 x 64 with 256
-anchors each takes a fraction of a second on a laptop CPU. The budget is epochs or
-seconds, whichever ends first; progress is reported and cancel checked every step.
+anchors each takes a fraction of a second on a laptop CPU. The budget is a number of
+steps (by default one that follows the data, :mod:`napari_cuts.budget`, ending early
+once the loss has settled), epochs, or seconds; progress is reported and cancel
+checked every step.
 
 torch and the network (:mod:`napari_cuts.encoder_network`) are imported inside the
 functions that run them.
@@ -185,7 +187,8 @@ def _check_options(options: dict) -> dict:
     return opts
 
 
-def train_encoder(images, *, epochs: Optional[float] = None, seconds: Optional[float] = None,
+def train_encoder(images, *, steps: Optional[int] = None, epochs: Optional[float] = None,
+                  seconds: Optional[float] = None, settle: Optional[bool] = None,
                   seed: int = 0, device: str = "auto", progress: Progress = None,
                   cancel: Cancel = None, init=None, **options) -> Encoder:
     """Train a CUTS encoder on a stack of 2D images, without labels.
@@ -196,14 +199,23 @@ def train_encoder(images, *, epochs: Optional[float] = None, seconds: Optional[f
         Any size (each at least 17 x 17), uint8/uint16/int/float; all with the same
         channel count. Normalised per channel to the (0.5, 99.5) percentiles of the
         whole stack (recorded in the metadata and reused by :func:`embed`).
+    steps : int, optional
+        At most this many optimisation steps (the learning-rate schedule spans them).
+        With no budget at all, :func:`napari_cuts.budget.default_steps` of the
+        images' pixels and channels (fewer from a warm start ``init``).
     epochs : float, optional
         Passes over the data; one epoch is ``sum(H * W) / crop_size**2`` crops.
     seconds : float, optional
-        Wall-time budget. With both, training stops at whichever comes first; with
-        neither, ``seconds = DEFAULTS["default_seconds"]`` (60 s).
+        Wall-time budget (the step count then depends on the machine and its load).
+        With several budgets, training stops at whichever ends first.
+    settle : bool, optional
+        Stop early once the loss has settled (:func:`napari_cuts.budget.settled`).
+        Default: True for a budget in steps (given or default), False for epochs or
+        seconds. ``metadata["stopped"]`` says why training ended.
     seed : int
-        Seeds torch and numpy: the same seed and ``epochs`` give identical weights on
-        the CPU (a ``seconds`` budget makes the step count depend on the machine).
+        Seeds torch and numpy: the same seed and step budget give identical weights on
+        one machine's CPU (a ``seconds`` budget makes the step count depend on the
+        machine and its load).
     device : "auto" | "cpu" | "cuda" | "mps"
     progress : callable(step, total, message), optional
         Called every few steps; the message holds the loss terms.
@@ -238,8 +250,10 @@ def train_encoder(images, *, epochs: Optional[float] = None, seconds: Optional[f
         raise InputError(f"epochs must be > 0, got {epochs!r}.")
     if seconds is not None and not float(seconds) > 0:
         raise InputError(f"seconds must be > 0, got {seconds!r}.")
-    if epochs is None and seconds is None:
-        seconds = float(opts["default_seconds"])
+    if steps is not None:
+        if isinstance(steps, bool) or not float(steps) >= 1 or float(steps) != int(steps):
+            raise InputError(f"steps must be a whole number >= 1, got {steps!r}.")
+        steps = int(steps)
     dev = resolve_device(device)
     _use_all_cores(opts["num_threads"])
 
@@ -253,11 +267,20 @@ def train_encoder(images, *, epochs: Optional[float] = None, seconds: Optional[f
     s = sampler.crop
     crops_per_epoch = sum(im.shape[1] * im.shape[2] for im in normed) / float(s * s)
     steps_per_epoch = max(1, int(math.ceil(crops_per_epoch / sampler.batch)))
-    max_steps = int(math.ceil(float(epochs) * steps_per_epoch)) if epochs is not None else None
-
     start, origin = (None, None)
     if init is not None:
         start, origin = _resolve_init(init, in_channels, ctx, opts, options)
+    if steps is None and epochs is None and seconds is None:
+        from .budget import default_steps
+
+        steps = default_steps(sum(im.shape[1] * im.shape[2] for im in normed),
+                              in_channels // (2 * ctx + 1), warm=start is not None)
+    if settle is None:
+        settle = steps is not None and epochs is None and seconds is None
+    caps = [int(steps)] if steps is not None else []
+    if epochs is not None:
+        caps.append(int(math.ceil(float(epochs) * steps_per_epoch)))
+    max_steps = min(caps) if caps else None
     net = _Net(in_channels, opts["dilations"]).to(dev)
     head = _ReconHead(in_channels, opts["patch_size"]).to(dev)
     if start is not None:
@@ -287,9 +310,12 @@ def train_encoder(images, *, epochs: Optional[float] = None, seconds: Optional[f
 
     hist: dict[str, list] = {"loss": [], "contrastive": [], "reconstruction": [],
                              "positive_rate": []}
+    from .budget import settled
+
     t0 = time.perf_counter()
     step = 0
     frac = 0.0
+    stopped = "budget"
     while True:
         check_cancel(cancel)
         elapsed = time.perf_counter() - t0
@@ -297,6 +323,10 @@ def train_encoder(images, *, epochs: Optional[float] = None, seconds: Optional[f
         fr_time = elapsed / float(seconds) if seconds is not None else 0.0
         frac = max(fr_steps, fr_time)
         if frac >= 1.0:
+            stopped = "steps" if fr_steps >= 1.0 else "seconds"
+            break
+        if settle and settled(hist["loss"]):
+            stopped = "settled"
             break
         # warm-up then cosine decay, driven by the fraction of the budget used
         lr_scale = min(1.0, (frac + 1e-9) / warm) if warm > 0 else 1.0
@@ -370,9 +400,11 @@ def train_encoder(images, *, epochs: Optional[float] = None, seconds: Optional[f
         "version": __version__,
         "seed": int(seed),
         "device": dev,
-        "params": {**opts, "epochs": epochs, "seconds": seconds, "crop_used": s,
-                   "reach_used": sampler.reach},
+        "params": {**opts, "steps": steps, "epochs": epochs, "seconds": seconds,
+                   "settle": bool(settle), "crop_used": s, "reach_used": sampler.reach},
         "steps": step,
+        "budget_steps": max_steps,
+        "stopped": stopped,
         "steps_per_epoch": steps_per_epoch,
         "epochs_done": step / steps_per_epoch,
         "seconds_used": elapsed,

@@ -26,7 +26,7 @@ from . import __version__
 from .errors import InputError
 from .images import Cancel, Progress, as_image_list, check_cancel, check_image, report
 # the shared parts and the volume path, re-exported: napari_cuts.pipeline.<name> for all
-from .pipeline_common import (DEFAULT_SECONDS, IMAGE_WEIGHT, SegmentResult, available_memory_mb,
+from .pipeline_common import (IMAGE_WEIGHT, in_parallel, SegmentResult, available_memory_mb,
                               clustering_features, informative, load_weights, save_npy, stage,
                               train_or_load)  # noqa: F401
 from .pipeline_volume import (VOLUME_INPUT, check_fits_volume, refined_hierarchy,  # noqa: F401
@@ -37,10 +37,6 @@ from .pipeline_volume import (VOLUME_INPUT, check_fits_volume, refined_hierarchy
 #: grid of block means of their embeddings and the labels mapped back guided by the
 #: image (:func:`refined_hierarchy`).
 MAX_POINTS = 512 * 512
-#: Default fine-tuning budget (seconds) when the encoder starts from the packaged
-#: warm-start weights (:func:`napari_cuts.encoder.packaged_weights`): 2D images, no
-#: epochs/seconds given (docs/decisions/0005).
-WARM_START_SECONDS = 15.0
 
 
 @dataclass
@@ -106,44 +102,47 @@ def check_fits(p: Plan) -> None:
         )
 
 
-def get_encoder(images, *, weights=None, epochs=None, seconds=None, seed: int = 0,
+def get_encoder(images, *, weights=None, steps=None, epochs=None, seconds=None, seed: int = 0,
                 device: str = "auto", progress: Progress = None, cancel: Cancel = None,
                 warm_start=None):
     """Load weights (``weights`` is a path or an Encoder) or train an encoder on ``images``.
 
-    ``warm_start`` decides where training starts:
+    The budget: ``steps`` (at most that many, ending early once the loss has settled),
+    ``epochs`` or ``seconds``; with none, :func:`napari_cuts.budget.default_steps` of the
+    images' pixels and channels. ``warm_start`` decides where training starts:
 
     * ``None`` (default): from the packaged generic weights for the images' channel
-      count (:func:`napari_cuts.encoder.packaged_weights`) when no budget is given
-      (``epochs`` and ``seconds`` both None), fine-tuned for :data:`WARM_START_SECONDS`;
-      otherwise, or where the package ships no weights for that channel count (it
-      falls back, it does not fail), from scratch for :data:`DEFAULT_SECONDS`;
+      count (:func:`napari_cuts.encoder.packaged_weights`) for a budget in steps (given
+      or default), from scratch for a budget in epochs or seconds; from scratch too
+      where the package ships no weights for that channel count (it falls back, it does
+      not fail);
     * ``True``: from the packaged weights whatever the budget (from scratch where
       there are none);
     * ``False``: from scratch, as in the paper;
     * a path or an Encoder: from those weights (a channel mismatch raises
       :class:`~napari_cuts.errors.WeightsError`).
 
-    ``encoder.metadata["warm_start"]`` records the start point (file, sha256) or None.
+    ``encoder.metadata["warm_start"]`` records the start point (file, sha256) or None;
+    ``metadata["steps"]`` the steps trained, which ``steps=`` replays.
     Returns ``(encoder, trained)``.
     """
+    from .budget import steps_for_images
     from .encoder import Encoder, packaged_weights, train_encoder
 
     if weights is not None:
         return load_weights(weights, device), False
-    no_budget = epochs is None and seconds is None
+    stack = as_image_list(images)
     init = None
     if warm_start is None:
-        warm_start = no_budget
+        warm_start = epochs is None and seconds is None
     if isinstance(warm_start, (str, Path, Encoder)):
         init = warm_start
     elif warm_start:
-        stack = as_image_list(images)
         init = packaged_weights(stack[0].shape[-1])
-    if no_budget:
-        seconds = WARM_START_SECONDS if init is not None else DEFAULT_SECONDS
-    enc = train_encoder(images, epochs=epochs, seconds=seconds, seed=seed, device=device,
-                        progress=progress, cancel=cancel, init=init)
+    if steps is None and epochs is None and seconds is None:
+        steps = steps_for_images([im.shape for im in stack], warm=init is not None)
+    enc = train_encoder(stack, steps=steps, epochs=epochs, seconds=seconds, seed=seed,
+                        device=device, progress=progress, cancel=cancel, init=init)
     return enc, True
 
 
@@ -262,7 +261,8 @@ def _figure_levels(image: np.ndarray, hier, path: Path, max_panels: int = 7) -> 
     save_figure(fig, path)
 
 
-def run_segment(image_path, out_dir, *, weights=None, epochs=None, seconds=None, seed: int = 0,
+def run_segment(image_path, out_dir, *, weights=None, steps=None, epochs=None, seconds=None,
+                seed: int = 0,
                 device: str = "auto", max_points: Optional[int] = None, slices=None,
                 progress: Progress = None, cancel: Cancel = None, log=print,
                 sequences: Optional[bool] = None, warm_start=None) -> dict:
@@ -299,6 +299,7 @@ def run_segment(image_path, out_dir, *, weights=None, epochs=None, seconds=None,
 
         src = read_sequences(paths, sequences=sequences)  # checked before any output
         image_path = paths[0]
+    seconds_read = time.perf_counter() - t_start
     out = make_output_dir(out_dir)
     for note in src.notes:
         log(note)
@@ -306,7 +307,8 @@ def run_segment(image_path, out_dir, *, weights=None, epochs=None, seconds=None,
     # (Z, Y, X), (N, H, W, 3), (Z, Y, X, C) sequences; not (H, W, 3) or (Y, X, C) sequences
     is_volume = src.ndim_spatial == 3
     summary = {"napari_cuts_version": __version__, "input": str(image_path), "seed": int(seed),
-               "shape": list(data.shape), "device": device, "notes": list(src.notes)}
+               "shape": list(data.shape), "device": device, "notes": list(src.notes),
+               "seconds_read": round(seconds_read, 2)}
     # what a session needs to find and check the source when the folder is reopened
     from .session import file_digest
 
@@ -323,8 +325,9 @@ def run_segment(image_path, out_dir, *, weights=None, epochs=None, seconds=None,
                            "spacing": [float(v) for v in src.spacing]}
     provenance = {"napari_cuts_version": __version__, "seed": int(seed), "input": str(image_path),
                   "weights": None if weights is None else str(weights),
-                  "epochs": epochs, "seconds": seconds}
-    common = dict(weights=weights, epochs=epochs, seconds=seconds, seed=seed, device=device,
+                  "steps": steps, "epochs": epochs, "seconds": seconds}
+    common = dict(weights=weights, steps=steps, epochs=epochs, seconds=seconds, seed=seed,
+                  device=device,
                   warm_start=warm_start,
                   progress=progress, cancel=cancel, log=log, summary=summary,
                   provenance=provenance, image_path=image_path)
@@ -345,7 +348,7 @@ def _spacing_2d(src) -> tuple:
     return tuple(sp) if len(sp) == 2 and all(v > 0 for v in sp) else (1.0, 1.0)
 
 
-def _segment_2d_job(src, data, out, *, max_points, weights, epochs, seconds, seed, device,
+def _segment_2d_job(src, data, out, *, max_points, weights, steps, epochs, seconds, seed, device,
                     warm_start, progress, cancel, log, summary, provenance, image_path) -> None:
     from .io import write_labels
     from .prompts import save_prompt_data
@@ -357,7 +360,8 @@ def _segment_2d_job(src, data, out, *, max_points, weights, epochs, seconds, see
     check_fits(p)
     t0 = time.perf_counter()
     enc = train_or_load(
-        lambda: get_encoder([data], weights=weights, epochs=epochs, seconds=seconds, seed=seed,
+        lambda: get_encoder([data], weights=weights, steps=steps, epochs=epochs, seconds=seconds,
+                            seed=seed,
                             device=device, warm_start=warm_start,
                             progress=stage(progress, "training"), cancel=cancel),
         out, summary=summary, t_start=t0)
@@ -367,22 +371,38 @@ def _segment_2d_job(src, data, out, *, max_points, weights, epochs, seconds, see
         log(note)
     hier = res.hierarchy
     hier.metadata.update({"input": str(image_path)})
-    hier.save(out / "hierarchy.npz")
-    save_prompt_data(out, image=check_image(data), spacing=_spacing_2d(src))
-    pers = hier.persistent()
-    save_npy(out / "persistent.npy", pers)
-    write_labels(out / "persistent.png", pers, provenance=None)
-    if src.format in ("nifti", "dicom"):
-        write_labels(out / "persistent.nii.gz", pers, like=src, provenance=provenance)
-    _figure_levels(np.asarray(check_image(data)), hier, out / "levels.png")
+    t1 = time.perf_counter()
+    image = check_image(data)
+    fig_seconds = []
+
+    def files():
+        hier.save(out / "hierarchy.npz")
+        save_prompt_data(out, image=image, spacing=_spacing_2d(src))
+        pers = hier.persistent()
+        save_npy(out / "persistent.npy", pers)
+        write_labels(out / "persistent.png", pers, provenance=None)
+        if src.format in ("nifti", "dicom"):
+            write_labels(out / "persistent.nii.gz", pers, like=src, provenance=provenance)
+
+    def figure():
+        t = time.perf_counter()
+        _figure_levels(np.asarray(image), hier, out / "levels.png")
+        fig_seconds.append(time.perf_counter() - t)
+
+    in_parallel(figure, files)        # the figure here, the files on the other core
+    t2 = time.perf_counter()
     summary.update({"n_levels": int(hier.n_levels),
                     "n_clusters": [int(c) for c in hier.n_clusters],
                     "pool": res.pool, "notes": summary["notes"] + res.notes,
                     "seconds_embed": round(res.seconds["embed"], 2),
-                    "seconds_condense": round(res.seconds["condense"], 2)})
+                    "seconds_condense": round(res.seconds["condense"], 2),
+                    "seconds_map_back": round(res.seconds.get("refine", 0.0), 2),
+                    "seconds_write": round(t2 - t1, 2),       # files and figure together
+                    "seconds_figures": round(fig_seconds[0], 2)})
 
 
-def _segment_slices_job(src, data, out, slices, *, max_points, weights, epochs, seconds, seed,
+def _segment_slices_job(src, data, out, slices, *, max_points, weights, steps, epochs, seconds,
+                        seed,
                         device, warm_start, progress, cancel, log, summary, provenance, image_path) -> None:
     from .io import write_labels
 
@@ -401,7 +421,8 @@ def _segment_slices_job(src, data, out, slices, *, max_points, weights, epochs, 
     t0 = time.perf_counter()
     train_imgs = training_subset([all_slices[i] for i in work])
     enc = train_or_load(
-        lambda: get_encoder(train_imgs, weights=weights, epochs=epochs, seconds=seconds, seed=seed,
+        lambda: get_encoder(train_imgs, weights=weights, steps=steps, epochs=epochs,
+                            seconds=seconds, seed=seed,
                             device=device, warm_start=warm_start,
                             progress=stage(progress, "training"), cancel=cancel),
         out, summary=summary, t_start=t0)

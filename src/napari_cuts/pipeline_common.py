@@ -21,9 +21,6 @@ from .images import Progress
 #: then moves a pixel by 8 while two embeddings 60 degrees apart are 1 apart
 #: (docs/decisions/0002).
 IMAGE_WEIGHT = 8.0
-#: Default training budget (seconds of wall time) when neither epochs nor seconds is given
-#: and the encoder is trained from scratch.
-DEFAULT_SECONDS = 60.0
 
 
 @dataclass
@@ -105,12 +102,34 @@ def train_or_load(train, out: Path, *, summary: dict, t_start: float):
     ``out/encoder.pt`` and record what happened in the job's ``summary``."""
     enc, trained = train()
     summary["trained"] = trained
+    summary["device"] = str(getattr(enc, "device", summary.get("device")))
     summary["warm_start"] = enc.metadata.get("warm_start")
     if trained:
+        summary["steps"] = int(enc.metadata.get("steps", 0))
+        summary["training_stopped"] = enc.metadata.get("stopped")
         enc.save(out / "encoder.pt")
         summary["encoder"] = str(out / "encoder.pt")
     summary["seconds_training"] = round(time.perf_counter() - t_start, 2)
     return enc
+
+
+def in_parallel(*jobs) -> list:
+    """Run the callables ``jobs`` at once, the first in this thread and the others on
+    worker threads (the writers compress with zlib, which releases the GIL, so the
+    cores share the work), and return their results in order; an exception raised by
+    any of them is raised here once all have ended."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(jobs) < 2:
+        return [job() for job in jobs]
+    with ThreadPoolExecutor(max_workers=len(jobs) - 1) as pool:
+        futures = [pool.submit(job) for job in jobs[1:]]
+        try:
+            first = jobs[0]()
+        finally:
+            for f in futures:
+                f.exception()          # wait for every job before raising
+    return [first, *(f.result() for f in futures)]
 
 
 def save_npy(path: Path, arr: np.ndarray) -> None:

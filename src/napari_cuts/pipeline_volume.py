@@ -21,7 +21,7 @@ import numpy as np
 from . import __version__
 from .errors import InputError
 from .images import Cancel, Progress, check_cancel, report
-from .pipeline_common import (DEFAULT_SECONDS, IMAGE_WEIGHT, SegmentResult, available_memory_mb,
+from .pipeline_common import (IMAGE_WEIGHT, in_parallel, SegmentResult, available_memory_mb,
                               clustering_features, informative, load_weights, save_npy, stage,
                               train_or_load)
 
@@ -66,29 +66,52 @@ def volume_training_slices(grid: np.ndarray, context: int, max_slices: int = 64)
 
 
 def train_volume_encoder(volume, *, spacing=None, max_points: Optional[int] = None,
-                         context: Optional[int] = None, epochs=None, seconds=None, seed: int = 0,
-                         device: str = "auto", progress: Progress = None, cancel: Cancel = None,
-                         **options):
+                         context: Optional[int] = None, steps=None, epochs=None, seconds=None,
+                         seed: int = 0, device: str = "auto", progress: Progress = None,
+                         cancel: Cancel = None, warm_start=None, **options):
     """Train a 2.5D encoder on one volume ``(Z, Y, X[, C])``, or several volumes of the
-    same channel count (a list), on their working grids (see :mod:`napari_cuts.volume`)."""
-    from .encoder import train_encoder
+    same channel count (a list), on their working grids (see :mod:`napari_cuts.volume`).
+
+    The budget and the start point follow :func:`napari_cuts.pipeline.get_encoder`:
+    with no budget, :func:`napari_cuts.budget.default_steps` of all the volumes' voxels
+    and channels, from the packaged volume weights where the package ships them for this
+    channel count (:func:`napari_cuts.encoder.packaged_weights` with ``context_slices``)."""
+    from .budget import steps_for_volumes
+    from .encoder import Encoder, train_encoder
     from .volume import CONTEXT_SLICES
 
     k = CONTEXT_SLICES if context is None else int(context)
     vols = volume if isinstance(volume, (list, tuple)) else [volume]
     sps = spacing if isinstance(volume, (list, tuple)) and spacing is not None else [spacing] * len(vols)
+    channels = 1 if vols[0].ndim == 3 else int(vols[0].shape[-1])
     imgs = []
     per = max(8, 64 // len(vols))
     for v, sp in zip(vols, sps):
         _, grid = volume_grid(v, sp, max_points)
         imgs += volume_training_slices(grid, k, per)
-    if epochs is None and seconds is None:
-        seconds = DEFAULT_SECONDS
-    enc = train_encoder(imgs, epochs=epochs, seconds=seconds, seed=seed, device=device,
-                        progress=progress, cancel=cancel, context_slices=k, **options)
+    init = None
+    if warm_start is None:
+        warm_start = epochs is None and seconds is None
+    if isinstance(warm_start, (str, Path, Encoder)):
+        init = warm_start
+    elif warm_start:
+        init = packaged_volume_weights(channels, k)
+    if steps is None and epochs is None and seconds is None:
+        steps = steps_for_volumes([v.shape for v in vols], warm=init is not None)
+    enc = train_encoder(imgs, steps=steps, epochs=epochs, seconds=seconds, seed=seed,
+                        device=device, progress=progress, cancel=cancel, init=init,
+                        context_slices=k, **options)
     enc.metadata["volume"] = True       # embed() then reads (Z, Y, X[, C]) as a volume
     enc.metadata["volume_input"] = VOLUME_INPUT
     return enc
+
+
+def packaged_volume_weights(channels: int, context: int):
+    """The packaged start point for a volume encoder of ``channels`` channels and
+    ``context`` slices, or None where the package ships none."""
+    from .encoder import packaged_weights
+
+    return packaged_weights(channels, context_slices=context)
 
 
 def smooth_embedding_columns(feats: np.ndarray, image01: np.ndarray, iterations: int,
@@ -232,10 +255,10 @@ def check_fits_volume(p) -> None:
             "crop the volume, or pass a smaller max_points (--max-points) for a coarser grid.")
 
 
-def segment_volume_job(src, data, out, *, max_points, weights, epochs, seconds, seed, device,
+def segment_volume_job(src, data, out, *, max_points, weights, steps, epochs, seconds, seed, device,
                        warm_start, progress, cancel, log, summary, provenance, image_path) -> None:
     """The ``segment`` job for a volume (:func:`napari_cuts.pipeline.run_segment`): plan,
-    train a 2.5D encoder (always from scratch; ``warm_start`` is ignored) or load
+    train a 2.5D encoder (:func:`train_volume_encoder`) or load
     ``weights``, segment, write ``hierarchy.npz``, the persistent map and ``levels.png``."""
     from .io import write_labels
     from .prompts import save_prompt_data
@@ -253,8 +276,9 @@ def segment_volume_job(src, data, out, *, max_points, weights, epochs, seconds, 
     def train():
         if weights is not None:
             return load_weights(weights, device), False
-        return train_volume_encoder(vol, spacing=spacing, max_points=p.points, epochs=epochs,
-                                    seconds=seconds, seed=seed, device=device,
+        return train_volume_encoder(vol, spacing=spacing, max_points=p.points, steps=steps,
+                                    epochs=epochs, seconds=seconds, seed=seed, device=device,
+                                    warm_start=warm_start,
                                     progress=stage(progress, "training"), cancel=cancel), True
 
     enc = train_or_load(train, out, summary=summary, t_start=t0)
@@ -265,27 +289,41 @@ def segment_volume_job(src, data, out, *, max_points, weights, epochs, seconds, 
     hier = res.hierarchy
     hier.metadata.update({"input": str(image_path)})
     t1 = time.perf_counter()
-    hier.save(out / "hierarchy.npz")
-    save_prompt_data(out, image=vol, spacing=spacing)
-    pers = hier.persistent()
-    save_npy(out / "persistent.npy", pers)
-    write_labels(out / "persistent.nii.gz", pers, like=src, provenance=provenance)
-    if src.format == "dicom":
-        try:
-            write_labels(out / "persistent.dcm", pers, like=src, provenance=provenance)
-        except Exception as exc:  # noqa: BLE001 - the NIfTI is written; say why the SEG is not
-            log(f"persistent.dcm not written: {exc}")
-    _figure_volume_levels(vol, hier, out / "levels.png", spacing=spacing)
+    fig_seconds = []
+
+    def persistent_files():
+        pers = hier.persistent()
+        save_npy(out / "persistent.npy", pers)
+        write_labels(out / "persistent.nii.gz", pers, like=src, provenance=provenance)
+        if src.format == "dicom":
+            try:
+                write_labels(out / "persistent.dcm", pers, like=src, provenance=provenance)
+            except Exception as exc:  # noqa: BLE001 - the NIfTI is written; say why the SEG is not
+                log(f"persistent.dcm not written: {exc}")
+
+    def figure():
+        t = time.perf_counter()
+        _figure_volume_levels(vol, hier, out / "levels.png", spacing=spacing)
+        fig_seconds.append(time.perf_counter() - t)
+
+    # the figure here, the two big compressed files and the persistent map on two
+    # threads: zlib releases the GIL, so both cores write
+    in_parallel(figure, lambda: (hier.save(out / "hierarchy.npz"),
+                                 save_prompt_data(out, image=vol, spacing=spacing)),
+                persistent_files)
+    t2 = time.perf_counter()
     summary.update({"volume": True, "n_levels": int(hier.n_levels),
                     "n_clusters": [int(c) for c in hier.n_clusters],
                     "encoder_context_slices": int(enc.metadata.get("context_slices", 0) or 0),
                     "pools": list(res.pool), "grid_shape": list(p.grid_shape),
                     "notes": summary["notes"] + res.notes,
+                    "seconds_prepare": round(res.seconds.get("grid", 0.0), 2),
                     "seconds_embed": round(res.seconds["embed"], 2),
                     "seconds_smooth": round(res.seconds.get("smooth", 0.0), 2),
                     "seconds_condense": round(res.seconds["condense"], 2),
-                    "seconds_refine": round(res.seconds.get("refine", 0.0), 2),
-                    "seconds_write": round(time.perf_counter() - t1, 2),
+                    "seconds_map_back": round(res.seconds.get("refine", 0.0), 2),
+                    "seconds_write": round(t2 - t1, 2),      # files and figure together
+                    "seconds_figures": round(fig_seconds[0], 2),
                     "guided_smoothing": hier.metadata.get("guided_smoothing")})
 
 

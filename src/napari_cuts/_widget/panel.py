@@ -67,7 +67,8 @@ from .jobs import JobRunner
 from .model import LevelsDisplay
 from .segmenting import SegmentJobs
 from .settings import (DEVICES, LEVELS_NAME, MASK_NAME, NO_IMAGE_HINT, UNITS,  # noqa: F401
-                       Settings, Source, click_mode, physical_scale, source_from_layer)
+                       Settings, Source, click_mode, default_budget, physical_scale,
+                       source_from_layer)
 from .ui import build_controls
 from .view3d import View3D
 from ..errors import Cancelled, CutsError, InputError
@@ -102,8 +103,11 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
         self.runner = JobRunner(self._on_progress)
         build_controls(self)
         self.view3d = View3D(self)
+        self._budget_auto = True                  # the box shows the default steps
         self.settings = Settings()
         self.warm_check.toggled.connect(self._warm_start_toggled)
+        self.budget_spin.valueChanged.connect(self._budget_edited)
+        self.unit_combo.currentTextChanged.connect(self._budget_edited)
         self.destroyed.connect(self.runner.state.stop)
         self.destroyed.connect(self.objects.close)
         try:
@@ -119,8 +123,10 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
     # ------------------------------------------------------------- settings
     @property
     def settings(self) -> Settings:
-        """The settings shown in the controls."""
-        return Settings(budget=self.budget_spin.value(), unit=self.unit_combo.currentText(),
+        """The settings shown in the controls (``budget`` None while the box shows the
+        default steps for the chosen image)."""
+        return Settings(budget=None if self._budget_auto else self.budget_spin.value(),
+                        unit=self.unit_combo.currentText(),
                         seed=self.seed_spin.value(), device=self.device_combo.currentText(),
                         phate_samples=self._phate_samples, phate_knn=self._phate_knn,
                         warm_start=self.warm_check.isChecked())
@@ -129,21 +135,51 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
     def settings(self, s: Settings) -> None:
         if s.unit not in UNITS or s.device not in DEVICES:
             raise InputError(f"unit must be one of {UNITS} and device one of {DEVICES}.")
-        self.budget_spin.setValue(s.budget)
-        self.unit_combo.setCurrentText(s.unit)
         self.seed_spin.setValue(int(s.seed))
         self.device_combo.setCurrentText(s.device)
         self._phate_samples, self._phate_knn = int(s.phate_samples), int(s.phate_knn)
         self.warm_check.blockSignals(True)
         self.warm_check.setChecked(bool(s.warm_start))
         self.warm_check.blockSignals(False)
+        self._set_budget_box(s.budget, s.unit)
+        self._budget_auto = s.budget is None
+        self.show_default_budget()
 
-    def _warm_start_toggled(self, on: bool) -> None:
-        """Ticking or unticking the warm start moves a default budget to the other default
-        (15 s of fine-tuning, 60 s from scratch); a budget the user chose stays."""
-        if self.unit_combo.currentText() == "seconds" and \
-                abs(self.budget_spin.value() - Settings.default_budget(not on)) < 1e-9:
-            self.budget_spin.setValue(Settings.default_budget(on))
+    def _set_budget_box(self, value, unit: str) -> None:
+        """Show ``value`` ``unit`` in the budget box without counting it as the user's."""
+        for w in (self.budget_spin, self.unit_combo):
+            w.blockSignals(True)
+        self.unit_combo.setCurrentText(unit)
+        self.budget_spin.setDecimals(0 if unit in ("steps", "epochs") else 1)
+        if value is not None:
+            self.budget_spin.setValue(float(value))
+        for w in (self.budget_spin, self.unit_combo):
+            w.blockSignals(False)
+
+    def _budget_edited(self, *_args) -> None:
+        """The user typed a budget or chose a unit: it is theirs from now on."""
+        self._budget_auto = False
+        unit = self.unit_combo.currentText()
+        self.budget_spin.setDecimals(0 if unit in ("steps", "epochs") else 1)
+
+    def show_default_budget(self) -> Optional[int]:
+        """While the budget is the default, show the steps training will take on the
+        chosen image (from the generic weights when ticked); returns them (None without
+        an image, or when the user set a budget)."""
+        if not self._budget_auto:
+            return None
+        try:
+            src = source_from_layers(self.inputs.chosen())
+            steps = default_budget(src, self._train_images(src), self.warm_check.isChecked())
+        except Exception:  # noqa: BLE001 - no (usable) image yet: the box keeps its value
+            return None
+        self._set_budget_box(steps, "steps")
+        return steps
+
+    def _warm_start_toggled(self, _on: bool) -> None:
+        """A default budget follows the start point (fewer steps from the generic
+        weights); a budget the user chose stays."""
+        self.show_default_budget()
 
     @property
     def mask(self) -> Optional[np.ndarray]:
@@ -298,6 +334,7 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
             self.image_combo.blockSignals(False)
             self.inputs.refresh()
             self._update_buttons()
+            self.show_default_budget()
         except RuntimeError:  # the widget is gone; napari still held the callback
             return
         try:
@@ -311,6 +348,7 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
         try:
             self.inputs.refresh()
             self._update_buttons()
+            self.show_default_budget()
         except RuntimeError:  # the widget is gone
             pass
 
@@ -363,10 +401,7 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
         self.apply_all_btn.setEnabled(self.mask is not None and not busy)
         self.apply_folder_btn.setEnabled(self.mask is not None and not busy)
         self.train_btn.setEnabled(has_image and not busy)
-        # the warm start is for 2D images: a grey volume trains its encoder from scratch
-        lay = self.image_layer
-        volume = lay is not None and not getattr(lay, "rgb", False) and lay.ndim >= 3
-        self.warm_check.setEnabled(not busy and not volume)
+        self.warm_check.setEnabled(not busy)
         self.segment_btn.setEnabled(has_image and not busy)
         self.load_btn.setEnabled(not busy)
         self.save_btn.setEnabled((self.encoder is not None

@@ -59,12 +59,9 @@ class SegmentJobs:
         if src.one_volume:
             return pipeline.train_volume_encoder(src.array, spacing=src.spacing, seed=s.seed,
                                                  device=s.device, progress=progress,
-                                                 cancel=cancel, **s.train_kwargs(0, True))
-        first = np.asarray(images[0])
-        chans = int(first.shape[-1]) if first.ndim == 3 else 1
+                                                 cancel=cancel, **s.train_kwargs())
         enc, _ = pipeline.get_encoder(images, seed=s.seed, device=s.device,
-                                      progress=progress, cancel=cancel,
-                                      **s.train_kwargs(chans, False))
+                                      progress=progress, cancel=cancel, **s.train_kwargs())
         return enc
 
     def set_encoder(self, encoder, origin: str = "trained") -> None:

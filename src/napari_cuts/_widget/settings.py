@@ -18,7 +18,7 @@ from ..errors import InputError, WeightsError
 LEVELS_NAME = "CUTS levels"
 MASK_NAME = "CUTS mask"
 LABELS_NAME = "CUTS labels"
-UNITS = ("epochs", "seconds", "minutes")
+UNITS = ("steps", "epochs", "seconds", "minutes")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 NO_IMAGE_HINT = ("Open an image to start (File > Open, or File > Open Sample > "
                  "CUTS segmentation).")
@@ -28,42 +28,51 @@ NO_IMAGE_HINT = ("Open an image to start (File > Open, or File > Open Sample > "
 class Settings:
     """What the user chose in the widget."""
 
-    budget: float = pipeline.WARM_START_SECONDS  #: training budget, in ``unit``
-    unit: str = "seconds"         #: "epochs", "seconds" or "minutes"
+    #: training budget, in ``unit``; None: the default number of steps for the input
+    #: (:mod:`napari_cuts.budget`), which the budget box shows
+    budget: Optional[float] = None
+    unit: str = "steps"           #: "steps", "epochs", "seconds" or "minutes"
     seed: int = 0
     device: str = "auto"          #: "auto", "cpu", "cuda" or "mps"
     phate_samples: int = 2000     #: pixels in the PHATE view
     phate_knn: int = 5
-    #: 2D images start from the packaged generic weights of their channel count and
-    #: fine-tune them for ``budget`` (from scratch where none is packaged, and always for
-    #: volumes); False trains from scratch, as in the paper
+    #: start from the packaged generic weights of the input's kind and channel count
+    #: (from scratch where none is packaged); False trains from scratch, as in the paper
     warm_start: bool = True
 
-    def budget_kwargs(self) -> dict:
-        """``epochs=`` / ``seconds=`` for :func:`pipeline.get_encoder`."""
-        if self.unit == "epochs":
-            return {"epochs": max(1, int(round(self.budget))), "seconds": None}
-        seconds = self.budget * (60.0 if self.unit == "minutes" else 1.0)
-        return {"epochs": None, "seconds": float(seconds)}
+    def train_kwargs(self) -> dict:
+        """``steps=`` / ``epochs=`` / ``seconds=`` and ``warm_start=`` for
+        :func:`pipeline.get_encoder` and :func:`pipeline.train_volume_encoder`."""
+        kw: dict = {"warm_start": bool(self.warm_start)}
+        if self.budget is None:
+            return kw
+        if self.unit == "steps":
+            kw["steps"] = max(1, int(round(self.budget)))
+        elif self.unit == "epochs":
+            kw["epochs"] = max(1, int(round(self.budget)))
+        else:
+            kw["seconds"] = float(self.budget) * (60.0 if self.unit == "minutes" else 1.0)
+        return kw
 
-    def train_kwargs(self, channels: int, volume: bool) -> dict:
-        """``warm_start=`` and the budget for training on an input of ``channels``
-        channels (``volume``: a 2.5D volume encoder, never warm-started). Where no warm
-        start applies (a volume, a channel count with no packaged weights, or it is
-        unticked) the untouched default of 15 s becomes the from-scratch default of 60 s."""
-        from ..encoder import packaged_weights
 
-        warm = bool(self.warm_start) and not volume and packaged_weights(channels) is not None
-        kw = self.budget_kwargs()
-        if (not warm and self.unit == "seconds"
-                and abs(self.budget - pipeline.WARM_START_SECONDS) < 1e-9):
-            kw = {"epochs": None, "seconds": float(pipeline.DEFAULT_SECONDS)}
-        return {**kw, "warm_start": warm} if not volume else kw
+def default_budget(src: "Source", images: list, warm_start: bool) -> int:
+    """The steps that training with no budget will take on ``src`` (``images``: the 2D
+    images it trains on; unused for a volume), as the pipeline computes them."""
+    from ..budget import steps_for_images, steps_for_volumes
+    from ..encoder import packaged_weights
 
-    @staticmethod
-    def default_budget(warm_start: bool) -> float:
-        """The default budget in seconds: fine-tuning from the warm start, or from scratch."""
-        return pipeline.WARM_START_SECONDS if warm_start else pipeline.DEFAULT_SECONDS
+    if src.one_volume:
+        from ..pipeline_volume import packaged_volume_weights
+        from ..volume import CONTEXT_SLICES
+
+        shape = tuple(np.shape(src.array))
+        chans = 1 if len(shape) == 3 else int(shape[-1])
+        warm = warm_start and packaged_volume_weights(chans, CONTEXT_SLICES) is not None
+        return steps_for_volumes([shape], warm=warm)
+    shapes = [np.shape(im) for im in images]
+    chans = 1 if len(shapes[0]) == 2 else int(shapes[0][-1])
+    warm = warm_start and packaged_weights(chans) is not None
+    return steps_for_images(shapes, warm=warm)
 
 
 @dataclass

@@ -42,7 +42,11 @@ def build_controls(w) -> None:
     budget_row = QHBoxLayout()
     w.budget_spin = QDoubleSpinBox()
     w.budget_spin.setRange(0.1, 100000)
-    w.budget_spin.setDecimals(1)
+    w.budget_spin.setDecimals(0)
+    w.budget_spin.setToolTip(
+        "Training budget. By default a number of steps that follows the image's size (shown "
+        "here; training ends earlier once the loss has settled), so the same seed gives the "
+        "same result. Type another number, or choose epochs or seconds.")
     w.unit_combo = QComboBox()
     w.unit_combo.addItems(UNITS)
     budget_row.addWidget(w.budget_spin)
@@ -51,9 +55,9 @@ def build_controls(w) -> None:
     w.warm_check = QCheckBox("Start from generic weights")
     w.warm_check.setChecked(True)
     w.warm_check.setToolTip(
-        "2D images: fine-tune the generic weights shipped with napari-cuts (trained without "
-        "labels on redistributable fundus photographs and MRI slices) on this image; a first "
-        "result in about 20 s. Untick to train from scratch as in the paper (60 s).")
+        "Fine-tune the generic weights shipped with napari-cuts (trained without labels on "
+        "redistributable fundus photographs and MRI) on this image: fewer steps for the "
+        "same quality. Untick to train from scratch as in the paper.")
     ef.addRow("", w.warm_check)
     w.seed_spin = QSpinBox()
     w.seed_spin.setRange(0, 2**31 - 1)

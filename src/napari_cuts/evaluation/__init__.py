@@ -39,7 +39,7 @@ from .methods import (
 )
 from .report import DISPLAY, DISPLAY_3D, PAPER_RETINA, summarise
 from .runner import (
-    DEFAULT_SECONDS, DEFAULT_SECONDS_3D, N_EXAMPLES, PER_CASE_FIELDS, PER_IMAGE_FIELDS,
+    N_EXAMPLES, PER_CASE_FIELDS, PER_IMAGE_FIELDS,
     run_evaluation, run_evaluation_3d,
 )
 from .volumes import (
@@ -48,8 +48,7 @@ from .volumes import (
 )
 
 __all__ = [
-    "ABLATION_METHODS", "CLICK_CONNECTED", "CUTS_METHODS", "DEFAULT_SECONDS",
-    "DEFAULT_SECONDS_3D", "DISPLAY", "DISPLAY_3D", "Dataset", "KMEANS_K", "METHODS",
+    "ABLATION_METHODS", "CLICK_CONNECTED", "CUTS_METHODS", "DISPLAY", "DISPLAY_3D", "Dataset", "KMEANS_K", "METHODS",
     "METHODS_3D", "N_EXAMPLES", "NiftiCase", "PAPER_RETINA", "PER_CASE_FIELDS",
     "PER_IMAGE_FIELDS", "REFINE_STEPS", "SEQUENCE_ROW_KINDS", "SLICE_NEIGHBOURS",
     "SPLITS", "Sample", "VARIANTS", "Volume", "VolumeSet", "best_level", "click_mask",

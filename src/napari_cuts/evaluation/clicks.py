@@ -374,14 +374,15 @@ def load_click_cases(data_dir, *, split: str = "all", cases=None, labels=None,
     return out, ds.layout, list(ds.notes)
 
 
-def segment_folder(case: ClickCase, folder: Path, *, seed: int, seconds=None, epochs=None,
-                   device: str = "auto", warm_start=None, cancel: Cancel = None) -> Path:
+def segment_folder(case: ClickCase, folder: Path, *, seed: int, steps=None, seconds=None,
+                   epochs=None, device: str = "auto", warm_start=None,
+                   cancel: Cancel = None) -> Path:
     """The case's ``segment`` output folder for ``seed``, computed by
     :func:`napari_cuts.pipeline.run_segment` unless its ``run.json`` exists."""
     from ..pipeline import run_segment
 
     if not (folder / "run.json").exists():
-        run_segment(case.source, folder, seed=seed, seconds=seconds, epochs=epochs,
+        run_segment(case.source, folder, seed=seed, steps=steps, seconds=seconds, epochs=epochs,
                     device=device, warm_start=warm_start, cancel=cancel, log=lambda m: None)
     return folder
 
@@ -438,7 +439,8 @@ def _check_methods(methods, ablation: bool) -> list[str]:
 
 
 def run_clicks_evaluation(data_dir, out_dir, *, n_clicks: int = 10,
-                          seeds: Sequence[int] = (1, 2, 3), seconds=None, epochs=None,
+                          seeds: Sequence[int] = (1, 2, 3), steps=None, seconds=None,
+                          epochs=None,
                           split: str = "all", cases=None, labels=None, limit=None,
                           ablation: bool = False, methods=None, progress: Progress = None,
                           cancel: Cancel = None, results_md=None, device: str = "auto",
@@ -512,8 +514,8 @@ def run_clicks_evaluation(data_dir, out_dir, *, n_clicks: int = 10,
         for seed in seeds:
             report(progress, done, total, f"clicks: {case.name} segment (seed {seed})")
             seg = segment_folder(case, out / "cases" / case.name / f"seed{seed}", seed=seed,
-                                 seconds=seconds, epochs=epochs, device=device,
-                                 warm_start=warm_start, cancel=cancel)
+                                 steps=steps, seconds=seconds, epochs=epochs,
+                                 device=device, warm_start=warm_start, cancel=cancel)
             done += 1
             for m in chosen:
                 if m not in SEEDED or m in not_run:
@@ -530,7 +532,7 @@ def run_clicks_evaluation(data_dir, out_dir, *, n_clicks: int = 10,
             not_run[m] = "above 3 M voxels" if m == "random_walker" else "no case"
     clicks = R.clicks_result(curves, chosen, not_run, n=n, seeds=seeds, notes=notes,
                              cases=[c.name for c in the_cases], layout=layout, split=split,
-                             training={"seconds": seconds, "epochs": epochs},
+                             training={"steps": steps, "seconds": seconds, "epochs": epochs},
                              seconds=time.perf_counter() - t_start)
     report(progress, total, total, "clicks: writing the results")
     R.write_outputs(out, clicks, dataset=Path(data_dir).resolve().name, results_md=results_md,

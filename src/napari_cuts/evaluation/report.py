@@ -151,6 +151,8 @@ def _fmt(v, nd=3) -> str:
 
 def _budget(result: dict) -> str:
     parts = []
+    if result.get("steps") is not None:
+        parts.append(f"{result['steps']} steps")
     if result.get("epochs") is not None:
         parts.append(f"{result['epochs']:g} epochs")
     if result.get("train_seconds") is not None:

@@ -28,12 +28,6 @@ from .methods import (
 )
 from .volumes import load_volumes, sequence_keys, volume_layout
 
-#: Training budget per seed (seconds of wall time) for a set of 2D images when neither
-#: seconds nor epochs is given.
-DEFAULT_SECONDS = 120.0
-#: Training budget per seed (seconds) for a set of volumes when neither seconds nor
-#: epochs is given: one encoder for the whole set.
-DEFAULT_SECONDS_3D = 60.0
 #: Images (or volumes) shown in examples.png.
 N_EXAMPLES = 4
 #: The columns of per_image.csv (2D) and per_case.csv (3D).
@@ -94,12 +88,6 @@ def _check_seeds_seconds(seeds, seconds) -> list[int]:
     if seconds is not None and seconds <= 0:
         raise InputError(f"seconds must be positive (got {seconds}).")
     return seeds
-
-
-def _train_seconds(seconds, epochs, default: float):
-    """The training's seconds: ``seconds``, or ``default`` when neither budget is given
-    (with both, training stops at whichever comes first: the encoder's rule)."""
-    return seconds if (seconds is not None or epochs is not None) else default
 
 
 def _training_progress(progress: Progress, base: int, n: int, total: int, seed: int):
@@ -170,7 +158,8 @@ def _write_outputs(out: Path, result: dict, scores: Scores, *, csv_name: str, fi
 # --------------------------------------------------------------------------- 2D
 
 def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
-                   seconds: Optional[float] = None, epochs: Optional[float] = None,
+                   steps: Optional[int] = None, seconds: Optional[float] = None,
+                   epochs: Optional[float] = None,
                    methods: Optional[Sequence[str]] = None, limit: Optional[int] = None,
                    device: str = "auto", progress: Progress = None,
                    cancel: Cancel = None, labels: Optional[Sequence[float]] = None,
@@ -179,9 +168,10 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
                    save_hierarchies: bool = False, init=None) -> dict:
     """Evaluate the baselines and the CUTS variants on a labelled folder.
 
-    ``init`` (2D images only): every seed's encoder starts from these weights (a path,
-    or True for the packaged warm-start weights of the images' channel count) and is
-    fine-tuned for the budget; None trains from scratch.
+    ``init``: every seed's encoder starts from these weights (a path, or True for the
+    packaged warm-start weights of the images' channel count) and is fine-tuned for the
+    budget; None starts as ``segment`` does (:func:`napari_cuts.pipeline.get_encoder`:
+    the packaged weights for a budget in steps, given or default, else from scratch).
 
     A folder of volumes (a Decathlon folder, or NIfTI volumes with ``*_seg.nii.gz``
     masks) is scored in 3D by :func:`run_evaluation_3d` (``labels``, ``ablation``,
@@ -191,8 +181,8 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
     ``data_dir``: retina or NIfTI layout (:func:`.datasets.load_dataset`). ``out_dir``:
     created if needed; receives ``results.json``, ``results.md``, ``per_image.csv``,
     ``dice.png`` and ``examples.png`` (each written atomically). ``seeds``: one encoder
-    is trained per seed; ``seconds``/``epochs``: its budget (default
-    :data:`DEFAULT_SECONDS` s). ``methods``: a subset of :data:`.methods.METHODS`
+    is trained per seed on all images; ``steps``/``seconds``/``epochs``: its budget
+    (default :func:`napari_cuts.budget.default_steps` of all the images). ``methods``: a subset of :data:`.methods.METHODS`
     (default all but :data:`.methods.ABLATION_METHODS`, which ``ablation=True`` adds).
     ``limit``: only the first N images (slices, for volumes). ``save_hierarchies``: also
     write ``hierarchies/<image>_seed<S>[_image_only|_embedding_only].npz``. Returns the
@@ -203,9 +193,8 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
     if volumes not in ("3d", "slices"):
         raise InputError(f"volumes must be '3d' or 'slices' (got {volumes!r}).")
     if volumes == "3d" and volume_layout(data_dir) is not None:
-        if init is not None:
-            raise InputError("--warm-start applies to 2D images; volumes train from scratch.")
-        return run_evaluation_3d(data_dir, out_dir, seeds=seeds, seconds=seconds, epochs=epochs,
+        return run_evaluation_3d(data_dir, out_dir, seeds=seeds, steps=steps, seconds=seconds,
+                                 epochs=epochs, init=init,
                                  methods=methods, limit=limit, device=device,
                                  progress=progress, cancel=cancel, labels=labels,
                                  ablation=ablation, split=split, cases=cases,
@@ -220,7 +209,6 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
     if bad or not chosen:
         raise InputError(f"unknown method(s) {bad or chosen}; choose from {', '.join(METHODS)}.")
     seeds = _check_seeds_seconds(seeds, seconds)
-    train_seconds = _train_seconds(seconds, epochs, DEFAULT_SECONDS)
     out, hier_dir = _output_dir(out_dir, save_hierarchies)
 
     ds = load_dataset(data_dir, limit=limit)
@@ -256,25 +244,24 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
     # CUTS: one encoder per seed on all images, then every image.
     warm_start = None
     if cuts_wanted:
-        from ..encoder import train_encoder
+        from ..pipeline import get_encoder
 
         images = [s.image for s in samples]
         points = [innermost_point(s.mask) for s in samples]
         if init is True:
             from ..encoder import packaged_weights
 
-            init = packaged_weights(1 if images[0].ndim == 2 else images[0].shape[-1])
-            if init is None:
+            if packaged_weights(1 if images[0].ndim == 2 else images[0].shape[-1]) is None:
                 raise InputError("the package ships no warm-start weights for these images.")
         for seed in seeds:
             check_cancel(cancel)
             base = done
             report(progress, done, total, f"seed {seed}: training the encoder")
             t0 = time.perf_counter()
-            enc = train_encoder(images, epochs=epochs, seconds=train_seconds, seed=seed,
-                                device=device,
-                                progress=_training_progress(progress, base, n, total, seed),
-                                cancel=cancel, init=init)
+            enc, _ = get_encoder(images, steps=steps, epochs=epochs, seconds=seconds, seed=seed,
+                                 device=device, warm_start=init,
+                                 progress=_training_progress(progress, base, n, total, seed),
+                                 cancel=cancel)
             warm_start = enc.metadata.get("warm_start")
             timings["train"] = timings.get("train", 0.0) + time.perf_counter() - t0
             done = base + n
@@ -296,8 +283,9 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
     result = _result(
         scores, METHODS, t_start=t_start, n=n, seeds=seeds, data_dir=data_dir,
         layout=ds.layout, about_data={}, trained=bool(cuts_wanted),
-        train_seconds=train_seconds, epochs=epochs,
-        about_training={"warm_start": warm_start if cuts_wanted else None},
+        train_seconds=seconds, epochs=epochs,
+        about_training={"warm_start": warm_start if cuts_wanted else None,
+                        "steps": steps if cuts_wanted else None},
         device=device, timings=timings,
         levels={k: (float(np.mean(v)) if v else None) for k, v in level_info.items()},
         about_levels={"paper": R.PAPER_RETINA if ds.layout == "retina" else None},
@@ -349,7 +337,8 @@ def _run_info(prev: dict, enc, seed: int, seq_names, channel, wanted_run: dict) 
 
 
 def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
-                      seconds: Optional[float] = None, epochs: Optional[float] = None,
+                      steps: Optional[int] = None, seconds: Optional[float] = None,
+                      epochs: Optional[float] = None, init=None,
                       methods: Optional[Sequence[str]] = None, limit: Optional[int] = None,
                       device: str = "auto", progress: Progress = None, cancel: Cancel = None,
                       labels: Optional[Sequence[float]] = None, ablation: bool = False,
@@ -364,8 +353,9 @@ def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
     label). ``split`` / ``cases`` / ``limit``: which cases
     (:func:`.datasets.select_cases`; ``"dev"`` is the first half of the sorted names,
     ``"report"`` the rest). For each seed ONE encoder is trained on all the chosen
-    volumes (:func:`napari_cuts.pipeline.train_volume_encoder`, ``seconds`` default
-    :data:`DEFAULT_SECONDS_3D`, or ``epochs``), then each volume gets one hierarchy
+    volumes (:func:`napari_cuts.pipeline.train_volume_encoder`: ``steps``, ``seconds`` or
+    ``epochs``, by default the step rule of all the volumes; ``init`` its start point as
+    in :func:`run_evaluation`), then each volume gets one hierarchy
     (:func:`napari_cuts.pipeline.segment_volume`). Methods: :data:`.methods.METHODS_3D`
     (the ablation rows only with ``ablation`` or when named). With ``ablation`` on
     volumes of two or more sequences, also ``seq_<key>_best`` and ``seq_<key>_click``
@@ -389,7 +379,6 @@ def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
                          f"{', '.join(METHODS_3D)}, or seq_<sequence>_best / "
                          "seq_<sequence>_click on volumes of several sequences.")
     seeds = _check_seeds_seconds(seeds, seconds)
-    train_seconds = _train_seconds(seconds, epochs, DEFAULT_SECONDS_3D)
 
     vs = load_volumes(data_dir, labels=labels, split=split, cases=cases, limit=limit)
     vols = vs.volumes
@@ -456,8 +445,8 @@ def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
                 images = [v.image if channel is None else v.image[..., channel] for v in vols]
                 t0 = time.perf_counter()
                 enc = train_volume_encoder(
-                    images, spacing=[v.spacing for v in vols], epochs=epochs,
-                    seconds=train_seconds, seed=seed, device=device,
+                    images, spacing=[v.spacing for v in vols], steps=steps, epochs=epochs,
+                    seconds=seconds, seed=seed, device=device, warm_start=init,
                     progress=_training_progress(progress, base, n, total, seed), cancel=cancel)
                 tkey = "train" if run_key == "all" else f"train_{run_key}"
                 timings[tkey] = timings.get(tkey, 0.0) + time.perf_counter() - t0
@@ -496,7 +485,8 @@ def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
             "sequences": ({"names": seq_names, "keys": seq_keys, "source": vs.sequence_source}
                           if seq_names else None),
             "runs": runs_info},
-        trained=bool(runs), train_seconds=train_seconds, epochs=epochs, about_training={},
+        trained=bool(runs), train_seconds=seconds, epochs=epochs,
+        about_training={"steps": steps},
         device=device, timings=timings,
         levels={"n_levels": float(np.mean(n_levels)) if n_levels else None},
         about_levels={}, notes=vs.notes)

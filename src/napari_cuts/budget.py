@@ -1,0 +1,89 @@
+"""How long the encoder trains by default: a number of steps that follows the data.
+
+A budget in seconds depends on the machine and on its load, so the same seed gave
+different encoders (and masks) from one run to the next. The default budget is a
+number of training steps, computed from the input before training starts (the
+widget shows it), and training ends early when the loss has settled
+(:func:`settled`). Both depend only on the data and the seed, so two runs give the
+same encoder on one machine, and ``--steps N`` with the ``steps`` that ``run.json``
+records replays a run.
+
+The rule (:func:`default_steps`, measured in docs/decisions/0012):
+
+* it grows with the fourth root of the input's voxels (pixels for 2D images): a
+  70 k-voxel crop is not worth the steps of an 8 M-voxel brain, but the brain has
+  more kinds of texture to learn than a crop;
+* a quarter more per extra channel;
+* a start from packaged weights (:func:`napari_cuts.encoder.packaged_weights`)
+  needs fewer steps than a random initialisation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+#: Steps for a 512 x 512 single-channel image, by start point.
+BASE_STEPS = {"scratch": 150, "warm": 8}
+#: Voxels at which :data:`BASE_STEPS` applies (a 512 x 512 image).
+BASE_VOXELS = 512 * 512
+#: Never fewer or more steps than this by default.
+MIN_STEPS, MAX_STEPS = 10, 600
+#: The loss is compared over windows of this many steps ...
+SETTLE_WINDOW = 20
+#: ... and training stops once a window's mean loss is less than this fraction below
+#: the previous window's (only after at least three windows).
+SETTLE_TOLERANCE = 0.01
+
+
+def default_steps(voxels: int, channels: int = 1, *, warm: bool = False) -> int:
+    """The default training budget, in steps, for an input of ``voxels`` voxels (pixels
+    of a 2D image; all slices of a volume or a stack) and ``channels`` channels,
+    trained from the packaged weights (``warm``) or from scratch."""
+    voxels = max(int(voxels), 1)
+    channels = max(int(channels), 1)
+    base = BASE_STEPS["warm" if warm else "scratch"]
+    steps = base * (voxels / BASE_VOXELS) ** 0.25 * (1.0 + 0.25 * (channels - 1))
+    return int(min(MAX_STEPS, max(MIN_STEPS, round(steps))))
+
+
+def input_size(shape: Sequence[int], *, rgb_or_channels: bool) -> tuple[int, int]:
+    """``(voxels, channels)`` of an array of ``shape``; the last axis is channels when
+    ``rgb_or_channels`` is True."""
+    shape = tuple(int(s) for s in shape)
+    if rgb_or_channels:
+        return int(math.prod(shape[:-1])), int(shape[-1])
+    return int(math.prod(shape)), 1
+
+
+def settled(losses: Sequence[float], window: int = SETTLE_WINDOW,
+            tolerance: float = SETTLE_TOLERANCE) -> bool:
+    """True when the loss has stopped falling: checked at multiples of ``window``
+    steps, from the third window on, the last window's mean loss is less than
+    ``tolerance`` (relative) below the window before it."""
+    n = len(losses)
+    if window < 1 or n < 3 * window or n % window:
+        return False
+    last = sum(losses[n - window:]) / window
+    before = sum(losses[n - 2 * window:n - window]) / window
+    return not (before - last) > tolerance * abs(before)
+
+
+def steps_for_images(shapes: Sequence[Sequence[int]], *, warm: bool) -> int:
+    """:func:`default_steps` for 2D images of these ``(H, W[, C])`` shapes, trained
+    together (what :func:`napari_cuts.pipeline.get_encoder` uses)."""
+    shapes = [tuple(int(v) for v in s) for s in shapes]
+    if not shapes:
+        raise ValueError("no images")
+    channels = shapes[0][2] if len(shapes[0]) > 2 else 1
+    return default_steps(sum(s[0] * s[1] for s in shapes), channels, warm=warm)
+
+
+def steps_for_volumes(shapes: Sequence[Sequence[int]], *, warm: bool) -> int:
+    """:func:`default_steps` for volumes of these ``(Z, Y, X[, C])`` shapes, trained
+    together (what :func:`napari_cuts.pipeline.train_volume_encoder` uses)."""
+    shapes = [tuple(int(v) for v in s) for s in shapes]
+    if not shapes:
+        raise ValueError("no volumes")
+    channels = shapes[0][3] if len(shapes[0]) > 3 else 1
+    return default_steps(sum(s[0] * s[1] * s[2] for s in shapes), channels, warm=warm)
