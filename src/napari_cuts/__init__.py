@@ -8,7 +8,6 @@ imported from its module on first use.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 
 __version__ = "0.2.0"
 
@@ -26,20 +25,11 @@ _LAZY = {
     "write_mask": "io",
     "segment_image": "pipeline",
     "segment_volume": "pipeline",
+    "segment_from_prompts": "prompts",
     "CutsError": "errors",
     "InputError": "errors",
     "Cancelled": "errors",
 }
-
-# Names whose module may not be there in every checkout: public only where it is
-# (found without importing it, so the package import stays light).
-_OPTIONAL = {
-    "segment_from_prompts": "prompts",
-}
-for _name, _module in _OPTIONAL.items():
-    if importlib.util.find_spec(f".{_module}", __name__) is not None:
-        _LAZY[_name] = _module
-del _name, _module
 
 __all__ = ["__version__", *_LAZY]
 
