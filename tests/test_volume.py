@@ -51,10 +51,12 @@ def test_one_click_finds_the_blob_in_3d(blob_result):
     assert res.embeddings.shape == vol.shape + (enc.embedding_dim,)
     pt = innermost_point(blob)
     best = max(dice(h.labels(lv) == h.labels(lv)[pt], blob) for lv in range(h.n_levels))
+    # the blob is 130 above its surround (texture of +-20, noise SD 4): some level holds
+    # it, and the tool's own level (no labels) gives it as ONE 3D structure over its
+    # slices, all of it but a few boundary voxels
     assert best >= 0.9
-    # the tool's own level (no labels) gives the blob as ONE 3D structure over its slices
     mask = h.click_mask(pt)
-    assert dice(mask, blob) >= 0.8   # its core; the boundary voxels join at the 2-cluster level
+    assert dice(mask, blob) >= 0.9
     zs = np.nonzero(mask.any(axis=(1, 2)))[0]
     assert zs.min() <= np.nonzero(blob.any(axis=(1, 2)))[0].min() + 1
     assert zs.max() >= np.nonzero(blob.any(axis=(1, 2)))[0].max() - 1
@@ -282,16 +284,27 @@ def test_volume_grid_matches_the_plan():
 
 
 def test_one_encoder_gives_the_same_hierarchy_for_a_rescaled_volume(blob_result):
-    """MRI has no intensity unit: a scan of the same head 1000 times brighter (another
-    scanner), segmented with the encoder trained on the first, gives the same hierarchy
-    (each volume is scaled by its own percentiles before the encoder sees it)."""
+    """MRI has no intensity unit: a scan of the same head with another gain and offset
+    (another scanner), segmented with the encoder trained on the first, gives the same
+    answer, because each volume is scaled to [0, 1] by its own 0.5 and 99.5 percentiles
+    before the encoder sees it.
+
+    What is exact: under a power-of-two gain the percentiles, the differences and the
+    quotient all scale by the same power of two, so the scaled grid, and with it every
+    level of the hierarchy, is bit-identical. Under any other gain or an offset
+    (1000 x + 5) the scaled grid differs by float rounding only (a few 1e-7); condensation
+    may resolve a near-tied merge the other way on such input, so no identity is claimed
+    there."""
     vol, blob, enc, res = blob_result
-    bright = segment_volume(enc, 1000.0 * vol + 5.0, seed=0)
-    assert np.array_equal(bright.hierarchy.n_clusters, res.hierarchy.n_clusters)
-    for lv in (0, res.hierarchy.n_levels // 2):
-        assert np.array_equal(bright.hierarchy.labels(lv), res.hierarchy.labels(lv))
-    pt = innermost_point(blob)
-    assert dice(bright.hierarchy.click_mask(pt), blob) == dice(res.hierarchy.click_mask(pt), blob)
+    _, grid = volume_grid(vol)
+    _, grid_pow2 = volume_grid(1024.0 * vol)
+    assert np.array_equal(grid_pow2, grid)
+    _, grid_affine = volume_grid(1000.0 * vol + 5.0)
+    assert np.abs(grid_affine - grid).max() <= 1e-6
+    bright = segment_volume(enc, 1024.0 * vol, seed=0).hierarchy
+    assert np.array_equal(bright.n_clusters, res.hierarchy.n_clusters)
+    for lv in range(res.hierarchy.n_levels):
+        assert np.array_equal(bright.labels(lv), res.hierarchy.labels(lv)), lv
 
 
 def test_volume_encoders_record_their_input_scaling(blob_result, tmp_path):
