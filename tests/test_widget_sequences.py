@@ -63,18 +63,26 @@ def test_two_layers_one_hierarchy_click_in_either(docked, tmp_path):
     assert widget.source.sequences == ["T1", "T2"] and widget.source.channels == 2
     assert widget.levels_layer.scale.tolist() == [0.8, 0.8]
 
+    def found(truth, point):
+        """The click's Dice; its mask lies in ``truth`` but for boundary pixels, and some
+        level of the hierarchy holds ``truth`` (each shape is 100 or more above its
+        surround, noise SD 2, in its own layer)."""
+        mask = widget.mask
+        assert mask[point] and (mask & truth).sum() >= 0.95 * mask.sum()
+        assert max(dice(hier.labels(lv) == hier.labels(lv)[point], truth)
+                   for lv in range(hier.n_levels)) >= 0.9
+        return dice(mask, truth)
+
     # a click in the second layer: the square only T2 shows
     fake_click(widget, viewer.layers["T2"], (32, 32))
-    assert widget.mask is not None and widget.mask[32, 32]
-    d_square = dice(widget.mask, square)
+    d_square = found(square, (32, 32))
     # a click in the first layer (the object's prompts cleared first): the disc only T1 shows
     assert widget.clear_prompts()
     fake_click(widget, viewer.layers["T1"], (15, 15))
-    assert widget.mask[15, 15] and not widget.mask[32, 32]
-    d_disc = dice(widget.mask, disc)
+    assert not widget.mask[32, 32]
+    d_disc = found(disc, (15, 15))
     print(f"\ntwo sequences: square Dice {d_square:.2f}, disc Dice {d_disc:.2f}, "
           f"{hier.n_levels} levels")
-    assert d_square >= 0.7 and d_disc >= 0.7
     stats = widget.mask_stats()
     assert stats["mm2"] == pytest.approx(stats["pixels"] * 0.64)
 
@@ -98,6 +106,12 @@ def test_two_layers_one_hierarchy_click_in_either(docked, tmp_path):
     msg = widget.last_message[1]
     assert "expects 2-channel images but layer 'T1' has 1 channel(s)" in msg
     assert "'Also use'" in msg
+    # what each click should give on shapes this plain: the whole shape (the click level
+    # can be a finer level holding a part of it; square Dice 0.77 at one epoch): a known
+    # shortfall, shown as an expected failure until the click gives the whole shape
+    if min(d_square, d_disc) < 0.9:
+        pytest.xfail(f"a click gives part of its shape only (square Dice {d_square:.2f}, "
+                     f"disc {d_disc:.2f}, < 0.9)")
 
 
 def test_rgb_or_shifted_layer_is_refused(docked):
@@ -210,8 +224,24 @@ def test_4d_nifti_sequences_are_chosen_together_as_one_volume(docked, tmp_path):
     assert widget.encoder.in_channels == 2 and len(widget.results) == 1
     assert tuple(widget.results[0].hierarchy.shape) == (10, 32, 32)
     fake_click(widget, viewer.layers["case T2"], (5, 22, 22))
-    d = dice(widget.mask, box)
-    print(f"\n4D NIfTI, two sequences: box 3D Dice {d:.2f}")
-    # at least 0.60 before the guided smoothing of volume embeddings, 0.59 with it
-    assert widget.mask[5, 22, 22] and d >= 0.55
+    mask = widget.mask
+    d = dice(mask, box)
+    inside = (mask & box).sum() / mask.sum()
+    print(f"\n4D NIfTI, two sequences: box 3D Dice {d:.2f}, {inside:.0%} of the mask in the box, "
+          f"{(mask & box).sum() / box.sum():.0%} of the box in the mask")
+    # the box is 110 above its surround in T2 (noise SD 2) and nothing in T1: the click's
+    # structure lies in the box but for boundary voxels and reaches through every slice
+    # of the box in 3D, on no slice outside it
+    assert mask[5, 22, 22] and inside >= 0.95
+    np.testing.assert_array_equal(mask.any(axis=(1, 2)), box.any(axis=(1, 2)))
+    # and the hierarchy separates the box: some level holds it (to a few boundary voxels)
+    hier = widget.results[0].hierarchy
+    assert max(dice(hier.labels(lv) == hier.labels(lv)[5, 22, 22], box)
+               for lv in range(hier.n_levels)) >= 0.9
     assert widget.mask_stats()["ml"] == pytest.approx(widget.mask_stats()["pixels"] * 2 / 1000)
+    # what the click should give on an input this plain: the whole box. Some level of the
+    # hierarchy holds it, but the click level (the most persistent structure of
+    # the click's lineage) is a finer level holding a part of it (Dice 0.59 at one epoch):
+    # a known shortfall, shown as an expected failure until the click gives the box
+    if d < 0.9:
+        pytest.xfail(f"the click gives part of the box only (Dice {d:.2f} < 0.9)")
