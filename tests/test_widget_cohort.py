@@ -61,7 +61,9 @@ def clicked(make_napari_viewer, images, encoder):
     assert widget.apply_to_all() is False                      # no click yet
     assert "click the structure first" in widget.last_message[1]
     fake_click(widget, widget.levels_layer, PLACES["A"][0])
-    assert dice(widget.mask, images["A"][1]) >= 0.7
+    # the blob is 120 above its surround (noise SD 2): the click gives all of it but a few
+    # boundary pixels
+    assert dice(widget.mask, images["A"][1]) >= 0.9
     assert widget.apply_all_btn.isEnabled()
     return viewer, widget
 
@@ -91,7 +93,8 @@ def test_apply_to_all_finds_the_blob_in_every_other_image(clicked, images, monke
         assert info["mm2"] == pytest.approx(np.count_nonzero(lay.data) * 0.25)
         assert info["reference"] == "A"
     print(f"\napply to all: Dice B {scores['B']:.2f}, C {scores['C']:.2f} in {seconds:.2f} s")
-    assert min(scores.values()) >= 0.7
+    # the same blob, as plain, elsewhere: found whole in each other image
+    assert min(scores.values()) >= 0.9
     assert "A CUTS match" not in [lay.name for lay in viewer.layers]
     text = widget.apply_label.text()
     assert "B:" in text and "mm\u00b2" in text and "skipped" in text and "'rgb'" in text
@@ -170,13 +173,15 @@ def test_apply_to_all_volumes_in_ml(make_napari_viewer):
     widget.set_encoder(train_volume_encoder(ref, spacing=(2.0, 1.0, 1.0), epochs=1, seed=0))
     assert widget.segment()
     fake_click(widget, widget.levels_layer, (5, 11, 11))
-    assert dice(widget.mask, ref_blob) >= 0.6
+    # the ellipsoid is 90 above the body (noise SD 2): clicked, and matched in the other
+    # volume, whole but for a few boundary voxels
+    assert dice(widget.mask, ref_blob) >= 0.9
     assert widget.apply_to_all()
     lay = viewer.layers["other CUTS match"]
     d = dice(lay.data > 0, other_blob)
     info = lay.metadata["napari_cuts_match"]
     print(f"\napply to all (volume): Dice {d:.2f}, {info['ml']:.3f} mL")
-    assert d >= 0.6 and info["ml"] == pytest.approx(np.count_nonzero(lay.data) * 2 / 1000)
+    assert d >= 0.9 and info["ml"] == pytest.approx(np.count_nonzero(lay.data) * 2 / 1000)
     assert "mL" in widget.apply_label.text() and "'flat 2D' is a 2D image" in widget.apply_label.text()
 
 
@@ -199,7 +204,7 @@ def test_apply_to_folder_writes_masks_and_a_summary(clicked, images, tmp_path):
         ("B.png", "ok"), ("C.png", "ok"), ("broken.png", "error")]    # in name order
     scores = {n: dice(iio.imread(out / f"{n}_mask.png") > 0, images[n][1]) for n in ("B", "C")}
     print(f"\napply to folder: Dice B {scores['B']:.2f}, C {scores['C']:.2f}")
-    assert min(scores.values()) >= 0.7
+    assert min(scores.values()) >= 0.9                      # as Apply to all images
     assert int(rows[0]["mask_pixels"]) == np.count_nonzero(iio.imread(out / "B_mask.png"))
     assert not (out / "broken_mask.png").exists()
     assert [lay.name for lay in viewer.layers] == before          # no layer is opened

@@ -126,7 +126,9 @@ def test_export_objects_as_dicom_seg(make_napari_viewer, dicom_series, tmp_path)
     assert m_les.any() and m_bar.any()
     # the lesion lies inside the organ, which is strictly larger: they overlap
     assert np.all(m_org[m_les]) and m_org.sum() > m_les.sum()
-    assert dice(m_les, lesion) > 0.5 and not (m_bar & m_org).any()
+    # the lesion is 500 above the organ (noise SD 20): at its best level one structure,
+    # all of it but a few boundary voxels; the bar is a separate structure
+    assert dice(m_les, lesion) >= 0.9 and not (m_bar & m_org).any()
     # the one label map shows the later object on top: the lesion is hidden there
     assert not np.any(widget.objects.model.labels() == 1)
 

@@ -112,7 +112,9 @@ def test_volume_one_hierarchy_slider_click_3d_structure(segmented, blob, tmp_pat
     fake_click(widget, levels, CENTRE)
     mask = viewer.layers[MASK_NAME].data.astype(bool)
     assert mask.shape == SHAPE
-    assert dice(mask, blob_mask) >= 0.8, dice(mask, blob_mask)
+    # the blob is 90 above the body around it (noise SD 2): at its best level it is one
+    # cluster, all of it but a few boundary voxels
+    assert dice(mask, blob_mask) >= 0.9, dice(mask, blob_mask)
     assert mask[CENTRE[0] - 4].any() and mask[CENTRE[0] + 4].any()
     lab = np.asarray(hier.labels(lv))
     np.testing.assert_array_equal(mask, lab == lab[CENTRE])
@@ -186,7 +188,7 @@ def test_volume_click_in_the_3d_view(segmented, blob):
     with pytest.raises(StopIteration):
         next(gen)
     assert widget.mask is not None
-    assert dice(widget.mask, blob_mask) >= 0.8, dice(widget.mask, blob_mask)
+    assert dice(widget.mask, blob_mask) >= 0.9, dice(widget.mask, blob_mask)   # as a 2D click
     # the mask is its own layer, rendered as a surface; the cut follows its middle slice
     assert widget.mask_layer.rendering == "iso_categorical"
     assert widget.view3d.cut()[0] == widget.objects.model.centre_slice()
