@@ -285,8 +285,11 @@ def test_progress_reports_loss_terms():
 def test_seconds_budget_stops():
     ims = np.stack([_textured(s, 36) for s in range(2)])
     enc = train_encoder(ims, seconds=0.5, seed=0, device="cpu", **TINY)
-    assert enc.metadata["steps"] >= 1
+    # the time budget ended it (there is no step budget), after at least one step
+    assert enc.metadata["stopped"] == "seconds" and enc.metadata["steps"] >= 1
+    # with both budgets, whichever is used up first: here the epoch
     both = train_encoder(ims, epochs=1, seconds=1000, seed=0, device="cpu", **TINY)
+    assert both.metadata["stopped"] == "steps"
     assert both.metadata["steps"] == both.metadata["steps_per_epoch"]
 
 
