@@ -27,18 +27,29 @@ def _normalise(image: np.ndarray, lo, hi) -> np.ndarray:
 
 
 def _prepare(encoder: Encoder, image, name: str = "image", allow_constant: bool = False) -> np.ndarray:
+    """Check ``image`` (:func:`check_image`), then :func:`_scaled`: ``(C, H, W)`` in [0, 1]."""
     img = check_image(image, name, max_channels=max(MAX_INPUT_CHANNELS, encoder.in_channels),
                       allow_constant=allow_constant)
+    return _scaled(encoder, img)
+
+
+def _scaled(encoder: Encoder, img: np.ndarray) -> np.ndarray:
+    """A checked float32 ``(H, W, C)`` image scaled by the encoder's recorded percentiles:
+    float32 ``(C, H, W)`` in [0, 1], the network's input. Not checked again; raises
+    :class:`WeightsError` for another channel count than the encoder's."""
     _check_channels(encoder, img.shape[-1])
     return _normalise(img, encoder.metadata["norm_low"], encoder.metadata["norm_high"])
+
+
+def _channels_last(x: np.ndarray) -> np.ndarray:
+    """The network's input ``(C, H, W)`` as the image ``(H, W, C)`` float32 (contiguous)."""
+    return np.ascontiguousarray(np.moveaxis(np.asarray(x), 0, -1), dtype=np.float32)
 
 
 def normalised_image(encoder: Encoder, image, allow_constant: bool = False) -> np.ndarray:
     """The image as the encoder sees it: ``(H, W, C)`` float32 scaled by the recorded
     percentiles into [0, 1]. Raises :class:`WeightsError` for another channel count."""
-    return np.ascontiguousarray(
-        np.moveaxis(np.asarray(_prepare(encoder, image, allow_constant=allow_constant)), 0, -1),
-        dtype=np.float32)
+    return _channels_last(_prepare(encoder, image, allow_constant=allow_constant))
 
 
 def embed(encoder: Encoder, image, *, pool: int = 1, batch_tiles: int = 4,
@@ -76,15 +87,24 @@ def embed(encoder: Encoder, image, *, pool: int = 1, batch_tiles: int = 4,
         if pool != 1:
             raise InputError("pool is not supported for volumes; segment_volume chooses the grid.")
         return embed_volume(encoder, image, progress=progress, cancel=cancel)
+    pool = int(pool)
+    if pool < 1:
+        raise InputError(f"pool must be a positive integer, got {pool}.")
+    x = _prepare(encoder, image, allow_constant=_slice)  # a volume's edge slice may be empty
+    return _embed_scaled(encoder, x, pool=pool, batch_tiles=batch_tiles, tile_size=tile_size,
+                         progress=progress, cancel=cancel)
+
+
+def _embed_scaled(encoder: Encoder, x: np.ndarray, *, pool: int = 1, batch_tiles: int = 4,
+                  tile_size: int = 256, progress: Progress = None,
+                  cancel: Cancel = None) -> np.ndarray:
+    """:func:`embed` of an image already checked and scaled (:func:`_scaled`): ``x`` is the
+    network's input ``(C, H, W)``, ``pool`` a positive int; nothing is checked again."""
     import torch
     import torch.nn.functional as F
 
     from .encoder_network import _use_all_cores, receptive_margin
 
-    pool = int(pool)
-    if pool < 1:
-        raise InputError(f"pool must be a positive integer, got {pool}.")
-    x = _prepare(encoder, image, allow_constant=_slice)  # a volume's edge slice may be empty
     _, h, w = x.shape
     tile = max(int(tile_size), 1)
     tile = int(math.ceil(tile / pool) * pool)
@@ -159,9 +179,21 @@ def embed_volume(encoder: Encoder, volume, *, progress: Progress = None,
     neighbours on each side as channels (:func:`napari_cuts.volume.context_stack`);
     a 2D encoder is applied to every slice on its own. Slices are embedded one by one,
     so memory holds the output and one slice's activations."""
-    from .volume import check_volume, context_stack
+    from .volume import check_volume
 
     vol = check_volume(volume)
+    emb, _ = _embed_volume_checked(encoder, _volume_input(encoder, vol), progress=progress,
+                                   cancel=cancel)
+    return emb
+
+
+def _volume_input(encoder: Encoder, vol: np.ndarray) -> np.ndarray:
+    """A checked volume ``(Z, Y, X, C)`` as the encoder reads it: every slice with its
+    context slices as channels (:func:`napari_cuts.volume.context_stack`) for a 2.5D
+    encoder, the volume itself otherwise. Raises :class:`WeightsError` for a channel
+    count the encoder was not trained on."""
+    from .volume import context_stack
+
     k = int(encoder.metadata.get("context_slices", 0) or 0)
     x = context_stack(vol, k) if k else vol
     if x.shape[-1] != encoder.in_channels:
@@ -171,10 +203,27 @@ def embed_volume(encoder: Encoder, volume, *, progress: Progress = None,
             f"(sequences){' with ' + str(k) + ' context slices each side' if k else ''}; this "
             f"volume has {vol.shape[-1]}: train a new encoder on these sequences or load "
             "weights trained on the same number.")
+    return x
+
+
+def _embed_volume_checked(encoder: Encoder, x: np.ndarray, *, progress: Progress = None,
+                          cancel: Cancel = None, embed_slices: bool = True,
+                          keep_scaled: bool = False):
+    """Slice by slice over ``x`` ``(Z, Y, X, C_in)`` (:func:`_volume_input` of a checked
+    volume; not checked again): each slice scaled by the encoder's percentiles once
+    (:func:`_scaled`) and embedded (``embed_slices``). Returns ``(embeddings (Z, Y, X, D)
+    or None, the scaled slices (Z, Y, X, C_in) float32 or None)``; ``keep_scaled`` keeps
+    the scaled slices (the image condensation sees, :func:`normalised_image` of each)."""
     z = x.shape[0]
-    out = np.empty(x.shape[:3] + (encoder.embedding_dim,), np.float32)
+    out = np.empty(x.shape[:3] + (encoder.embedding_dim,), np.float32) if embed_slices else None
+    scaled = np.empty(x.shape, np.float32) if keep_scaled else None
     for i in range(z):
-        check_cancel(cancel)
-        out[i] = embed(encoder, x[i], cancel=cancel, _slice=True)
-        report(progress, i + 1, z, f"embedding slice {i + 1}/{z}")
-    return out
+        if embed_slices:
+            check_cancel(cancel)
+        xi = _scaled(encoder, x[i])
+        if embed_slices:
+            out[i] = _embed_scaled(encoder, xi, cancel=cancel)
+            report(progress, i + 1, z, f"embedding slice {i + 1}/{z}")
+        if keep_scaled:
+            scaled[i] = xi.transpose(1, 2, 0)
+    return out, scaled

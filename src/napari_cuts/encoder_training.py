@@ -35,7 +35,7 @@ from . import __version__
 from .encoder_embedding import _normalise
 from .encoder_weights import FORMAT, MAX_INPUT_CHANNELS, Encoder, _resolve_init
 from .errors import InputError
-from .images import Cancel, Progress, as_image_list, check_cancel, report
+from .images import Cancel, Progress, check_cancel, checked_list, report
 
 if TYPE_CHECKING:
     import torch
@@ -245,7 +245,7 @@ def train_encoder(images, *, steps: Optional[int] = None, epochs: Optional[float
     ctx = int(opts["context_slices"])
     if ctx < 0:
         raise InputError(f"context_slices must be >= 0, got {ctx}.")
-    stack = as_image_list(images, max_channels=MAX_INPUT_CHANNELS * (2 * ctx + 1))
+    stack = checked_list(images, max_channels=MAX_INPUT_CHANNELS * (2 * ctx + 1))
     if epochs is not None and not float(epochs) > 0:
         raise InputError(f"epochs must be > 0, got {epochs!r}.")
     if seconds is not None and not float(seconds) > 0:

@@ -120,6 +120,29 @@ def as_image_list(images, name: str = "images", max_channels: int = MAX_CHANNELS
     return out
 
 
+class CheckedImages(tuple):
+    """Images that :func:`check_image` has already passed: float32 ``(H, W, C)`` arrays.
+
+    The pipeline checks its input once, at the entrance of the ``segment`` job, and hands
+    the checked images on in this wrapper; :func:`checked_list` (what
+    :func:`napari_cuts.pipeline.get_encoder` and :func:`napari_cuts.encoder.train_encoder`
+    read their images with) then takes them as they are instead of checking every image
+    again. Anything else, a plain list or array included, is checked."""
+
+
+def checked_list(images, name: str = "images",
+                 max_channels: int = MAX_CHANNELS) -> list[np.ndarray]:
+    """:func:`as_image_list` of ``images``, except that :class:`CheckedImages` of one
+    channel count within ``max_channels`` come back as they are (the per-image checks
+    already ran). Checked images that break the channel rules go through
+    :func:`as_image_list`, which raises its usual :class:`InputError`."""
+    if isinstance(images, CheckedImages) and len(images) > 0:
+        chans = {int(im.shape[-1]) for im in images}
+        if len(chans) == 1 and 1 <= min(chans) <= max_channels:
+            return list(images)
+    return as_image_list(images, name, max_channels)
+
+
 def check_embeddings(embeddings, allow_volume: bool = False) -> np.ndarray:
     """Validate per-pixel embeddings ``(H, W, D)`` (``(H, W)`` is taken as D = 1) as float32;
     with ``allow_volume`` also per-voxel ``(Z, Y, X, D)``."""

@@ -24,7 +24,8 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError
-from .images import Cancel, Progress, as_image_list, check_cancel, check_image, report
+from .images import (Cancel, CheckedImages, Progress, as_image_list, check_cancel, check_image,
+                     checked_list, report)
 # the shared parts and the volume path, re-exported: napari_cuts.pipeline.<name> for all
 from .pipeline_common import (IMAGE_WEIGHT, in_parallel, SegmentResult, available_memory_mb,
                               clustering_features, informative, load_weights, save_npy, stage,
@@ -131,7 +132,7 @@ def get_encoder(images, *, weights=None, steps=None, epochs=None, seconds=None, 
 
     if weights is not None:
         return load_weights(weights, device), False
-    stack = as_image_list(images)
+    stack = checked_list(images)     # as_image_list, unless the pipeline checked them already
     init = None
     if warm_start is None:
         warm_start = epochs is None and seconds is None
@@ -141,7 +142,8 @@ def get_encoder(images, *, weights=None, steps=None, epochs=None, seconds=None, 
         init = packaged_weights(stack[0].shape[-1])
     if steps is None and epochs is None and seconds is None:
         steps = steps_for_images([im.shape for im in stack], warm=init is not None)
-    enc = train_encoder(stack, steps=steps, epochs=epochs, seconds=seconds, seed=seed,
+    enc = train_encoder(CheckedImages(stack), steps=steps, epochs=epochs, seconds=seconds,
+                        seed=seed,
                         device=device, progress=progress, cancel=cancel, init=init)
     return enc, True
 
@@ -153,17 +155,41 @@ def segment_image(encoder, image, *, seed: int = 0, max_points: int = MAX_POINTS
     """Embed one 2D image ``(H, W[, C])`` and condense it into a coarse-to-fine hierarchy.
 
     For the ablations: ``use_embeddings=False`` condenses the encoder-normalised image
-    channels alone (no network), ``image_weight=0`` the unit embeddings alone."""
-    from .condensation import condense
-    from .encoder import embed, normalised_image
+    channels alone (no network), ``image_weight=0`` the unit embeddings alone.
 
+    Checks ``image`` (:func:`~napari_cuts.images.check_image`), plans (:func:`plan`) and
+    checks the plan against the free memory (:func:`check_fits`), then segments the
+    checked image without checking it again."""
     img = check_image(image)
     p = plan(img.shape, max_points)
     check_fits(p)
+    return _segment_image(encoder, img, p, seed=seed, progress=progress, cancel=cancel,
+                          image_weight=image_weight, use_embeddings=use_embeddings,
+                          **condense_params)
+
+
+def _segment_image(encoder, img: np.ndarray, p: Plan, *, seed: int = 0,
+                   progress: Progress = None, cancel: Cancel = None,
+                   image_weight: float = IMAGE_WEIGHT, use_embeddings: bool = True,
+                   **condense_params) -> SegmentResult:
+    """:func:`segment_image` of an image ``img`` that :func:`check_image` has passed
+    (float32 ``(H, W, C)``) with its plan ``p`` (the memory already checked): the image is
+    scaled by the encoder's percentiles once, and the embedding and the image channels
+    condensation sees both come from that one scaling."""
+    from .condensation import condense
+    from .encoder import embed
+    from .encoder_embedding import _channels_last, _embed_scaled, _reads_as_volume, _scaled
+
     times = {}
     t0 = time.perf_counter()
     report(progress, 0, 2, "embedding")
-    emb = embed(encoder, img, pool=p.pool, cancel=cancel) if use_embeddings else None
+    if use_embeddings and _reads_as_volume(encoder, img):
+        # a volume encoder reads this array as a volume: embed() answers as it always has
+        emb = embed(encoder, img, pool=p.pool, cancel=cancel)
+        x = _scaled(encoder, img)
+    else:
+        x = _scaled(encoder, img)
+        emb = _embed_scaled(encoder, x, pool=p.pool, cancel=cancel) if use_embeddings else None
     times["embed"] = time.perf_counter() - t0
     check_cancel(cancel)
 
@@ -171,7 +197,8 @@ def segment_image(encoder, image, *, seed: int = 0, max_points: int = MAX_POINTS
         report(progress, 1, 2, f"condensing: {message}")
 
     t0 = time.perf_counter()
-    full01 = normalised_image(encoder, img)
+    full01 = _channels_last(x)          # normalised_image(encoder, img), from the same scaling
+    del x
     img01 = block_mean(full01, p.pool)
     if not use_embeddings:
         w = image_weight if image_weight > 0 else IMAGE_WEIGHT
@@ -353,26 +380,27 @@ def _segment_2d_job(src, data, out, *, max_points, weights, steps, epochs, secon
     from .io import write_labels
     from .prompts import save_prompt_data
 
-    p = plan(data.shape, max_points)
+    # the one check, plan and memory check of this input; every stage below trusts them
+    image = check_image(data)
+    p = plan(image.shape, max_points)
     log(f"{Path(image_path).name}: {' x '.join(map(str, data.shape))}; estimated peak memory "
         f"~{p.estimated_mb:.0f} MB, segmentation ~{p.estimated_seconds:.0f} s after "
         f"training{'' if weights is None else ' (weights loaded)'}.")
     check_fits(p)
     t0 = time.perf_counter()
     enc = train_or_load(
-        lambda: get_encoder([data], weights=weights, steps=steps, epochs=epochs, seconds=seconds,
-                            seed=seed,
+        lambda: get_encoder(CheckedImages([image]), weights=weights, steps=steps, epochs=epochs,
+                            seconds=seconds, seed=seed,
                             device=device, warm_start=warm_start,
                             progress=stage(progress, "training"), cancel=cancel),
         out, summary=summary, t_start=t0)
-    res = segment_image(enc, data, seed=seed, max_points=max_points,
-                        progress=stage(progress, "segmenting"), cancel=cancel)
+    res = _segment_image(enc, image, p, seed=seed,
+                         progress=stage(progress, "segmenting"), cancel=cancel)
     for note in res.notes:
         log(note)
     hier = res.hierarchy
     hier.metadata.update({"input": str(image_path)})
     t1 = time.perf_counter()
-    image = check_image(data)
     fig_seconds = []
 
     def files():
@@ -414,25 +442,43 @@ def _segment_slices_job(src, data, out, slices, *, max_points, weights, steps, e
     work = [i for i in idx if informative(all_slices[i])]
     if not work:
         raise InputError(f"{image_path}: every selected slice is constant; nothing to segment.")
-    p = plan(data.shape[1:], max_points)
+    p = plan(data.shape[1:], max_points)     # one plan: every slice has the same size
     log(f"{Path(image_path).name}: {' x '.join(map(str, data.shape))} ({len(work)} slices, one "
         f"by one); estimated peak memory ~{p.estimated_mb:.0f} MB.")
     check_fits(p)
+    # each slice is checked once, when first needed: the training subset before training
+    # (kept until it is segmented), the others as they come; the middle one is kept for
+    # the figure
+    checked: dict[int, np.ndarray] = {}
+    mid = work[len(work) // 2]
+
+    def slice_image(i: int, keep: bool = False) -> np.ndarray:
+        keep = keep or i == mid
+        img = checked.get(i) if keep else checked.pop(i, None)
+        if img is None:
+            img = check_image(all_slices[i], name=f"slice {i}")
+            if keep:
+                checked[i] = img
+        return img
+
     t0 = time.perf_counter()
-    train_imgs = training_subset([all_slices[i] for i in work])
+    train_imgs = None
+    if weights is None:
+        train_imgs = CheckedImages([slice_image(i, keep=True) for i in training_subset(work)])
     enc = train_or_load(
         lambda: get_encoder(train_imgs, weights=weights, steps=steps, epochs=epochs,
                             seconds=seconds, seed=seed,
                             device=device, warm_start=warm_start,
                             progress=stage(progress, "training"), cancel=cancel),
         out, summary=summary, t_start=t0)
+    train_imgs = None
     pers_vol = np.zeros(data.shape[:3], dtype=np.uint32)
     n_levels = []
     res = None
     for j, i in enumerate(work):
         check_cancel(cancel)
         report(progress, j, len(work), f"segmenting slice {i}")
-        res = segment_image(enc, all_slices[i], seed=seed, max_points=max_points, cancel=cancel)
+        res = _segment_image(enc, slice_image(i), p, seed=seed, cancel=cancel)
         d = out / "slices" / f"z{i:04d}"
         d.mkdir(parents=True, exist_ok=True)
         res.hierarchy.save(d / "hierarchy.npz")
@@ -440,9 +486,8 @@ def _segment_slices_job(src, data, out, slices, *, max_points, weights, steps, e
         n_levels.append(int(res.hierarchy.n_levels))
     report(progress, len(work), len(work), "segmenting done")
     write_labels(out / "persistent.nii.gz", pers_vol, like=src, provenance=provenance)
-    mid = work[len(work) // 2]
     hier_mid = type(res.hierarchy).load(out / "slices" / f"z{mid:04d}" / "hierarchy.npz")
-    _figure_levels(np.asarray(check_image(all_slices[mid])), hier_mid, out / "levels.png")
+    _figure_levels(slice_image(mid), hier_mid, out / "levels.png")
     summary.update({"slices": work, "n_levels": n_levels})
 
 

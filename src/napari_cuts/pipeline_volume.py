@@ -20,7 +20,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError
-from .images import Cancel, Progress, check_cancel, report
+from .images import Cancel, CheckedImages, Progress, check_cancel, report
 from .pipeline_common import (IMAGE_WEIGHT, in_parallel, SegmentResult, available_memory_mb,
                               clustering_features, informative, load_weights, save_npy, stage,
                               train_or_load)
@@ -42,13 +42,23 @@ def volume_grid(volume, spacing=None, max_points: Optional[int] = None, *, scale
     every volume with the percentiles of the volumes it was trained on, and a scan ten
     times brighter would be clipped flat. A volume and any positive affine rescaling of it
     give the same hierarchy."""
-    from .volume import MAX_VOLUME_POINTS, block_reduce, check_volume, normalise_volume, volume_plan
+    from .volume import MAX_VOLUME_POINTS, check_volume, volume_plan
 
     vol = check_volume(volume)
-    if scaled:
-        vol = normalise_volume(vol)
     p = volume_plan(vol.shape, spacing, MAX_VOLUME_POINTS if max_points is None else max_points)
-    return p, block_reduce(vol, p.pools)
+    return p, _working_grid(vol, p, scaled)[0]
+
+
+def _working_grid(vol: np.ndarray, p, scaled: bool = True):
+    """:func:`volume_grid` of a volume that :func:`~napari_cuts.volume.check_volume` has
+    passed (float32 ``(Z, Y, X, C)``) with its plan ``p``: ``(grid, vol01)``, ``vol01``
+    the volume scaled by its own percentiles (None when not ``scaled``), kept so that the
+    labels' mapping back to every voxel (:func:`refined_hierarchy`) scales it no second
+    time. Nothing is checked again."""
+    from .volume import block_reduce, normalise_volume
+
+    vol01 = normalise_volume(vol) if scaled else None
+    return block_reduce(vol01 if scaled else vol, p.pools), vol01
 
 
 def volume_training_slices(grid: np.ndarray, context: int, max_slices: int = 64) -> list:
@@ -75,20 +85,39 @@ def train_volume_encoder(volume, *, spacing=None, max_points: Optional[int] = No
     The budget and the start point follow :func:`napari_cuts.pipeline.get_encoder`:
     with no budget, :func:`napari_cuts.budget.default_steps` of all the volumes' voxels
     and channels, from the packaged volume weights where the package ships them for this
-    channel count (:func:`napari_cuts.encoder.packaged_weights` with ``context_slices``)."""
-    from .budget import steps_for_volumes
-    from .encoder import Encoder, train_encoder
+    channel count (:func:`napari_cuts.encoder.packaged_weights` with ``context_slices``).
+
+    Each volume is checked (:func:`~napari_cuts.volume.check_volume`, through
+    :func:`volume_grid`); the training slices taken from the checked grids are not
+    checked again."""
     from .volume import CONTEXT_SLICES
 
     k = CONTEXT_SLICES if context is None else int(context)
     vols = volume if isinstance(volume, (list, tuple)) else [volume]
     sps = spacing if isinstance(volume, (list, tuple)) and spacing is not None else [spacing] * len(vols)
-    channels = 1 if vols[0].ndim == 3 else int(vols[0].shape[-1])
     imgs = []
+    channels = None
     per = max(8, 64 // len(vols))
     for v, sp in zip(vols, sps):
         _, grid = volume_grid(v, sp, max_points)
+        channels = int(grid.shape[-1]) if channels is None else channels
         imgs += volume_training_slices(grid, k, per)
+    return _train_volume_encoder(imgs, [np.shape(v) for v in vols], channels, k, steps=steps,
+                                 epochs=epochs, seconds=seconds, seed=seed, device=device,
+                                 progress=progress, cancel=cancel, warm_start=warm_start,
+                                 **options)
+
+
+def _train_volume_encoder(imgs: list, shapes: list, channels: int, k: int, *, steps=None,
+                          epochs=None, seconds=None, seed: int = 0, device: str = "auto",
+                          progress: Progress = None, cancel: Cancel = None, warm_start=None,
+                          **options):
+    """:func:`train_volume_encoder` from the training slices ``imgs`` of checked working
+    grids (:func:`volume_training_slices`), the volumes' ``shapes``, their ``channels``
+    and the slice context ``k``; the slices go to the encoder as checked images."""
+    from .budget import steps_for_volumes
+    from .encoder import Encoder, train_encoder
+
     init = None
     if warm_start is None:
         warm_start = epochs is None and seconds is None
@@ -97,8 +126,8 @@ def train_volume_encoder(volume, *, spacing=None, max_points: Optional[int] = No
     elif warm_start:
         init = packaged_volume_weights(channels, k)
     if steps is None and epochs is None and seconds is None:
-        steps = steps_for_volumes([v.shape for v in vols], warm=init is not None)
-    enc = train_encoder(imgs, steps=steps, epochs=epochs, seconds=seconds, seed=seed,
+        steps = steps_for_volumes(shapes, warm=init is not None)
+    enc = train_encoder(CheckedImages(imgs), steps=steps, epochs=epochs, seconds=seconds, seed=seed,
                         device=device, progress=progress, cancel=cancel, init=init,
                         context_slices=k, **options)
     enc.metadata["volume"] = True       # embed() then reads (Z, Y, X[, C]) as a volume
@@ -151,29 +180,55 @@ def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
     sigma ``GUIDE_SIGMA``; not for the ablations, whose input is the image alone or the
     embeddings alone).
     ``result.pool`` is the block size per axis; ``result.embeddings`` the grid's
-    ``(z, y, x, D)``."""
-    from .condensation import condense
-    from .encoder import embed_volume, normalised_image
-    from .volume import GUIDE_ITERATIONS, GUIDE_SIGMA, check_volume, context_stack, estimate_note
+    ``(z, y, x, D)``.
+
+    Checks ``volume`` (:func:`~napari_cuts.volume.check_volume`), plans its working grid
+    (:func:`~napari_cuts.volume.volume_plan`) and checks the plan against the free memory
+    (:func:`check_fits_volume`), then segments without checking again."""
+    from .volume import MAX_VOLUME_POINTS, check_volume, volume_plan
 
     vol = check_volume(volume)
     t0 = time.perf_counter()
-    p, grid = volume_grid(vol, spacing, max_points,
-                          scaled=encoder.metadata.get("volume_input") == VOLUME_INPUT)
+    p = volume_plan(vol.shape, spacing, MAX_VOLUME_POINTS if max_points is None else max_points)
     check_fits_volume(p)
-    times = {"grid": time.perf_counter() - t0}
+    grid, vol01 = _working_grid(vol, p, scaled=encoder.metadata.get("volume_input") == VOLUME_INPUT)
+    return _segment_volume(encoder, vol, p, grid, vol01=vol01, seed=seed, progress=progress,
+                           cancel=cancel, image_weight=image_weight,
+                           use_embeddings=use_embeddings,
+                           times={"grid": time.perf_counter() - t0}, **condense_params)
+
+
+def _segment_volume(encoder, vol: np.ndarray, p, grid: np.ndarray, *, vol01=None, seed: int = 0,
+                    progress: Progress = None, cancel: Cancel = None,
+                    image_weight: float = IMAGE_WEIGHT, use_embeddings: bool = True,
+                    times: Optional[dict] = None, **condense_params) -> SegmentResult:
+    """:func:`segment_volume` of a checked volume ``vol`` (float32 ``(Z, Y, X, C)``) with
+    its plan ``p`` (the memory already checked) and working ``grid``
+    (:func:`_working_grid`, scaled as the encoder expects); ``vol01`` the volume scaled by
+    its own percentiles where the grid was made from it (else scaled here if the labels
+    are mapped back). Every grid slice is scaled by the encoder's percentiles once, for
+    the embedding and the image channels condensation sees alike."""
+    from .condensation import condense
+    from .encoder_embedding import _embed_volume_checked, _volume_input
+    from .volume import GUIDE_ITERATIONS, GUIDE_SIGMA, context_stack, estimate_note
+
+    times = dict(times or {})
     k = int(encoder.metadata.get("context_slices", 0) or 0)
     t0 = time.perf_counter()
 
     def emb_progress(done, total, message):
         report(progress, done, total + max(1, total // 3), message)
 
-    emb = embed_volume(encoder, grid, progress=emb_progress, cancel=cancel) if use_embeddings else None
+    # the encoder's input: the grid with its context slices as channels (for a 2.5D encoder)
+    if use_embeddings:
+        ctx = _volume_input(encoder, grid)
+    else:
+        ctx = context_stack(grid, k) if k else grid
+    emb, img01 = _embed_volume_checked(encoder, ctx, progress=emb_progress, cancel=cancel,
+                                       embed_slices=use_embeddings, keep_scaled=True)
+    del ctx
     times["embed"] = time.perf_counter() - t0
     check_cancel(cancel)
-    ctx = context_stack(grid, k) if k else grid
-    img01 = np.stack([normalised_image(encoder, ctx[i], allow_constant=True)
-                      for i in range(ctx.shape[0])])
     z = grid.shape[0]
 
     def cond_progress(done, total, message):
@@ -195,7 +250,8 @@ def segment_volume(encoder, volume, *, spacing=None, seed: int = 0,
     times["condense"] = time.perf_counter() - t0
     if p.pools != (1, 1, 1):
         t0 = time.perf_counter()
-        hier = refined_hierarchy(hier, vol, p.pools)
+        hier = refined_hierarchy(hier, vol if vol01 is None else vol01, p.pools,
+                                 normalised=vol01 is not None)
         times["refine"] = time.perf_counter() - t0
     hier.metadata.update({"napari_cuts_version": __version__, "seed": int(seed),
                           "volume": True, "refined": p.pools != (1, 1, 1), "spacing": list(p.spacing),
@@ -262,8 +318,9 @@ def segment_volume_job(src, data, out, *, max_points, weights, steps, epochs, se
     ``weights``, segment, write ``hierarchy.npz``, the persistent map and ``levels.png``."""
     from .io import write_labels
     from .prompts import save_prompt_data
-    from .volume import MAX_VOLUME_POINTS, check_volume, estimate_note, volume_plan
+    from .volume import CONTEXT_SLICES, MAX_VOLUME_POINTS, check_volume, estimate_note, volume_plan
 
+    # the one check, plan and memory check of this volume; every stage below trusts them
     vol = check_volume(data, Path(image_path).name)
     spacing = tuple(float(v) for v in src.spacing[:3])
     p = volume_plan(vol.shape, spacing, max_points or MAX_VOLUME_POINTS)
@@ -271,19 +328,35 @@ def segment_volume_job(src, data, out, *, max_points, weights, steps, epochs, se
         f"({' x '.join(f'{v:g}' for v in spacing)} mm); {estimate_note(p)}"
         f"{'' if weights is None else ' (weights loaded)'}.")
     check_fits_volume(p)
+    grids: dict = {}      # the working grid, made once: training and segmenting share it
+
+    def working_grid(scaled: bool):
+        if scaled not in grids:
+            t = time.perf_counter()
+            grid, vol01 = _working_grid(vol, p, scaled)
+            grids[scaled] = (grid, vol01, time.perf_counter() - t)
+        return grids[scaled]
+
+    if weights is None:
+        working_grid(True)    # seconds_prepare, a stage of its own (loaded weights: after loading)
     t0 = time.perf_counter()
 
     def train():
         if weights is not None:
             return load_weights(weights, device), False
-        return train_volume_encoder(vol, spacing=spacing, max_points=p.points, steps=steps,
-                                    epochs=epochs, seconds=seconds, seed=seed, device=device,
-                                    warm_start=warm_start,
-                                    progress=stage(progress, "training"), cancel=cancel), True
+        imgs = volume_training_slices(working_grid(True)[0], CONTEXT_SLICES)
+        return _train_volume_encoder(imgs, [vol.shape], int(vol.shape[-1]), CONTEXT_SLICES,
+                                     steps=steps, epochs=epochs, seconds=seconds, seed=seed,
+                                     device=device, warm_start=warm_start,
+                                     progress=stage(progress, "training"), cancel=cancel), True
 
     enc = train_or_load(train, out, summary=summary, t_start=t0)
-    res = segment_volume(enc, vol, spacing=spacing, seed=seed, max_points=p.points,
-                         progress=stage(progress, "segmenting"), cancel=cancel)
+    grid, vol01, grid_seconds = working_grid(enc.metadata.get("volume_input") == VOLUME_INPUT)
+    grids.clear()
+    res = _segment_volume(enc, vol, p, grid, vol01=vol01, seed=seed,
+                          progress=stage(progress, "segmenting"), cancel=cancel,
+                          times={"grid": grid_seconds})
+    del grid, vol01
     for note in res.notes:
         log(note)
     hier = res.hierarchy
