@@ -21,9 +21,12 @@ def test_a_smaller_input_gets_a_smaller_budget():
     fundus = budget.default_steps(512 * 512, 3)
     brain = budget.default_steps(189 * 233 * 197)
     assert crop < brain and crop < fundus
-    # more channels, more steps; a warm start, fewer
+    # more channels, more steps; a warm start, fewer, and they do not grow with the size
     assert budget.default_steps(512 * 512, 3) > budget.default_steps(512 * 512, 1)
-    assert budget.default_steps(512 * 512, warm=True) < budget.default_steps(512 * 512)
+    assert budget.default_steps(512 * 512, 3, warm=True) > budget.default_steps(512 * 512, warm=True)
+    for v in (128 * 128, 512 * 512, 189 * 233 * 197):
+        assert budget.default_steps(v, warm=True) < budget.default_steps(v)
+    assert budget.default_steps(128 * 128, warm=True) == budget.default_steps(10**7, warm=True)
     # always within the bounds
     assert budget.default_steps(1) == budget.MIN_STEPS
     assert budget.default_steps(10**12) == budget.MAX_STEPS
