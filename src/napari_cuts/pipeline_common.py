@@ -51,9 +51,20 @@ def clustering_features(embeddings: np.ndarray, image01: np.ndarray,
     against brain on grey MRI, a pale lesion on a fundus); the image channels give it back.
     """
     emb = np.asarray(embeddings, dtype=np.float32)
-    unit = emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
     c = image01.shape[-1]
-    return np.concatenate([unit, (weight / np.sqrt(c)) * image01], axis=-1).astype(np.float32)
+    d = emb.shape[-1]
+    out = np.empty((*emb.shape[:-1], d + c), dtype=np.float32)
+    flat_e = emb.reshape(-1, d)
+    flat_o = out.reshape(-1, d + c)
+    # in blocks of rows: one output array, no full-size temporaries (a brain's grid
+    # embedding is 0.6 GB; the whole-array expression held four copies at once)
+    step = 1 << 16
+    for a in range(0, flat_e.shape[0], step):
+        blk = flat_e[a:a + step]
+        flat_o[a:a + step, :d] = blk / np.maximum(np.linalg.norm(blk, axis=-1, keepdims=True),
+                                                 1e-12)
+    out[..., d:] = (weight / np.sqrt(c)) * image01
+    return out
 
 
 def available_memory_mb() -> float | None:
