@@ -38,10 +38,19 @@ one never adds any. The measurements behind each choice are in
 
 Large images are solved on a box around the prior and the seeds (``MARGIN``), at a
 stride that keeps it under ``MAX_SOLVE_VOXELS`` voxels, and mapped back.
+
+A re-solve reads and writes whole-image arrays only inside that box (the prior's
+bounding box comes from bounding boxes of the hierarchy's pieces kept per image,
+:class:`SolveContext`). The system is assembled from the grid directly, solved by
+conjugate gradients on one BLAS thread, and mapped back by interpolating only the
+cells that the level 1/2 crosses. Each of these steps gives the same values as the
+plain computation (sparse matrices, SciPy's ``cg``, ``ndimage.zoom`` of the whole box;
+``tests/test_prompt_latency.py``).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,17 +138,28 @@ def hierarchy_prior(hier, seeds: Seeds, level=None) -> np.ndarray:
     """The prior ``(grid shape)`` float32 in {0, 1}: the marker cut of the hierarchy
     described in the module's docstring. Positive scribbles without a click count
     through their first voxel in C order."""
-    prior = np.zeros(hier.shape, dtype=np.float32)
+    inside = _prior_pieces(hier, seeds, level)
+    if inside is None:
+        return np.zeros(hier.shape, dtype=np.float32)
+    return np.take(inside.astype(np.float32), hier._regions()[0])
+
+
+def _prior_pieces(hier, seeds: Seeds, level=None, border=None):
+    """The prior of :func:`hierarchy_prior` on the hierarchy's connected pieces
+    (:meth:`~napari_cuts.hierarchy.Hierarchy._regions`): bool per piece, or None
+    without a positive prompt. ``border``: :func:`_border_regions` when known."""
     points = list(seeds.positive_points)
     if not points and seeds.forced_in.size:
         points = [tuple(int(c) for c in np.unravel_index(int(seeds.forced_in[0]), hier.shape))]
     if not points:
-        return prior
+        return None
     reg, region_base, *_ = hier._regions()
     flat_reg = reg.ravel()
     neg_regions = np.unique(flat_reg[seeds.forced_out]) if seeds.forced_out.size else np.zeros(0, np.intp)
     pos_regions = np.unique(flat_reg[seeds.forced_in]) if seeds.forced_in.size else np.zeros(0, np.intp)
-    stop = np.union1d(neg_regions, np.setdiff1d(_border_regions(reg), pos_regions))
+    if border is None:
+        border = _border_regions(reg)
+    stop = np.union1d(neg_regions, np.setdiff1d(border, pos_regions))
     inside = np.zeros(region_base.shape[0], dtype=bool)
     choice = {}
     for p in points:
@@ -182,24 +202,66 @@ def hierarchy_prior(hier, seeds: Seeds, level=None) -> np.ndarray:
                 out = pieces[lv][3]
             if out is not None:
                 inside[out] = False
-    return np.take(inside.astype(np.float32), reg)
+    return inside
 
 
-def _box(prior: np.ndarray, seed_idx: np.ndarray, shape) -> tuple:
-    """The solved box: slices around the prior's support and the seeds."""
+def _box(support, seed_idx: np.ndarray, shape) -> tuple:
+    """The solved box: slices around the prior's support and the seeds. ``support``:
+    the support's bounding box as ``(nd, 2)`` first and last index per axis, or None
+    when the prior is empty."""
     nd = len(shape)
     coords = np.unravel_index(seed_idx, shape)
-    sup = np.nonzero(prior > 0)
     box = []
     for a in range(nd):
         vals = [np.asarray(coords[a], dtype=np.int64)]
-        if sup[a].size:
-            vals.append(np.array([sup[a].min(), sup[a].max()], dtype=np.int64))
+        if support is not None:
+            vals.append(np.asarray(support[a], dtype=np.int64))
         v = np.concatenate(vals)
         lo, hi = int(v.min()), int(v.max()) + 1
         m = max(MARGIN_MIN, int(np.ceil(MARGIN * (hi - lo))))
         box.append(slice(max(0, lo - m), min(int(shape[a]), hi + m)))
     return tuple(box)
+
+
+class SolveContext:
+    """What the solver reuses between the prompts of one image: the bounding box of
+    each connected piece of the hierarchy (:meth:`~napari_cuts.hierarchy.Hierarchy._regions`)
+    without the ``outside`` voxels, and the pieces on the image's border. Built by
+    :func:`solve_context` once per hierarchy and outside mask (one pass over the
+    image), so that a re-solve touches whole-image arrays only inside its box."""
+
+    def __init__(self, hier, outside=None):
+        from scipy import ndimage
+
+        reg = hier._regions()[0]
+        self.hier, self.outside = hier, outside
+        lab = reg + 1
+        if outside is not None:
+            lab[outside] = 0
+        objs = ndimage.find_objects(lab, max_label=int(hier._regions()[1].shape[0]))
+        del lab
+        nd = reg.ndim
+        #: (pieces, nd, 2): first and last index along each axis; -1 for a piece that
+        #: lies wholly outside
+        self.piece_boxes = np.full((len(objs), nd, 2), -1, dtype=np.int64)
+        present = [k for k, o in enumerate(objs) if o is not None]
+        if present:
+            self.piece_boxes[present] = [[(sl.start, sl.stop - 1) for sl in objs[k]] for k in present]
+        self.border = _border_regions(reg)
+
+    def support(self, inside: np.ndarray):
+        """The bounding box ``(nd, 2)`` of the prior ``inside`` (bool per piece) less the
+        outside voxels, or None when that is empty."""
+        bx = self.piece_boxes[inside]
+        bx = bx[bx[:, 0, 0] >= 0]
+        if bx.shape[0] == 0:
+            return None
+        return np.stack([bx[:, :, 0].min(axis=0), bx[:, :, 1].max(axis=0)], axis=1)
+
+
+def solve_context(hier, outside=None) -> SolveContext:
+    """:class:`SolveContext` of ``hier`` and the ``outside`` mask (grid shape, or None)."""
+    return SolveContext(hier, outside)
 
 
 def _stride(box_shape) -> int:
@@ -226,14 +288,15 @@ def contrast_scale(image: np.ndarray) -> float:
     return total / count if count and total > 0 else 1.0
 
 
-def _edges(features: np.ndarray, spacing, scale: float):
-    """Edges of the voxel grid ``features (..., F)``: flat indices ``i``, ``j`` and the
-    weights, ``exp(-BETA * d^2 / scale) / distance``."""
+def _axis_weights(features: np.ndarray, spacing, scale: float) -> dict:
+    """The edge weights of the voxel grid ``features (..., F)`` along each axis ``a``
+    with at least two voxels: ``{a: w}``, ``w`` float32 of the grid's shape less one
+    along ``a`` (the edge between a voxel and its successor along ``a``),
+    ``exp(-BETA * d^2 / scale) / distance + 1e-6``."""
     shape = features.shape[:-1]
     nd = len(shape)
-    idx = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
-    ii, jj, dd, ss = [], [], [], []
     fine = float(min(spacing))
+    out = {}
     for a in range(nd):
         if shape[a] < 2:
             continue
@@ -241,15 +304,100 @@ def _edges(features: np.ndarray, spacing, scale: float):
         hi = [slice(None)] * nd
         lo[a], hi[a] = slice(0, -1), slice(1, None)
         d2 = np.sum((features[tuple(hi)] - features[tuple(lo)]) ** 2, axis=-1, dtype=np.float32)
-        ii.append(idx[tuple(lo)].ravel())
-        jj.append(idx[tuple(hi)].ravel())
-        dd.append(d2.ravel())
-        ss.append(np.full(d2.size, float(spacing[a]) / fine, dtype=np.float32))
-    if not ii:
-        z = np.zeros(0, np.int64)
-        return z, z, np.zeros(0, np.float64)
-    i, j, d2, dist = (np.concatenate(v) for v in (ii, jj, dd, ss))
-    return i, j, np.exp(-BETA * d2 / scale) / dist + 1e-6
+        dist = np.float32(float(spacing[a]) / fine)
+        out[a] = np.exp(-BETA * d2 / scale) / dist + 1e-6
+    return out
+
+
+def _neighbour_slots(weights: dict) -> list:
+    """A voxel's neighbours in the order of a sorted sparse row (increasing flat
+    index): ``[(axis, sign), ...]``, first the predecessors along the axes with edges
+    (``weights``' keys) from the first axis to the last, then the successors from the
+    last axis to the first."""
+    axes = sorted(weights)
+    return [(a, -1) for a in axes] + [(a, 1) for a in reversed(axes)]
+
+
+def _shifted(arr: np.ndarray, axis: int, sign: int, fill=0) -> np.ndarray:
+    """``out[c] = arr[c + sign * e_axis]`` on the grid, ``fill`` where that leaves it."""
+    nd = arr.ndim
+    src = [slice(None)] * nd
+    dst = [slice(None)] * nd
+    src[axis], dst[axis] = (slice(0, -1), slice(1, None)) if sign < 0 else (slice(1, None), slice(0, -1))
+    out = np.full(arr.shape, fill, dtype=arr.dtype)
+    out[tuple(dst)] = arr[tuple(src)]
+    return out
+
+
+def _cg(A, b: np.ndarray, x: np.ndarray, dinv: np.ndarray, rtol: float, maxiter: int) -> np.ndarray:
+    """Preconditioned conjugate gradients, step for step SciPy's ``cg`` (``M`` the
+    diagonal ``dinv``, ``atol`` 0): the same floating-point operations in the same
+    order, so the same iterates, without its per-iteration allocations. ``x`` (the
+    start) is overwritten."""
+    bnrm2 = np.linalg.norm(b)
+    atol = max(0.0, float(rtol) * float(bnrm2))
+    if bnrm2 == 0:
+        return b
+    r = b - A @ x if x.any() else b.copy()
+    z = np.empty_like(r)
+    tmp = np.empty_like(r)
+    p = None
+    rho_prev = None
+    for iteration in range(maxiter):
+        if np.linalg.norm(r) < atol:
+            return x
+        np.multiply(dinv, r, out=z)
+        rho_cur = np.dot(r, z)
+        if iteration > 0:
+            beta = rho_cur / rho_prev
+            p *= beta
+            p += z
+        else:
+            p = z.copy()
+        q = A @ p
+        alpha = rho_cur / np.dot(p, q)
+        np.multiply(alpha, p, out=tmp)
+        x += tmp
+        np.multiply(alpha, q, out=tmp)
+        r -= tmp
+        rho_prev = rho_cur
+    return x
+
+
+_BLAS = {"lock": threading.Lock(), "users": 0, "limiter": None, "controller": None}
+
+
+class _one_blas_thread:
+    """Run the conjugate gradients' dot products on one BLAS thread: vectors of a few
+    hundred thousand entries gain nothing from more, and where the cores are busy the
+    waiting BLAS threads made a brain's re-solve several times slower (2.2 s against
+    0.49 s on 2 shared cores). One thread also makes the dot products, and so the
+    potentials, the same whatever the machine's BLAS threads (two threads moved them
+    by up to 2e-13, no mask voxel). Nested and concurrent solves share one limit,
+    lifted by the last to finish. Without threadpoolctl (a scikit-learn dependency)
+    nothing changes."""
+
+    def __enter__(self):
+        with _BLAS["lock"]:
+            if _BLAS["users"] == 0:
+                try:
+                    if _BLAS["controller"] is None:
+                        from threadpoolctl import ThreadpoolController
+
+                        _BLAS["controller"] = ThreadpoolController()
+                    _BLAS["limiter"] = _BLAS["controller"].limit(limits=1, user_api="blas")
+                except Exception:  # noqa: BLE001 - no threadpoolctl: leave the threads alone
+                    _BLAS["limiter"] = None
+            _BLAS["users"] += 1
+        return self
+
+    def __exit__(self, *exc):
+        with _BLAS["lock"]:
+            _BLAS["users"] -= 1
+            if _BLAS["users"] == 0 and _BLAS["limiter"] is not None:
+                _BLAS["limiter"].restore_original_limits()
+                _BLAS["limiter"] = None
+        return False
 
 
 def random_walk(features: np.ndarray, spacing, seed_pos: np.ndarray, seed_neg: np.ndarray,
@@ -257,16 +405,16 @@ def random_walk(features: np.ndarray, spacing, seed_pos: np.ndarray, seed_neg: n
     """Potentials ``(grid shape)`` in [0, 1] of the random walker with a prior:
     ``features`` (..., F), seeds as flat indices into the grid, ``prior`` the grid's
     prior of the object, ``scale`` the unit of squared differences
-    (:func:`contrast_scale`)."""
-    from scipy.sparse import coo_matrix, diags
-    from scipy.sparse.linalg import LinearOperator, cg
+    (:func:`contrast_scale`).
+
+    The Laplacian is assembled from the grid's neighbour slots directly (the rows of
+    the sparse weight matrix ``W`` in the order SciPy sorts them, float32 as the
+    weights): the degrees, the system over the free voxels and its right-hand side are
+    those of ``W`` built as a sparse matrix, value for value."""
+    from scipy.sparse import csr_matrix
 
     shape = features.shape[:-1]
     n = int(np.prod(shape))
-    i, j, w = _edges(features, spacing, scale)
-    W = coo_matrix((np.concatenate([w, w]), (np.concatenate([i, j]), np.concatenate([j, i]))),
-                   shape=(n, n)).tocsr()
-    deg = np.asarray(W.sum(axis=1)).ravel()
     x = prior.ravel().astype(np.float64)
     fixed = np.zeros(n, dtype=bool)
     fixed[seed_neg] = True
@@ -276,33 +424,158 @@ def random_walk(features: np.ndarray, spacing, seed_pos: np.ndarray, seed_neg: n
     free = np.flatnonzero(~fixed)
     if free.size == 0:
         return x.reshape(shape)
-    Wf = W[free]
-    A = (diags(deg[free] + GAMMA) - Wf[:, free]).tocsr()
-    b = Wf[:, np.flatnonzero(fixed)] @ x[fixed] + GAMMA * x[free]
-    dinv = 1.0 / (deg[free] + GAMMA)
-    M = LinearOperator(A.shape, matvec=lambda v: dinv * v, dtype=np.float64)
-    sol, _ = cg(A, b, x0=x[free].copy(), rtol=CG_TOL, maxiter=CG_MAXITER, M=M)
+    weights = _axis_weights(features, spacing, scale)
+    slots = _neighbour_slots(weights)
+    K = len(slots)
+    half = K // 2
+    isfree = ~fixed.reshape(shape)
+    isone = (fixed & (x == 1.0)).reshape(shape)              # positive seeds
+    idx_dtype = np.int32 if n * (K + 1) < np.iinfo(np.int32).max else np.int64
+    pos = (np.cumsum(isfree.ravel(), dtype=idx_dtype) - 1).reshape(shape)
+    # the rows of W and of A side by side, slot c of a node its c-th entry in
+    # increasing column order; A's diagonal (column ``half``) sits between the
+    # neighbours before and after it
+    vals = np.zeros((n, K + 1), dtype=np.float32)             # W's weights
+    keep = np.zeros((n, K + 1), dtype=bool)                   # A's entries
+    cols = np.empty((n, K + 1), dtype=idx_dtype)
+    n_keep = np.ones(shape, dtype=np.int8)                    # A's entries per row
+    acc = np.zeros(n, dtype=np.float64)
+    # degrees: the row sums of W as ``W.sum(axis=1)`` makes them (NumPy's reduceat of
+    # each CSR row: its first weight plus the sum of the others in order)
+    first = np.zeros(shape, dtype=np.float32)
+    rest = np.zeros(shape, dtype=np.float32)
+    seen = np.zeros(shape, dtype=bool)
+    for k, (a, sgn) in enumerate(slots):
+        c = k if k < half else k + 1
+        part = [slice(None)] * len(shape)
+        part[a] = slice(1, None) if sgn < 0 else slice(0, -1)
+        wk = np.zeros(shape, dtype=np.float32)
+        wk[tuple(part)] = weights[a]
+        vk = np.zeros(shape, dtype=bool)
+        vk[tuple(part)] = True
+        vals[:, c] = wk.ravel()
+        kk = vk & _shifted(isfree, a, sgn, False)
+        keep[:, c] = kk.ravel()
+        n_keep += kk
+        cols[:, c] = _shifted(pos, a, sgn, 0).ravel()
+        # right-hand side W_free,fixed @ x_fixed, the neighbours in order, in float64:
+        # a negative seed adds w * 0 = +0.0, which changes no such sum, a positive one w
+        acc += np.where(vk & _shifted(isone, a, sgn, False), wk, np.float32(0)).ravel()
+        np.copyto(first, wk, where=vk & ~seen)
+        rest += np.where(vk & seen, wk, np.float32(0))
+        seen |= vk
+    deg = (first + rest).ravel()
+    diag = deg[free] + GAMMA                                  # float32, as before
+    b = acc[free] + GAMMA * x[free]
+    # A = diag(deg + GAMMA) - W_free,free
+    np.negative(vals, out=vals)
+    vals[free, half] = diag
+    keep[:, half] = True
+    cols[:, half] = pos.ravel()
+    keep &= isfree.reshape(n, 1)
+    indptr = np.zeros(free.size + 1, dtype=idx_dtype)
+    np.cumsum(n_keep.ravel()[free], out=indptr[1:])
+    A = csr_matrix((vals[keep].astype(np.float64), cols[keep], indptr),
+                   shape=(free.size, free.size))
+    dinv = (1.0 / diag).astype(np.float64)                    # float32, as before
+    with _one_blas_thread():
+        sol = _cg(A, b, x[free].copy(), dinv, CG_TOL, CG_MAXITER)
     x[free] = np.clip(sol, 0.0, 1.0)
     return x.reshape(shape)
 
 
+def _zoom_axis(n_in: int, n_box: int):
+    """One axis of ``ndimage.zoom(x, n_box / n_in, order=1, grid_mode=True,
+    mode="nearest")`` padded at its end to ``n_box`` (as :func:`solve` maps a strided
+    solution back): for each box index the two input indices and their weights, as
+    SciPy's ``zoom_shift`` computes them, and the input index starting the pair of
+    voxels that bounds them."""
+    n_out = int(round(n_in * (n_box / n_in)))
+    zoom = float(np.divide(np.array([n_in]), np.array([n_out]))[0]) if n_out else 1.0
+    k = np.minimum(np.arange(n_box), max(n_out - 1, 0)).astype(np.float64)
+    cc = k + 0.5
+    cc *= zoom
+    cc -= 0.5
+    fl = np.floor(cc)
+    start = fl.astype(np.int64)
+    w0 = 1.0 - (cc - fl)
+    w1 = 1.0 - w0
+    i0 = np.clip(start, 0, n_in - 1)
+    i1 = np.clip(start + 1, 0, n_in - 1)
+    return i0, i1, w0, w1, np.clip(start, 0, n_in - 1)
+
+
+#: Potentials this close to 1/2 at every voxel of an interpolation cell are
+#: interpolated exactly (:func:`_upsampled_above_half`); the rounding of the
+#: interpolation itself is below 1e-15.
+_SURE = 1e-9
+
+
+def _upsampled_above_half(x: np.ndarray, box_shape) -> np.ndarray:
+    """``ndimage.zoom(x, box / x.shape, order=1, grid_mode=True, mode="nearest")``,
+    padded with its edge (cropped) to ``box_shape``, ``> 0.5``: bool of ``box_shape``.
+
+    A linear interpolation lies between the smallest and the largest of the voxels it
+    weighs, so a box voxel whose cell of the strided grid is wholly above (below) 1/2
+    by more than ``_SURE`` is decided without interpolating; the others (the cells the
+    level 1/2 crosses) are interpolated as SciPy's ``zoom_shift`` does, term for term
+    (same weights, same order of the products and of the sum): the answer is that of
+    zooming the whole box, for a fraction of the work."""
+    nd = x.ndim
+    axes = [_zoom_axis(int(n), int(b)) for n, b in zip(x.shape, box_shape)]
+    lo = x
+    hi = x
+    for a in range(nd):
+        if x.shape[a] < 2:
+            continue
+        nxt = [slice(None)] * nd
+        nxt[a] = np.minimum(np.arange(1, x.shape[a] + 1), x.shape[a] - 1)
+        lo = np.minimum(lo, lo[tuple(nxt)])
+        hi = np.maximum(hi, hi[tuple(nxt)])
+    cls = np.full(x.shape, 2, dtype=np.uint8)              # 2: interpolate
+    cls[lo > 0.5 + _SURE] = 1
+    cls[hi < 0.5 - _SURE] = 0
+    cls_box = cls
+    for a, ax in enumerate(axes):
+        cls_box = np.take(cls_box, ax[4], axis=a)
+    out = cls_box == 1
+    unsure = np.nonzero(cls_box == 2)
+    if unsure[0].size:
+        idx = [(ax[0][u], ax[1][u]) for ax, u in zip(axes, unsure)]
+        wts = [(ax[2][u], ax[3][u]) for ax, u in zip(axes, unsure)]
+        t = np.zeros(unsure[0].size, dtype=np.float64)
+        for corner in np.ndindex(*([2] * nd)):              # the last axis fastest
+            coeff = x[tuple(idx[a][h] for a, h in enumerate(corner))].astype(np.float64)
+            for a, h in enumerate(corner):
+                coeff *= wts[a][h]
+            t += coeff
+        out[unsure] = t > 0.5
+    return out
+
+
 def solve(hier, image: np.ndarray, spacing, seeds: Seeds, level=None,
-          scale=None, outside=None) -> np.ndarray:
+          scale=None, outside=None, context: SolveContext = None) -> np.ndarray:
     """The object's bool mask on the hierarchy's grid from all of its seeds.
 
     ``image``: the grid shape plus a channel axis, each channel in [0, 1]; ``scale``
     its :func:`contrast_scale` (computed when not given); ``outside`` (bool, the grid's
-    shape): voxels outside the subject, background seeds unless prompted."""
+    shape): voxels outside the subject, background seeds unless prompted;
+    ``context``: the :func:`solve_context` of ``hier`` and ``outside`` when the caller
+    keeps one (made here otherwise). Only the solved box is read or written at the
+    grid's size, besides the answer itself."""
     from scipy import ndimage
 
     shape = hier.shape
     nd = len(shape)
     if seeds.positive.size == 0:
         return np.zeros(shape, dtype=bool)
-    prior = hierarchy_prior(hier, seeds, level)
-    if outside is not None:
-        prior[outside] = 0.0
-    box = _box(prior, np.concatenate([seeds.positive, seeds.negative]), shape)
+    if context is None or context.hier is not hier or context.outside is not outside:
+        context = solve_context(hier, outside)
+    reg = hier._regions()[0]
+    inside = _prior_pieces(hier, seeds, level, border=context.border)
+    if inside is None:
+        inside = np.zeros(hier._regions()[1].shape[0], dtype=bool)
+    box = _box(context.support(inside), np.concatenate([seeds.positive, seeds.negative]), shape)
     box_shape = tuple(s.stop - s.start for s in box)
     st = _stride(box_shape)
     sub = tuple(slice(s.start, s.stop, st) for s in box)
@@ -322,7 +595,10 @@ def solve(hier, image: np.ndarray, spacing, seeds: Seeds, level=None,
         return np.unique(np.ravel_multi_index(tuple(v[keep] for v in loc), sub_shape))
 
     sp, sn = local(seeds.positive), local(seeds.negative)
-    sub_prior = prior[sub]
+    sub_prior = np.take(inside.astype(np.float32), reg[sub])
+    if outside is not None:
+        sub_out = outside[sub]
+        sub_prior[sub_out] = 0.0
     faces = np.zeros(sub_shape, dtype=bool)
     for a in range(nd):
         if sub_shape[a] > 2:
@@ -331,18 +607,32 @@ def solve(hier, image: np.ndarray, spacing, seeds: Seeds, level=None,
             faces[tuple(idx)] = True
     background = faces & (sub_prior == 0)
     if outside is not None:
-        background |= outside[sub]
-    sn = np.setdiff1d(np.union1d(sn, np.flatnonzero(background)), sp)
+        background |= sub_out
+    neg = background.ravel().copy()
+    neg[sn] = True
+    neg[sp] = False
+    sn = np.flatnonzero(neg)                 # sorted, unique, without the positive seeds
     if scale is None:
         scale = contrast_scale(image)
     x = random_walk(feats, [float(v) * st for v in spacing], sp, sn, sub_prior, scale)
-    if st > 1:
-        x = ndimage.zoom(x, [b / s for b, s in zip(box_shape, sub_shape)], order=1,
-                         grid_mode=True, mode="nearest")
-        pad = [(0, max(0, b - s)) for b, s in zip(box_shape, x.shape)]
-        x = np.pad(x, pad, mode="edge")[tuple(slice(0, b) for b in box_shape)]
+    # the potentials zoomed back to the box (linear), above 1/2
+    m = _upsampled_above_half(x, box_shape) if st > 1 else x > 0.5
+    # the mask is empty outside the box, which holds every seed (so every forced voxel):
+    # its connected parts are those of the box
+    forced = [np.unravel_index(f, shape) for f in (seeds.forced_in, seeds.forced_out)]
+    lo = np.array([s.start for s in box])[:, None]
+    hi = np.array([s.stop for s in box])[:, None]
+    if all(np.all((np.asarray(c) >= lo) & (np.asarray(c) < hi)) for c in forced if len(c[0])):
+        f_in, f_out = (tuple(c[a] - box[a].start for a in range(nd)) for c in forced)
+        m[f_in] = True
+        m[f_out] = False
+        lab, _ = ndimage.label(m)
+        keep = np.unique(lab[f_in])
+        mask = np.zeros(shape, dtype=bool)
+        mask[box] = np.isin(lab, keep[keep > 0])
+        return mask
     mask = np.zeros(shape, dtype=bool)
-    mask[box] = x > 0.5
+    mask[box] = m
     flat = mask.reshape(-1)
     flat[seeds.forced_in] = True
     flat[seeds.forced_out] = False

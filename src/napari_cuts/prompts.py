@@ -115,8 +115,9 @@ def _folder(result) -> Path:
 
 
 def _load(folder: Path):
-    """``(hierarchy, image, spacing, contrast scale, outside mask)`` of a folder, cached
-    by path, size and time."""
+    """``(hierarchy, image, spacing, contrast scale, outside mask, solver context)`` of
+    a folder (:func:`napari_cuts.prompt_solver.solve_context`), cached by path, size and
+    time."""
     from .session import load_hierarchy
 
     hp, pp = folder / HIERARCHY_FILE, folder / PROMPTS_FILE
@@ -138,12 +139,13 @@ def _load(folder: Path):
     if image.shape[:-1] != tuple(hier.shape) or len(spacing) != len(hier.shape):
         raise ReadError(f"{pp} does not match {hp} (image {image.shape[:-1]}, hierarchy "
                         f"{tuple(hier.shape)}); rerun `napari-cuts segment` to write both.")
-    from .prompt_solver import contrast_scale
+    from .prompt_solver import contrast_scale, solve_context
 
     hier.prepare_connected()
+    context = solve_context(hier, outside)
     while len(_CACHE) >= CACHE_FOLDERS:
         _CACHE.pop(next(iter(_CACHE)))
-    _CACHE[key] = (hier, image, spacing, contrast_scale(image), outside)
+    _CACHE[key] = (hier, image, spacing, contrast_scale(image), outside, context)
     return _CACHE[key]
 
 
@@ -259,6 +261,6 @@ def segment_from_prompts(result, positive: Sequence = (), negative: Sequence = (
     if level is not None and not -hier.n_levels <= int(level) < hier.n_levels:
         raise InputError(f"level {level} is out of range; this hierarchy has levels "
                          f"0..{hier.n_levels - 1}.")
-    hier, image, spacing, scale, outside = _load(folder)
+    hier, image, spacing, scale, outside, context = _load(folder)
     seeds = make_seeds(shape, spacing, pos, neg, scr if has_scribble else None)
-    return solve(hier, image, spacing, seeds, level, scale, outside=outside)
+    return solve(hier, image, spacing, seeds, level, scale, outside=outside, context=context)
