@@ -57,7 +57,7 @@ def _one(name: str, quick: bool) -> dict:
 
     from napari_cuts import segment_from_prompts
     from napari_cuts.hierarchy import Hierarchy
-    from napari_cuts.pipeline import run_segment
+    from napari_cuts.pipeline import segment as run_segment
     from napari_cuts.evaluation.clicks import first_click, next_click
 
     case = _case(name)

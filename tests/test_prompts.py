@@ -169,13 +169,13 @@ def test_a_rewritten_folder_is_read_again(disc):
 def test_segment_writes_prompt_data_and_the_click_matches(tmp_path, small_fundus):
     """The real segment job writes prompts.npz; its one click equals click_mask."""
     from napari_cuts.io import read_image, write_labels
-    from napari_cuts.pipeline import run_segment
+    from napari_cuts.pipeline import segment
 
     src = tmp_path / "fundus.png"
     write_labels(src, np.asarray(small_fundus), provenance=None) if np.asarray(small_fundus).ndim == 2 \
         else __import__("imageio.v3", fromlist=["imwrite"]).imwrite(src, np.asarray(small_fundus))
     out = tmp_path / "out"
-    run_segment(src, out, epochs=1, seed=0, log=lambda *a: None)
+    segment(src, out, epochs=1, seed=0, log=lambda *a: None)
     assert (out / PROMPTS_FILE).is_file()
     hier = Hierarchy.load(out / "hierarchy.npz")
     h, w = hier.shape

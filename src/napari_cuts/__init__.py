@@ -23,6 +23,7 @@ _LAZY = {
     "label_hint": "selection",
     "read_image": "io",
     "write_mask": "io",
+    "segment": "pipeline",
     "segment_image": "pipeline",
     "segment_volume": "pipeline",
     "segment_from_prompts": "prompts",

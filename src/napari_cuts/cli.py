@@ -265,12 +265,12 @@ def _bench_section(path: Path, name: str, result: dict, *, quick: bool) -> None:
 
 
 def cmd_segment(args) -> int:
-    from .pipeline import run_segment
+    from .pipeline import segment
 
     bar = _Bar()
     try:
         image = args.image[0] if len(args.image) == 1 else list(args.image)
-        summary = run_segment(image, args.out, weights=args.weights, epochs=args.epochs,
+        summary = segment(image, args.out, weights=args.weights, epochs=args.epochs,
                               steps=args.steps, seconds=args.seconds, seed=args.seed, device=args.device,
                               max_points=args.max_points, slices=args.slices,
                               progress=bar, log=lambda m: print(m, file=sys.stderr),

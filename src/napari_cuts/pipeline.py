@@ -2,7 +2,7 @@
 
 This module holds the 2D path (:func:`plan`, :func:`segment_image`, the warm-started
 encoder of :func:`get_encoder`) and the ``napari-cuts segment`` job
-(:func:`run_segment`); the volume path lives in :mod:`napari_cuts.pipeline_volume` and
+(:func:`segment`); the volume path lives in :mod:`napari_cuts.pipeline_volume` and
 what both share in :mod:`napari_cuts.pipeline_common`. Every name of those two modules
 that other code uses is importable from here.
 
@@ -288,12 +288,14 @@ def _figure_levels(image: np.ndarray, hier, path: Path, max_panels: int = 7) -> 
     save_figure(fig, path)
 
 
-def run_segment(image_path, out_dir, *, weights=None, steps=None, epochs=None, seconds=None,
+def segment(image_path, out_dir, *, weights=None, steps=None, epochs=None, seconds=None,
                 seed: int = 0,
                 device: str = "auto", max_points: Optional[int] = None, slices=None,
                 progress: Progress = None, cancel: Cancel = None, log=print,
                 sequences: Optional[bool] = None, warm_start=None) -> dict:
-    """The ``napari-cuts segment`` job: read, train or load, condense, write the outputs.
+    """Segment an image file, a volume or co-registered sequences into ``out_dir``: read,
+    train or load, condense, write the outputs. The one entry for 2D, volumes and
+    sequences, and what ``napari-cuts segment`` runs.
 
     2D input writes ``hierarchy.npz``, ``persistent.png``/``.npy``, ``levels.png`` (and
     ``persistent.nii.gz`` with the source geometry for NIfTI/DICOM input). A volume is
@@ -498,4 +500,4 @@ def as_dict(obj) -> dict:
 
 __all__ = ["MAX_POINTS", "Plan", "plan", "SegmentResult", "get_encoder", "segment_image",
            "segment_volume", "train_volume_encoder", "volume_grid", "volume_slices",
-           "training_subset", "run_segment", "as_image_list"]
+           "training_subset", "segment", "as_image_list"]

@@ -321,7 +321,7 @@ def check_fits_volume(p) -> None:
 
 def segment_volume_job(src, data, out, *, max_points, weights, steps, epochs, seconds, seed, device,
                        warm_start, progress, cancel, log, summary, provenance, image_path) -> None:
-    """The ``segment`` job for a volume (:func:`napari_cuts.pipeline.run_segment`): plan,
+    """The ``segment`` job for a volume (:func:`napari_cuts.pipeline.segment`): plan,
     train a 2.5D encoder (:func:`train_volume_encoder`) or load
     ``weights``, segment, write ``hierarchy.npz``, the persistent map and ``levels.png``."""
     from .io import write_labels

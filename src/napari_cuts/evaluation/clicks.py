@@ -24,7 +24,7 @@ Methods (the same clicks rule for all; each re-solves from all clicks so far)
 -----------------------------------------------------------------------------
 - ``cuts_prompts``: ``napari_cuts.prompts.segment_from_prompts(folder, positive,
   negative, level=None)`` on the case's ``segment`` output folder
-  (``OUT/cases/<case>/seed<S>/``, written by :func:`napari_cuts.pipeline.run_segment`,
+  (``OUT/cases/<case>/seed<S>/``, written by :func:`napari_cuts.pipeline.segment`,
   reused on a rerun when its ``run.json`` exists).
 - ``random_walker``: ``skimage.segmentation.random_walker(beta=130, mode="cg_j",
   tol=1e-3)`` with the spacing in mm, each channel scaled on its own to [0, 1] between
@@ -321,7 +321,7 @@ def prompts_available() -> Optional[str]:
 class ClickCase:
     """One case: ``image`` float32 ``(H, W[, C])`` or ``(Z, Y, X[, C])`` (grey without a
     channel axis), each channel scaled by :func:`unit_channels`, ``gt`` bool of the spatial shape, ``spacing`` in mm (1 per pixel in
-    2D), ``source`` the path(s) given to ``run_segment``, ``colour`` an RGB picture."""
+    2D), ``source`` the path(s) given to ``segment``, ``colour`` an RGB picture."""
 
     name: str
     image: np.ndarray
@@ -378,11 +378,11 @@ def segment_folder(case: ClickCase, folder: Path, *, seed: int, steps=None, seco
                    epochs=None, device: str = "auto", warm_start=None,
                    cancel: Cancel = None) -> Path:
     """The case's ``segment`` output folder for ``seed``, computed by
-    :func:`napari_cuts.pipeline.run_segment` unless its ``run.json`` exists."""
-    from ..pipeline import run_segment
+    :func:`napari_cuts.pipeline.segment` unless its ``run.json`` exists."""
+    from ..pipeline import segment
 
     if not (folder / "run.json").exists():
-        run_segment(case.source, folder, seed=seed, steps=steps, seconds=seconds, epochs=epochs,
+        segment(case.source, folder, seed=seed, steps=steps, seconds=seconds, epochs=epochs,
                     device=device, warm_start=warm_start, cancel=cancel, log=lambda m: None)
     return folder
 
