@@ -1,10 +1,11 @@
 """Take the screenshots of docs/: the CUTS widget docked in a real napari viewer.
 
-- ``docs/screenshot.png``: the sample fundus photograph; a tiny encoder trained and the
+- ``docs/screenshot.png``: the sample fundus photograph; the encoder trained with the
+  widget's default budget and the
   image segmented in the widget's thread worker, the brightest blob (the optic disc,
   lesion-like) clicked, the PHATE view computed.
 - ``docs/screenshot_volume_2d.png`` and ``docs/screenshot_volume_3d.png``: the sample
-  MNI T1 volume segmented as ONE hierarchy (a 2.5D encoder trained briefly), a lateral
+  MNI T1 volume segmented as ONE hierarchy (the default budget), a lateral
   ventricle clicked (the innermost voxel of the bundled pseudo ground truth, at the
   coarsest level whose cluster there is within 0.02 Dice of the best match), in the 2D slice view and in the 3D view.
   The slider, click and 3D-click latencies of the real viewer (layer update, and layer
@@ -63,7 +64,7 @@ def fundus_shot(viewer, app, widget, args, out: Path) -> int:
 
     (image_layer,) = viewer.open_sample("napari-cuts", "fundus")
     widget.image_combo.setCurrentText(image_layer.name)
-    widget.settings = Settings(budget=args.seconds, unit="seconds", seed=args.seed,
+    widget.settings = Settings(budget=args.steps, unit="steps", seed=args.seed,
                                phate_samples=1500)
     t0 = time.time()
     widget.train()
@@ -116,7 +117,7 @@ def volume_shots(viewer, app, widget, args, out2d: Path, out3d: Path) -> int:
     sample = REPO / "src" / "napari_cuts" / "sample_data"
     (image_layer,) = viewer.open_sample("napari-cuts", "mri_volume")
     widget.image_combo.setCurrentText(image_layer.name)
-    widget.settings = Settings(budget=args.seconds, unit="seconds", seed=args.seed)
+    widget.settings = Settings(budget=args.steps, unit="steps", seed=args.seed)
     t0 = time.time()
     widget.train()
     wait(app, widget, args.timeout)
@@ -247,7 +248,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out-volume-2d", default=str(REPO / "docs" / "screenshot_volume_2d.png"))
     ap.add_argument("--out-volume-3d", default=str(REPO / "docs" / "screenshot_volume_3d.png"))
     ap.add_argument("--only", choices=("fundus", "volume"), default=None)
-    ap.add_argument("--seconds", type=float, default=20.0, help="training budget")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="training budget in steps (default: the widget's default, shown in its box)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--angles", type=float, nargs=3, default=(-20.0, 30.0, 150.0),
                     help="3D camera angles (degrees)")
