@@ -30,8 +30,8 @@ def test_a_smaller_input_gets_a_smaller_budget():
     # always within the bounds
     assert budget.default_steps(1) == budget.MIN_STEPS
     assert budget.default_steps(10**12) == budget.MAX_STEPS
-    assert budget.steps_for_volumes([(35, 50, 40)], warm=False) == budget.default_steps(70000)
-    assert budget.steps_for_images([(64, 64, 3), (32, 32, 3)], warm=True) == \
+    assert budget.steps_for([(35, 50, 40)], ndim=3, warm=False) == budget.default_steps(70000)
+    assert budget.steps_for([(64, 64, 3), (32, 32, 3)], ndim=2, warm=True) == \
         budget.default_steps(64 * 64 + 32 * 32, 3, warm=True)
 
 

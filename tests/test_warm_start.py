@@ -108,7 +108,7 @@ def test_get_encoder_policy(monkeypatch):
     """Default (no budget) or a budget in steps: packaged weights for the channel count
     and the step rule's warm budget; no packaged file for that count: scratch at the
     scratch budget; a budget in seconds or epochs, or warm_start=False: scratch."""
-    from napari_cuts.budget import steps_for_images
+    from napari_cuts.budget import steps_for
 
     calls = []
 
@@ -125,12 +125,12 @@ def test_get_encoder_policy(monkeypatch):
     pipeline.get_encoder(rgb, device="cpu")
     assert calls[-1]["init"] == packaged_weights(3)
     if packaged_weights(3) is not None:
-        assert calls[-1]["steps"] == steps_for_images([shape], warm=True)
+        assert calls[-1]["steps"] == steps_for([shape], ndim=2, warm=True)
     pipeline.get_encoder(four, device="cpu")                   # no 4-channel weights
     assert calls[-1]["init"] is None
-    assert calls[-1]["steps"] == steps_for_images([four[0].shape], warm=False)
+    assert calls[-1]["steps"] == steps_for([four[0].shape], ndim=2, warm=False)
     pipeline.get_encoder(rgb, device="cpu", warm_start=False)
-    assert calls[-1]["init"] is None and calls[-1]["steps"] == steps_for_images([shape], warm=False)
+    assert calls[-1]["init"] is None and calls[-1]["steps"] == steps_for([shape], ndim=2, warm=False)
     pipeline.get_encoder(rgb, device="cpu", steps=7)
     assert calls[-1]["init"] == packaged_weights(3) and calls[-1]["steps"] == 7
     pipeline.get_encoder(rgb, device="cpu", seconds=5)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_cuts._widget import Settings
-from napari_cuts.budget import steps_for_images, steps_for_volumes
+from napari_cuts.budget import steps_for
 
 from test_widget import docked  # noqa: F401 (the docked-widget fixture)
 
@@ -29,16 +29,16 @@ def test_budget_box_shows_the_default_steps(docked):
     viewer.add_image(rgb, name="rgb", rgb=True)
     widget.image_combo.setCurrentText("rgb")
     assert widget.unit_combo.currentText() == "steps"
-    assert widget.budget_spin.value() == steps_for_images([rgb.shape], warm=True)
+    assert widget.budget_spin.value() == steps_for([rgb.shape], ndim=2, warm=True)
     widget.warm_check.setChecked(False)          # from scratch: more steps
-    assert widget.budget_spin.value() == steps_for_images([rgb.shape], warm=False)
+    assert widget.budget_spin.value() == steps_for([rgb.shape], ndim=2, warm=False)
     widget.warm_check.setChecked(True)
     vol = np.random.default_rng(1).random((40, 60, 60)).astype(np.float32)
     viewer.add_image(vol, name="vol")
     widget.image_combo.setCurrentText("vol")
     shown = widget.budget_spin.value()
-    assert shown in (steps_for_volumes([vol.shape], warm=True),
-                     steps_for_volumes([vol.shape], warm=False))
+    assert shown in (steps_for([vol.shape], ndim=3, warm=True),
+                     steps_for([vol.shape], ndim=3, warm=False))
     assert widget.settings.budget is None        # still the default
     widget.budget_spin.setValue(9)               # the user's budget stays
     widget.image_combo.setCurrentText("rgb")

@@ -52,15 +52,6 @@ def default_steps(voxels: int, channels: int = 1, *, warm: bool = False) -> int:
     return int(min(MAX_STEPS, max(MIN_STEPS, round(steps))))
 
 
-def input_size(shape: Sequence[int], *, rgb_or_channels: bool) -> tuple[int, int]:
-    """``(voxels, channels)`` of an array of ``shape``; the last axis is channels when
-    ``rgb_or_channels`` is True."""
-    shape = tuple(int(s) for s in shape)
-    if rgb_or_channels:
-        return int(math.prod(shape[:-1])), int(shape[-1])
-    return int(math.prod(shape)), 1
-
-
 def settled(losses: Sequence[float], window: int = SETTLE_WINDOW,
             tolerance: float = SETTLE_TOLERANCE) -> bool:
     """True when the loss has stopped falling: checked at multiples of ``window``
@@ -74,21 +65,14 @@ def settled(losses: Sequence[float], window: int = SETTLE_WINDOW,
     return not (before - last) > tolerance * abs(before)
 
 
-def steps_for_images(shapes: Sequence[Sequence[int]], *, warm: bool) -> int:
-    """:func:`default_steps` for 2D images of these ``(H, W[, C])`` shapes, trained
-    together (what :func:`napari_cuts.pipeline.get_encoder` uses)."""
+def steps_for(shapes: Sequence[Sequence[int]], *, ndim: int, warm: bool) -> int:
+    """:func:`default_steps` for inputs of these shapes trained together: ``ndim``
+    spatial axes first (2: ``(H, W[, C])`` images, what
+    :func:`napari_cuts.pipeline.get_encoder` uses; 3: ``(Z, Y, X[, C])`` volumes, what
+    :func:`napari_cuts.pipeline.train_volume_encoder` uses), then an optional channel
+    axis."""
     shapes = [tuple(int(v) for v in s) for s in shapes]
     if not shapes:
-        raise ValueError("no images")
-    channels = shapes[0][2] if len(shapes[0]) > 2 else 1
-    return default_steps(sum(s[0] * s[1] for s in shapes), channels, warm=warm)
-
-
-def steps_for_volumes(shapes: Sequence[Sequence[int]], *, warm: bool) -> int:
-    """:func:`default_steps` for volumes of these ``(Z, Y, X[, C])`` shapes, trained
-    together (what :func:`napari_cuts.pipeline.train_volume_encoder` uses)."""
-    shapes = [tuple(int(v) for v in s) for s in shapes]
-    if not shapes:
-        raise ValueError("no volumes")
-    channels = shapes[0][3] if len(shapes[0]) > 3 else 1
-    return default_steps(sum(s[0] * s[1] * s[2] for s in shapes), channels, warm=warm)
+        raise ValueError("no inputs")
+    channels = shapes[0][ndim] if len(shapes[0]) > ndim else 1
+    return default_steps(sum(math.prod(s[:ndim]) for s in shapes), channels, warm=warm)

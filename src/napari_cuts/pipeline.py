@@ -27,8 +27,9 @@ from .errors import InputError
 from .images import (Cancel, CheckedImages, Progress, as_image_list, check_cancel, check_image,
                      checked_list, report)
 # the shared parts and the volume path, re-exported: napari_cuts.pipeline.<name> for all
-from .pipeline_common import (IMAGE_WEIGHT, in_parallel, SegmentResult, available_memory_mb,
-                              clustering_features, informative, load_weights, save_npy, stage,
+from .pipeline_common import (IMAGE_WEIGHT, SegmentResult, available_memory_mb, in_parallel,
+                              seconds_of, clustering_features, informative, load_weights,
+                              save_npy, stage, start_and_steps,
                               train_or_load)  # noqa: F401
 from .pipeline_volume import (VOLUME_INPUT, check_fits_volume, refined_hierarchy,  # noqa: F401
                               segment_volume, segment_volume_job, smooth_embedding_columns,
@@ -127,21 +128,14 @@ def get_encoder(images, *, weights=None, steps=None, epochs=None, seconds=None, 
     ``metadata["steps"]`` the steps trained, which ``steps=`` replays.
     Returns ``(encoder, trained)``.
     """
-    from .budget import steps_for_images
-    from .encoder import Encoder, packaged_weights, train_encoder
+    from .encoder import packaged_weights, train_encoder
 
     if weights is not None:
         return load_weights(weights, device), False
     stack = checked_list(images)     # as_image_list, unless the pipeline checked them already
-    init = None
-    if warm_start is None:
-        warm_start = epochs is None and seconds is None
-    if isinstance(warm_start, (str, Path, Encoder)):
-        init = warm_start
-    elif warm_start:
-        init = packaged_weights(stack[0].shape[-1])
-    if steps is None and epochs is None and seconds is None:
-        steps = steps_for_images([im.shape for im in stack], warm=init is not None)
+    init, steps = start_and_steps(warm_start, lambda: packaged_weights(stack[0].shape[-1]),
+                                  [im.shape for im in stack], ndim=2, steps=steps,
+                                  epochs=epochs, seconds=seconds)
     enc = train_encoder(CheckedImages(stack), steps=steps, epochs=epochs, seconds=seconds,
                         seed=seed,
                         device=device, progress=progress, cancel=cancel, init=init)
@@ -403,7 +397,6 @@ def _segment_2d_job(src, data, out, *, max_points, weights, steps, epochs, secon
     hier = res.hierarchy
     hier.metadata.update({"input": str(image_path)})
     t1 = time.perf_counter()
-    fig_seconds = []
 
     def files():
         hier.save(out / "hierarchy.npz")
@@ -414,12 +407,10 @@ def _segment_2d_job(src, data, out, *, max_points, weights, steps, epochs, secon
         if src.format in ("nifti", "dicom"):
             write_labels(out / "persistent.nii.gz", pers, like=src, provenance=provenance)
 
-    def figure():
-        t = time.perf_counter()
-        _figure_levels(np.asarray(image), hier, out / "levels.png")
-        fig_seconds.append(time.perf_counter() - t)
-
-    in_parallel(figure, files)        # the figure here, the files on the other core
+    # the figure here, the files on the other core
+    fig_seconds, _ = in_parallel(
+        lambda: seconds_of(lambda: _figure_levels(np.asarray(image), hier, out / "levels.png")),
+        files)
     t2 = time.perf_counter()
     summary.update({"n_levels": int(hier.n_levels),
                     "n_clusters": [int(c) for c in hier.n_clusters],
@@ -428,7 +419,7 @@ def _segment_2d_job(src, data, out, *, max_points, weights, steps, epochs, secon
                     "seconds_condense": round(res.seconds["condense"], 2),
                     "seconds_map_back": round(res.seconds.get("refine", 0.0), 2),
                     "seconds_write": round(t2 - t1, 2),       # files and figure together
-                    "seconds_figures": round(fig_seconds[0], 2)})
+                    "seconds_figures": round(fig_seconds, 2)})
 
 
 def _segment_slices_job(src, data, out, slices, *, max_points, weights, steps, epochs, seconds,

@@ -143,6 +143,35 @@ def in_parallel(*jobs) -> list:
     return [first, *(f.result() for f in futures)]
 
 
+def start_and_steps(warm_start, packaged, shapes, *, ndim: int, steps, epochs, seconds):
+    """Where training starts and its step budget: ``(init, steps)``.
+
+    ``warm_start`` None means the packaged weights (``packaged()``, None where the
+    package ships none) for a budget in steps, given or default, and scratch for one in
+    epochs or seconds; True / False / a path or an Encoder as
+    :func:`napari_cuts.pipeline.get_encoder` says. With no budget at all, ``steps`` is
+    :func:`napari_cuts.budget.steps_for` of the inputs' ``shapes``."""
+    from .budget import steps_for
+    from .encoder import Encoder
+
+    if warm_start is None:
+        warm_start = epochs is None and seconds is None
+    if isinstance(warm_start, (str, Path, Encoder)):
+        init = warm_start
+    else:
+        init = packaged() if warm_start else None
+    if steps is None and epochs is None and seconds is None:
+        steps = steps_for(shapes, ndim=ndim, warm=init is not None)
+    return init, steps
+
+
+def seconds_of(job) -> float:
+    """Run the callable ``job`` and return the seconds it took."""
+    t = time.perf_counter()
+    job()
+    return time.perf_counter() - t
+
+
 def save_npy(path: Path, arr: np.ndarray) -> None:
     """Write ``arr`` as ``.npy`` atomically (temporary file, then rename)."""
     from .fileutil import atomic_path

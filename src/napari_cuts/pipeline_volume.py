@@ -21,8 +21,9 @@ import numpy as np
 from . import __version__
 from .errors import InputError
 from .images import Cancel, CheckedImages, Progress, check_cancel, report
-from .pipeline_common import (IMAGE_WEIGHT, in_parallel, SegmentResult, available_memory_mb,
-                              clustering_features, informative, load_weights, save_npy, stage,
+from .pipeline_common import (IMAGE_WEIGHT, SegmentResult, available_memory_mb, in_parallel,
+                              seconds_of, clustering_features, informative, load_weights,
+                              save_npy, stage, start_and_steps,
                               train_or_load)
 
 #: ``encoder.metadata["volume_input"]`` of volume encoders trained on volumes scaled per
@@ -116,32 +117,17 @@ def _train_volume_encoder(imgs: list, shapes: list, channels: int, k: int, *, st
     """:func:`train_volume_encoder` from the training slices ``imgs`` of checked working
     grids (:func:`volume_training_slices`), the volumes' ``shapes``, their ``channels``
     and the slice context ``k``; the slices go to the encoder as checked images."""
-    from .budget import steps_for_volumes
-    from .encoder import Encoder, train_encoder
+    from .encoder import packaged_weights, train_encoder
 
-    init = None
-    if warm_start is None:
-        warm_start = epochs is None and seconds is None
-    if isinstance(warm_start, (str, Path, Encoder)):
-        init = warm_start
-    elif warm_start:
-        init = packaged_volume_weights(channels, k)
-    if steps is None and epochs is None and seconds is None:
-        steps = steps_for_volumes(shapes, warm=init is not None)
+    init, steps = start_and_steps(warm_start,
+                                  lambda: packaged_weights(channels, context_slices=k),
+                                  shapes, ndim=3, steps=steps, epochs=epochs, seconds=seconds)
     enc = train_encoder(CheckedImages(imgs), steps=steps, epochs=epochs, seconds=seconds, seed=seed,
                         device=device, progress=progress, cancel=cancel, init=init,
                         context_slices=k, **options)
     enc.metadata["volume"] = True       # embed() then reads (Z, Y, X[, C]) as a volume
     enc.metadata["volume_input"] = VOLUME_INPUT
     return enc
-
-
-def packaged_volume_weights(channels: int, context: int):
-    """The packaged start point for a volume encoder of ``channels`` channels and
-    ``context`` slices, or None where the package ships none."""
-    from .encoder import packaged_weights
-
-    return packaged_weights(channels, context_slices=context)
 
 
 def smooth_embedding_columns(feats: np.ndarray, image01: np.ndarray, iterations: int,
@@ -370,7 +356,6 @@ def segment_volume_job(src, data, out, *, max_points, weights, steps, epochs, se
     hier = res.hierarchy
     hier.metadata.update({"input": str(image_path)})
     t1 = time.perf_counter()
-    fig_seconds = []
 
     def persistent_files():
         pers = hier.persistent()
@@ -382,16 +367,14 @@ def segment_volume_job(src, data, out, *, max_points, weights, steps, epochs, se
             except Exception as exc:  # noqa: BLE001 - the NIfTI is written; say why the SEG is not
                 log(f"persistent.dcm not written: {exc}")
 
-    def figure():
-        t = time.perf_counter()
-        _figure_volume_levels(vol, hier, out / "levels.png", spacing=spacing)
-        fig_seconds.append(time.perf_counter() - t)
-
     # the figure here, the two big compressed files and the persistent map on two
     # threads: zlib releases the GIL, so both cores write
-    in_parallel(figure, lambda: (hier.save(out / "hierarchy.npz"),
-                                 save_prompt_data(out, image=vol, spacing=spacing)),
-                persistent_files)
+    fig_seconds, _, _ = in_parallel(
+        lambda: seconds_of(lambda: _figure_volume_levels(vol, hier, out / "levels.png",
+                                                         spacing=spacing)),
+        lambda: (hier.save(out / "hierarchy.npz"),
+                 save_prompt_data(out, image=vol, spacing=spacing)),
+        persistent_files)
     t2 = time.perf_counter()
     summary.update({"volume": True, "n_levels": int(hier.n_levels),
                     "n_clusters": [int(c) for c in hier.n_clusters],
@@ -404,7 +387,7 @@ def segment_volume_job(src, data, out, *, max_points, weights, steps, epochs, se
                     "seconds_condense": round(res.seconds["condense"], 2),
                     "seconds_map_back": round(res.seconds.get("refine", 0.0), 2),
                     "seconds_write": round(t2 - t1, 2),      # files and figure together
-                    "seconds_figures": round(fig_seconds[0], 2),
+                    "seconds_figures": round(fig_seconds, 2),
                     "guided_smoothing": hier.metadata.get("guided_smoothing")})
 
 

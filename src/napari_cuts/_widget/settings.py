@@ -58,21 +58,20 @@ class Settings:
 def default_budget(src: "Source", images: list, warm_start: bool) -> int:
     """The steps that training with no budget will take on ``src`` (``images``: the 2D
     images it trains on; unused for a volume), as the pipeline computes them."""
-    from ..budget import steps_for_images, steps_for_volumes
+    from ..budget import steps_for
     from ..encoder import packaged_weights
 
     if src.one_volume:
-        from ..pipeline_volume import packaged_volume_weights
         from ..volume import CONTEXT_SLICES
 
         shape = tuple(np.shape(src.array))
         chans = 1 if len(shape) == 3 else int(shape[-1])
-        warm = warm_start and packaged_volume_weights(chans, CONTEXT_SLICES) is not None
-        return steps_for_volumes([shape], warm=warm)
+        warm = warm_start and packaged_weights(chans, context_slices=CONTEXT_SLICES) is not None
+        return steps_for([shape], ndim=3, warm=warm)
     shapes = [np.shape(im) for im in images]
     chans = 1 if len(shapes[0]) == 2 else int(shapes[0][-1])
     warm = warm_start and packaged_weights(chans) is not None
-    return steps_for_images(shapes, warm=warm)
+    return steps_for(shapes, ndim=2, warm=warm)
 
 
 @dataclass
