@@ -8,12 +8,23 @@ only), :mod:`.clicks` (prompts -> masks, the objects' layers), :mod:`.prompts` (
 folder the solver reads, solving off the GUI thread), :mod:`.promptlayers` ("CUTS
 points" and "CUTS prompts"), :mod:`.view3d` (the 3D view), :mod:`.export`,
 :mod:`.phate` (the PHATE view), :mod:`.inputs` (several layers as one input) and
-:mod:`.cohort` ("Apply to all images").
+:mod:`.cohort` ("Apply to all images"). What the parts share lives in one
+:class:`~napari_cuts._widget.state.WidgetState` (:mod:`.state`, no Qt).
+
+The panel (and so Qt) is imported on first use of ``CutsWidget``: the numpy-only
+parts (:mod:`.state`, :mod:`.objects`, :mod:`.model`) import without a Qt binding.
 """
 
-from .panel import CutsWidget
 from .settings import (DEVICES, LABELS_NAME, LEVELS_NAME, MASK_NAME, NO_IMAGE_HINT, UNITS, Settings, Source,
                        click_mode, default_level, source_from_layer)
 
 __all__ = ["CutsWidget", "Settings", "Source", "source_from_layer", "click_mode",
            "default_level", "LEVELS_NAME", "LABELS_NAME", "MASK_NAME", "NO_IMAGE_HINT", "UNITS", "DEVICES"]
+
+
+def __getattr__(name):
+    if name == "CutsWidget":
+        from .panel import CutsWidget
+
+        return CutsWidget
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
