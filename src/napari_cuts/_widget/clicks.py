@@ -42,7 +42,7 @@ from .model import first_hit
 from .objects import ObjectSet, Prompts, measure
 from .promptlayers import PromptLayers
 from .prompts import Resolver, WorkFolders, has_prompt_data, one_click, solve_prompts
-from .settings import LABELS_NAME, MASK_NAME, click_mode, single_colour
+from .settings import LABELS_NAME, MASK_NAME, click_mode, layer_geometry, physical_scale, single_colour
 
 log = logging.getLogger(__name__)
 
@@ -54,26 +54,73 @@ DIMMED_OPACITY = 0.2
 MODES = {"positive": True, "add": True, "replace": True, "negative": False, "remove": False}
 
 
-class Objects:
-    """Objects, prompts -> masks, the mask and labels layers, for widget ``w``."""
+class MouseHooks:
+    """The layers whose clicks go to ``callback`` (napari mouse-drag callbacks)."""
 
-    def __init__(self, w) -> None:
-        self.w = w
-        self.model: Optional[ObjectSet] = None
+    def __init__(self, callback) -> None:
+        self.callback = callback
+        self.layers: list = []
+
+    def hook(self, layer) -> None:
+        if layer is not None and self.callback not in layer.mouse_drag_callbacks:
+            layer.mouse_drag_callbacks.append(self.callback)
+            self.layers.append(layer)
+
+    def unhook(self) -> None:
+        for lay in self.layers:
+            if self.callback in lay.mouse_drag_callbacks:
+                lay.mouse_drag_callbacks.remove(self.callback)
+        self.layers = []
+
+
+class Objects:
+    """Objects, prompts -> masks, the mask and labels layers.
+
+    Reads and writes the shared :class:`~napari_cuts._widget.state.WidgetState`
+    (``state.objects`` is the :class:`ObjectSet`; the source, results, level and levels
+    layer are read from it) and announces every change of the objects with
+    ``state.objects_changed()``: the object list, the 3D view and the panel's buttons
+    listen. Services: the ``viewer`` (layers, key bindings), ``notify(level, text)``,
+    ``status(text)`` (the progress line), ``hook(layer)`` (route a layer's clicks here),
+    ``view3d`` (the 3D styles) and ``run_sync()`` (solve on the calling thread)."""
+
+    def __init__(self, state, viewer, *, notify, status, hook, view3d,
+                 run_sync=lambda: False) -> None:
+        self.state = state
+        self.viewer = viewer
+        self.notify = notify
+        self.status = status
+        self.hook = hook
+        self.view3d = view3d
+        self.run_sync = run_sync
         self.layer = None            # "CUTS mask": the current object
         self.labels_layer = None     # "CUTS labels": every object
         self._keyed: list = []
-        self.prompt_layers = PromptLayers(w)
+        self.prompt_layers = PromptLayers(state, viewer, hook=hook, bind_keys=self.bind_keys,
+                                          set_points=self.set_points,
+                                          set_scribbles=self.set_scribbles)
         self.folders = WorkFolders()
         self.resolver = Resolver(self._solve, self._solved, self._failed)
         self._stepping = False
         self._levels_opacity: Optional[float] = None   # the levels' own, while dimmed
         self._mask_colour: Optional[tuple] = None      # (mask layer, colour shown)
+        state.on("follow", self._on_follow)
+        state.on("level", self._on_view)
+        state.on("persistent", self._on_view)
+        try:
+            viewer.dims.events.ndisplay.connect(self._on_ndisplay)
+        except Exception:  # noqa: BLE001 - a viewer stand-in without the event
+            log.debug("napari-cuts: no ndisplay event", exc_info=True)
 
     # ---------------------------------------------------------------- state
+    @property
+    def model(self) -> Optional[ObjectSet]:
+        """The objects (``state.objects``), None before results."""
+        return self.state.objects
+
     def reset(self, shape=None, per_slice: bool = False) -> None:
         """New results (``shape``) or none: the objects, the folders and the solves go."""
-        self.model = ObjectSet(shape, per_slice) if shape is not None else None
+        self.state.objects = ObjectSet(shape, per_slice) if shape is not None else None
         self.layer = None
         self.labels_layer = None
         self.prompt_layers.reset()
@@ -113,38 +160,35 @@ class Objects:
         return not self.prompts.empty
 
     def _click_level(self) -> Optional[int]:
-        w = self.w
-        return None if w.persistent_check.isChecked() else int(w.level)
+        return self.state.click_level
 
     # -------------------------------------------------------------- folders
     def results_ready(self, i: int, res) -> None:
         """Hierarchy ``i`` arrived (Segment): write its working folder in the background
         (the hierarchy and the image on its grid) and show the prompt layers."""
-        w = self.w
-        src = w.source
+        src = self.state.source
         if src.one_volume:
             image, spacing = src.array, src.spacing
         else:
             image = src.slices[i]
             spacing = tuple(abs(float(v)) for v in np.asarray(src.layer.scale, float)[-2:])
         key = i if self.model is not None and self.model.per_slice else 0
-        self.folders.prepare(key, res.hierarchy, image, spacing, sync=w.run_sync)
+        self.folders.prepare(key, res.hierarchy, image, spacing, sync=self.run_sync())
         self.prompt_layers.ensure()
 
     def use_folder(self, folder, hierarchy) -> None:
         """Solve in an opened session or segment folder (``hierarchy`` read from it);
         one without ``prompts.npz`` gets a working folder made from the image."""
-        w = self.w
         if folder is not None and has_prompt_data(folder):
             self.folders.use(0, folder)
             return
-        src = w.source
+        src = self.state.source
         image = src.array if src.one_volume else src.slices[0]
         n = len(hierarchy.shape)
         spacing = tuple(abs(float(v)) for v in np.asarray(src.layer.scale, float)[-n:])
         hfile = None if folder is None else (folder / "hierarchy.npz")
         self.folders.prepare(0, hierarchy, image, spacing, hierarchy_file=hfile,
-                             sync=w.run_sync)
+                             sync=self.run_sync())
 
     def prompt_file(self):
         """The ``prompts.npz`` the objects are solved with (waiting while it is written),
@@ -159,14 +203,14 @@ class Objects:
     # ---------------------------------------------------------------- mouse
     def on_mouse(self, layer, event):
         """Mouse drag callback: a click (press and release without a drag) is a prompt."""
-        w = self.w
-        if getattr(layer, "mode", "pan_zoom") != "pan_zoom" or not w.results:
+        st = self.state
+        if getattr(layer, "mode", "pan_zoom") != "pan_zoom" or not st.results:
             return
         if getattr(event, "button", 1) != 1:
             return
         pos0 = np.asarray(event.position, float)
         displayed = tuple(getattr(event, "dims_displayed", ()) or ())
-        three_d = len(displayed) == 3 and w.source is not None and w.source.volume
+        three_d = len(displayed) == 3 and st.volume
         view_direction = getattr(event, "view_direction", None)
         mode = click_mode(event.modifiers)
         dragged = False
@@ -180,15 +224,14 @@ class Objects:
         if three_d and view_direction is not None:
             point = self.pick_3d(pos0, view_direction, displayed)
             if point is not None:
-                w.click(point, mode)
+                self.click(point, mode)
         else:
-            w.click(np.asarray(w.levels_layer.world_to_data(pos0), float), mode)
+            self.click(np.asarray(st.levels_layer.world_to_data(pos0), float), mode)
 
     def pick_3d(self, position, view_direction, dims_displayed=(0, 1, 2)):
         """The voxel (z, y, x) a click at world ``position`` along ``view_direction``
         lands on in the 3D view: the first shown voxel (levels or mask), or None."""
-        w = self.w
-        lay = w.levels_layer
+        lay = self.state.levels_layer
         start, end = lay.get_ray_intersections(np.asarray(position, float),
                                                np.asarray(view_direction, float),
                                                list(dims_displayed), world=True)
@@ -208,16 +251,16 @@ class Objects:
         current object: ``"positive"`` (or ``"add"``), ``"negative"`` (or ``"remove"``),
         or ``"replace"`` (the object's prompts start over from this positive point).
         False if outside the image."""
-        w = self.w
+        results = self.state.results
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}.")
-        if not w.results or self.model is None:
+        if not results or self.model is None:
             return False
         idx = tuple(int(round(float(p))) for p in point)[-len(self.model.shape):]
         if len(idx) != len(self.model.shape) or any(
                 not 0 <= i < n for i, n in zip(idx, self.model.shape)):
             return False
-        if self.model.per_slice and idx[0] not in w.results:
+        if self.model.per_slice and idx[0] not in results:
             return False
         obj = self.current
         base = Prompts() if mode == "replace" or obj is None else obj.prompts
@@ -268,13 +311,14 @@ class Objects:
         if obj is None or obj.prompts.empty:
             return
         model = self.model
-        quick = one_click(lambda z: self.w.results[z].hierarchy, obj.prompts, obj.level,
+        results = self.state.results
+        quick = one_click(lambda z: results[z].hierarchy, obj.prompts, obj.level,
                           model.shape, model.per_slice)
         if quick is not None:                 # the tool's click: at once, as always
             self.resolver.supersede(obj.id)
             model.set_mask(obj.id, obj.prompts, obj.level, quick)
             return
-        self.resolver.run_sync = bool(self.w.run_sync)
+        self.resolver.run_sync = bool(self.run_sync())
         if not self.resolver.run_sync:
             self.message("Solving...")
         self.resolver.request(obj.id, obj.prompts, obj.level)
@@ -286,11 +330,10 @@ class Objects:
 
     def _solve(self, req) -> np.ndarray:
         """Worker thread: the mask of ``req``'s prompts."""
-        w = self.w
         model = self.model
         if model is None:
             raise InputError("the results are gone.")
-        n_levels = {z: r.hierarchy.n_levels for z, r in list(w.results.items())}
+        n_levels = {z: r.hierarchy.n_levels for z, r in list(self.state.results.items())}
         return solve_prompts(self.folders, req.prompts, req.level, model.shape,
                              model.per_slice, n_levels)
 
@@ -318,45 +361,41 @@ class Objects:
         if self.model is not None and self.model.set_error(req.label_id, req.prompts,
                                                            req.level, text):
             self.message(text + " The mask is unchanged.")
-            self.w._notify("warning", text)
+            self.notify("warning", text)
             self.show()
         else:
             self._settle_message()           # a stale answer
 
     def message(self, text: str) -> None:
-        """Show ``text`` under the object list (solver messages)."""
-        try:
-            self.w.object_list.message.setText(text)
-        except (AttributeError, RuntimeError):
-            pass
+        """Show ``text`` under the object list (solver messages): ``state.object_message``."""
+        self.state.object_message = text
 
     # -------------------------------------------------------------- changes
     def step(self, step: int) -> bool:
         """Grow (+1) or shrink (-1): the slider one real merge up or down the lineage of
         the current object's first positive point (sorted order), the object solved at
         that level (one undo step). False when nothing moves."""
-        w = self.w
+        st = self.state
         obj = self.current
-        if self.model is None or obj is None or not w.results or not obj.prompts.positive:
-            w.progress_label.setText("Click a structure first.")
+        if self.model is None or obj is None or not st.results or not obj.prompts.positive:
+            self.status("Click a structure first.")
             return False
         p = min(obj.prompts.positive)
         per_slice = self.model.per_slice
-        hier = w.results[p[0] if per_slice else 0].hierarchy
+        hier = st.results[p[0] if per_slice else 0].hierarchy
         local = p[1:] if per_slice else p
         start = obj.level if obj.level is not None else hier.click_level(local, connected=True)
         start = int(min(max(int(start), 0), hier.n_levels - 1))
         new = int(hier.step_level(local, start, int(step), connected=True))
         if new == start:
-            w.progress_label.setText("Nothing to " + ("grow: the structure is the whole image."
+            self.status("Nothing to " + ("grow: the structure is the whole image."
                                                       if step > 0 else
                                                       "shrink: the structure is the finest."))
             return False
         self._stepping = True
         try:
-            if w.persistent_check.isChecked():
-                w.persistent_check.setChecked(False)
-            w.set_level(new)
+            st.persistent = False      # the levels part shows the change (and the box)
+            st.level = new
         finally:
             self._stepping = False
         moved = self.model.relevel(new, record=True)
@@ -367,7 +406,7 @@ class Objects:
 
     def new_object(self, name: Optional[str] = None) -> Optional[int]:
         if self.model is None:
-            self.w._notify("error", "Segment an image (or open a session) first.")
+            self.notify("error", "Segment an image (or open a session) first.")
             return None
         i = self.model.new_object(name)
         self.show()
@@ -414,6 +453,16 @@ class Objects:
             self._request(moved)
             self.show()
 
+    def _on_follow(self, on: bool) -> None:
+        if on:
+            self.replay()
+
+    def _on_view(self, _value) -> None:
+        """The level or the persistent view changed: with "Mask follows slider" the
+        current object is solved again there."""
+        if self.state.follow:
+            self.replay()
+
     def loaded(self) -> None:
         """Objects were loaded (a session): solve those without a stored mask, show."""
         self._resolve_unsolved()
@@ -423,19 +472,17 @@ class Objects:
     def bind_keys(self, layers=()) -> None:
         """ctrl+z, ctrl+shift+z, [ and ] on the viewer and on ``layers`` (the active
         layer's key map comes first in napari: a Labels layer binds ctrl+z and [ ])."""
-        w = self.w
-
         def action(name):
             def run(*_args):
                 try:
-                    {"undo": w.undo, "redo": w.redo, "grow": w.grow,
-                     "shrink": w.shrink}[name]()
+                    {"undo": self.undo, "redo": self.redo, "grow": lambda: self.step(+1),
+                     "shrink": lambda: self.step(-1)}[name]()
                 except RuntimeError:    # the widget is gone
                     pass
             run.__name__ = f"napari_cuts_{name}"
             return run
 
-        for target in (w.viewer, *layers):
+        for target in (self.viewer, *layers):
             if target is None or any(t is target for t in self._keyed):
                 continue
             for key, name in KEYS.items():
@@ -447,17 +494,17 @@ class Objects:
 
     # ----------------------------------------------------------------- layers
     def _layer_gone(self, layer) -> bool:
-        return layer is None or layer not in self.w.viewer.layers
+        return layer is None or layer not in self.viewer.layers
 
     def adopt_labels_layer(self, layer) -> None:
         """Use ``layer`` (a "CUTS labels" layer read from a session) as the labels layer."""
         self.labels_layer = layer
-        self.w._hook(layer)
+        self.hook(layer)
         self.bind_keys([layer])
 
     def show(self) -> None:
-        """Put the objects into the layers (made on first use), the list and the labels."""
-        w = self.w
+        """Put the objects into the layers (made on first use), then announce the change
+        (``state.objects_changed()``: the list, the area line, the 3D cut, the buttons)."""
         if self.model is None:
             return
         made = self._layer_gone(self.labels_layer) or self._layer_gone(self.layer)
@@ -468,31 +515,37 @@ class Objects:
         if made:
             self.prompt_layers.raise_to_top()
         self.style_levels()
-        w.view3d.mask_changed()
-        stats = self.stats()
-        physical = w._has_physical_scale()
-        who = f"{obj.name} (id {obj.id})" if obj is not None else "Mask"
-        if obj is None or obj.mask is None:
-            w.area_label.setText(f"{who}: empty")
-        elif w.source.volume:
-            w.area_label.setText(f"{who}: {stats['pixels']} voxels"
-                                 + (f", {stats['ml']:.2f} mL" if physical else ""))
-        else:
-            w.area_label.setText(f"{who}: {stats['pixels']} pixels"
-                                 + (f", {stats['mm2']:.2f} mm\u00b2" if physical else ""))
         if obj is not None and obj.error is not None:
             self.message(obj.error + " The mask is unchanged.")
         elif not self.resolver.busy:
             self.message("")
-        w.object_list.show_objects(self)
-        w._recolor_phate()
-        w._update_buttons()
+        self.state.objects_changed()
+
+    def area_text(self) -> str:
+        """The area line: the current object's name and size ("Mask: empty" without)."""
+        obj = self.current
+        src = self.state.source
+        who = f"{obj.name} (id {obj.id})" if obj is not None else "Mask"
+        if obj is None or obj.mask is None:
+            return f"{who}: empty"
+        stats = self.stats()
+        physical = src is not None and physical_scale(src.layer)
+        if src.volume:
+            return (f"{who}: {stats['pixels']} voxels"
+                    + (f", {stats['ml']:.2f} mL" if physical else ""))
+        return (f"{who}: {stats['pixels']} pixels"
+                + (f", {stats['mm2']:.2f} mm\u00b2" if physical else ""))
+
+    def _on_ndisplay(self, *_args) -> None:
+        try:
+            self.style_levels()         # outlines in the 2D view only
+        except RuntimeError:  # the widget is gone
+            pass
 
     def style_levels(self) -> None:
         """The levels dimmed (and outlined in the 2D view) while the current object has
         prompts; as the user set them otherwise."""
-        w = self.w
-        lay = w.levels_layer
+        lay = self.state.levels_layer
         if lay is None or self._layer_gone(lay):
             return
         obj = self.current
@@ -503,25 +556,25 @@ class Objects:
                 lay.opacity = min(float(lay.opacity), DIMMED_OPACITY)
             elif not editing and self._levels_opacity is not None:
                 lay.opacity, self._levels_opacity = self._levels_opacity, None
-            contour = 1 if editing and int(w.viewer.dims.ndisplay) == 2 else 0
+            contour = 1 if editing and int(self.viewer.dims.ndisplay) == 2 else 0
             if lay.contour != contour:
                 lay.contour = contour
         except Exception:  # noqa: BLE001 - cosmetic only
             log.debug("napari-cuts: could not style the levels", exc_info=True)
 
     def _show_labels(self) -> None:
-        w = self.w
         model = self.model
         dtype = model.label_dtype()
         if self._layer_gone(self.labels_layer):
             if not model.objects:
                 return
-            self.labels_layer = w.viewer.add_labels(model.labels(), name=LABELS_NAME,
-                                                    opacity=0.55, **w._geometry())
-            w._hook(self.labels_layer)
+            self.labels_layer = self.viewer.add_labels(
+                model.labels(), name=LABELS_NAME, opacity=0.55,
+                **layer_geometry(self.state.source.layer))
+            self.hook(self.labels_layer)
             self.bind_keys([self.labels_layer])
-            w.view3d.style_levels(self.labels_layer)
-            w.viewer.layers.selection.active = w.levels_layer
+            self.view3d.style_levels(self.labels_layer)
+            self.viewer.layers.selection.active = self.state.levels_layer
         else:
             data = self.labels_layer.data
             if isinstance(data, np.ndarray) and data.shape == model.shape and data.dtype == dtype:
@@ -547,7 +600,6 @@ class Objects:
         return None if obj is None else tuple(float(v) for v in obj.colour)
 
     def _show_mask(self) -> None:
-        w = self.w
         obj = self.current
         if obj is None or obj.mask is None:
             mask = np.zeros(self.model.shape, bool)
@@ -556,14 +608,15 @@ class Objects:
         else:
             mask = obj.mask
         if self._layer_gone(self.layer):
-            self.layer = w.viewer.add_labels(mask.astype(np.uint8), name=MASK_NAME,
-                                             opacity=0.7, **w._geometry())
-            w._hook(self.layer)
+            self.layer = self.viewer.add_labels(mask.astype(np.uint8), name=MASK_NAME,
+                                                opacity=0.7,
+                                                **layer_geometry(self.state.source.layer))
+            self.hook(self.layer)
             self.bind_keys([self.layer])
-            w.view3d.style_mask(self.layer)
-            w.view3d.sync_image()
+            self.view3d.style_mask(self.layer)
+            self.view3d.sync_image()
             # keep clicks going to the levels layer, not the new mask layer
-            w.viewer.layers.selection.active = w.levels_layer
+            self.viewer.layers.selection.active = self.state.levels_layer
         else:
             data = self.layer.data
             if data.shape == mask.shape and data.dtype == np.uint8:
@@ -581,9 +634,9 @@ class Objects:
     def stats(self, label_id: Optional[int] = None) -> dict:
         """Size of an object's own mask (the current one by default): ``pixels``, and
         ``mm2`` (2D) or ``ml`` (3D) from the layer scale."""
-        w = self.w
-        scale = w.levels_layer.scale if w.levels_layer is not None else (1.0, 1.0, 1.0)
-        volume = w.source is not None and w.source.volume
+        st = self.state
+        scale = st.levels_layer.scale if st.levels_layer is not None else (1.0, 1.0, 1.0)
+        volume = st.volume
         obj = None if self.model is None else self.model.get(
             self.model.current_id if label_id is None else label_id)
         return measure(None if obj is None else obj.mask, scale, volume)

@@ -54,10 +54,24 @@ def area_text(pixels: int, scale, volume: bool, physical: bool) -> tuple[dict, s
 
 
 class Cohort:
-    """"Apply to all images" for widget ``w``; ``rows`` are the last run's results."""
+    """"Apply to all images" from the mask in ``state``; ``rows`` are the last run's
+    results.
 
-    def __init__(self, w) -> None:
-        self.w = w
+    Services: the ``viewer`` (its layers), ``notify(level, text)``, ``start(name, job,
+    on_return=)`` (the panel's job runner), ``resolve_encoder()`` (a session's weights
+    loaded on demand), ``image_layers()`` (the open image layers), ``show_text(text)``
+    (the line under the buttons) and ``parent`` (the folder dialog's parent widget)."""
+
+    def __init__(self, state, viewer, *, notify, start, resolve_encoder, image_layers,
+                 show_text, parent=None) -> None:
+        self.state = state
+        self.viewer = viewer
+        self.notify = notify
+        self.start = start
+        self.resolve_encoder = resolve_encoder
+        self.image_layers = image_layers
+        self.show_text = show_text
+        self.parent = parent
         self.rows: list = []          # one dict per image of the last finished run
         self.layers: dict = {}        # image name -> its match layer
         self.folder_rows: list = []   # the last folder run's summary rows
@@ -65,11 +79,10 @@ class Cohort:
     def targets(self) -> tuple[list, list]:
         """``([(layer, source)], [skip reasons])``: the other open image layers that can
         take the widget's encoder (same kind, same channel count)."""
-        w = self.w
-        src = w.source
+        src = self.state.source
         mine = {id(lay) for lay in src.layers}
         ok, skipped = [], []
-        for lay in w._image_layers():
+        for lay in self.image_layers():
             if id(lay) in mine:
                 continue
             try:
@@ -94,42 +107,42 @@ class Cohort:
         message saying what is missing."""
         from ..matching import image_columns, prototype_of_mask
 
-        w = self.w
-        if not w.results or w.source is None or w.mask is None or not w.mask.any():
-            w._notify("error", "Apply to all images needs a structure: segment an image and "
-                               "click the structure first.")
+        st, notify = self.state, self.notify
+        mask = st.mask
+        if not st.results or st.source is None or mask is None or not mask.any():
+            notify("error", "Apply to all images needs a structure: segment an image and "
+                            "click the structure first.")
             return None
-        src = w.source
+        src = st.source
         if src.kind == "stack":
-            w._notify("error", "Apply to all images works from a 2D image or a volume "
+            notify("error", "Apply to all images works from a 2D image or a volume "
                                "segmented as one object, not from a stack of colour images "
                                "segmented one by one.")
             return None
-        res = w.results[0]
+        res = st.results[0]
         if res.features is None:
-            w._notify("error", "Apply to all images needs the reference image's features, "
+            notify("error", "Apply to all images needs the reference image's features, "
                                "which a session does not keep: Segment the image again, click "
                                "the structure, then Apply to all images.")
             return None
-        enc = w.sessions.resolve_encoder()
+        enc = self.resolve_encoder()
         if enc is None:
-            w._notify("error", "No encoder: Train one or Load weights first.")
+            notify("error", "No encoder: Train one or Load weights first.")
             return None
         try:
-            proto = prototype_of_mask(res.features, res.pool, w.mask,
+            proto = prototype_of_mask(res.features, res.pool, mask,
                                       n_image=image_columns(res))
         except CutsError as exc:
-            w._notify("error", str(exc))
+            notify("error", str(exc))
             return None
-        area = float(np.count_nonzero(w.mask)) / float(w.mask.size)
-        return enc, proto, area, int(w.settings.seed)
+        area = float(np.count_nonzero(mask)) / float(mask.size)
+        return enc, proto, area, int(st.settings.seed)
 
     def _ready(self):
         """The reference (see :meth:`_reference`) when a job can start now, else None
         (with a message: busy, or no reference)."""
-        w = self.w
-        if w.busy:
-            w._notify("warning", f"napari-cuts is busy ({w.runner.name}); wait or Cancel.")
+        if self.state.busy:
+            self.notify("warning", f"napari-cuts is busy ({self.state.job}); wait or Cancel.")
             return None
         return self._reference()
 
@@ -137,16 +150,15 @@ class Cohort:
         """Start the job; False (with a message saying why) when it cannot run."""
         from ..matching import match_image
 
-        w = self.w
         ref = self._ready()
         if ref is None:
             return False
         enc, proto, area, seed = ref
-        src = w.source
+        src = self.state.source
         targets, skipped = self.targets()
         if not targets:
             why = ("; skipped: " + "; ".join(skipped)) if skipped else ""
-            w._notify("error", "No other open image of the same kind as "
+            self.notify("error", "No other open image of the same kind as "
                                f"'{src.layer.name}' ({'volume' if src.volume else '2D image'}, "
                                f"{src.channels} channel(s)) to apply the structure to: open "
                                f"more images (File > Open){why}.")
@@ -180,18 +192,18 @@ class Cohort:
             return rows
             yield  # noqa: unreachable - a generator job
 
-        return w._start("applying to all images", job,
-                        on_return=lambda rows: self._done(rows, layers))
+        return self.start("applying to all images", job,
+                          on_return=lambda rows: self._done(rows, layers))
 
     def _done(self, rows: list, layers: dict) -> None:
         """Add one mask layer per image (GUI thread), replacing an earlier one."""
-        w = self.w
-        volume = w.source.volume
+        st, viewer = self.state, self.viewer
+        volume = st.source.volume
         lines = []
         made = {}
         for row in rows:
             lay = layers.get(row["image"])
-            if lay is None or lay not in w.viewer.layers:
+            if lay is None or lay not in viewer.layers:
                 continue
             if "error" in row:
                 lines.append(f"{row['image']}: failed ({row['error']})")
@@ -200,15 +212,15 @@ class Cohort:
             row.update(stats)
             old = self.layers.get(row["image"])
             name = match_name(row["image"])
-            for prev in [old] + [x for x in w.viewer.layers if x.name == name]:
-                if prev is not None and prev in w.viewer.layers:
-                    w.viewer.layers.remove(prev)
+            for prev in [old] + [x for x in viewer.layers if x.name == name]:
+                if prev is not None and prev in viewer.layers:
+                    viewer.layers.remove(prev)
             info = {k: row[k] for k in ("level", "cluster", "n_clusters", "mask_pixels",
                                         "match_similarity", "match_seed_point") if k in row}
             info.update({k: row[k] for k in ("mm2", "ml") if k in row})
-            info["reference"] = w.source.layer.name
+            info["reference"] = st.source.layer.name
             md = {**dict(lay.metadata or {}), "napari_cuts_match": info}
-            new = w.viewer.add_labels(row["mask"].astype(np.uint8), name=name, opacity=0.6,
+            new = viewer.add_labels(row["mask"].astype(np.uint8), name=name, opacity=0.6,
                                       scale=tuple(lay.scale), translate=tuple(lay.translate),
                                       affine=lay.affine.affine_matrix, metadata=md)
             single_colour(new, (0.0, 0.9, 1.0, 1.0))
@@ -217,16 +229,15 @@ class Cohort:
                          f"{row['match_similarity']:.2f})")
         self.layers.update(made)
         self.rows = rows
-        if w.levels_layer is not None and w.levels_layer in w.viewer.layers:
-            w.viewer.layers.selection.active = w.levels_layer
+        if st.levels_layer is not None and st.levels_layer in viewer.layers:
+            viewer.layers.selection.active = st.levels_layer
         skipped = getattr(self, "_skipped", [])
         if skipped:
             lines.append("skipped: " + "; ".join(skipped))
-        w.apply_label.setText("\n".join(lines))
+        self.show_text("\n".join(lines))
         n_ok = len(made)
-        w._notify("info", f"Applied to {n_ok} image(s)"
-                  + (f", {len(rows) - n_ok} failed" if len(rows) > n_ok else "") + ".")
-        w._update_buttons()
+        self.notify("info", f"Applied to {n_ok} image(s)"
+                    + (f", {len(rows) - n_ok} failed" if len(rows) > n_ok else "") + ".")
 
     def apply_folder(self, folder, out=None) -> bool:
         """The same for every image file of ``folder`` (not opened as layers): masks and a
@@ -235,7 +246,6 @@ class Cohort:
 
         from ..matching import match_folder
 
-        w = self.w
         ref = self._ready()
         if ref is None:
             return False
@@ -255,19 +265,19 @@ class Cohort:
             lines = [f"Folder {folder.name}: {len(ok)} mask(s) written to {out_dir}"
                      + (f", {len(bad)} failed" if bad else "") + "."]
             lines += [f"{Path(r['image']).name}: failed ({r['error']})" for r in bad[:5]]
-            w.apply_label.setText("\n".join(lines))
-            w._notify("info", lines[0])
+            self.show_text("\n".join(lines))
+            self.notify("info", lines[0])
 
-        return w._start("applying to a folder", job, on_return=done)
+        return self.start("applying to a folder", job, on_return=done)
 
-    def _folder_dialog(self) -> None:
+    def folder_dialog(self) -> None:
         from qtpy.QtWidgets import QFileDialog
 
-        path = QFileDialog.getExistingDirectory(self.w, "Apply to the images of a folder")
+        path = QFileDialog.getExistingDirectory(self.parent, "Apply to the images of a folder")
         if path:
             self.apply_folder(path)
 
     def match_layer(self, image_name: str) -> Optional[object]:
         """The match layer made for image ``image_name`` (None if none)."""
         lay = self.layers.get(image_name)
-        return lay if lay is not None and lay in self.w.viewer.layers else None
+        return lay if lay is not None and lay in self.viewer.layers else None

@@ -12,39 +12,63 @@ import numpy as np
 from qtpy.QtWidgets import QFileDialog
 
 from ..errors import CutsError, InputError
+from .settings import layer_geometry
 
 
-def export(w, path, what: str = "mask") -> list[str]:
-    """Write widget ``w``'s mask (``what="mask"``) or shown labels (``"labels"``) to
-    ``path``. Returns the written paths ([] after a notification on failure)."""
+class Exporter:
+    """Export from ``state``: the mask layer (``mask_layer()``, "CUTS mask"), the levels
+    (``state.levels_layer``; a volume's every cluster from ``cluster_labels(0)``) or the
+    objects (``state.objects``). ``notify(level, text)`` reports; ``parent`` is the
+    dialogs' parent widget."""
+
+    def __init__(self, state, viewer, *, notify, mask_layer, cluster_labels,
+                 parent=None) -> None:
+        self.state = state
+        self.viewer = viewer
+        self.notify = notify
+        self.mask_layer = mask_layer
+        self.cluster_labels = cluster_labels
+        self.parent = parent
+
+    def export(self, path, what: str = "mask") -> list[str]:
+        return export(self, path, what)
+
+    def dialog(self, what: str) -> None:
+        export_dialog(self, what)
+
+
+def export(x: Exporter, path, what: str = "mask") -> list[str]:
+    """Write the mask (``what="mask"``) or the shown labels (``"labels"``) to ``path``.
+    Returns the written paths ([] after a notification on failure)."""
     from .._writer import write_labels
 
     if what == "objects":
-        return export_objects(w, path)
+        return export_objects(x, path)
     if what == "object":
         what = "mask"
-    layer = {"mask": w.mask_layer, "labels": w.levels_layer}.get(what, False)
+    st = x.state
+    layer = {"mask": x.mask_layer(), "labels": st.levels_layer}.get(what, False)
     if layer is False:
         raise InputError(f"what must be 'mask', 'object', 'labels' or 'objects', not {what!r}.")
-    if layer is None or layer not in w.viewer.layers:
-        w._notify("error", f"Nothing to export: {'click a cluster' if what == 'mask' else 'segment'} first.")
+    if layer is None or layer not in x.viewer.layers:
+        x.notify("error", f"Nothing to export: {'click a cluster' if what == 'mask' else 'segment'} first.")
         return []
     data, meta, _ = layer.as_layer_data_tuple()
-    if what == "labels" and w.source is not None and w.source.one_volume:
-        data = w.cluster_labels(0).astype(np.uint32) + 1   # every cluster, no cut-away
+    if what == "labels" and st.one_volume:
+        data = x.cluster_labels(0).astype(np.uint32) + 1   # every cluster, no cut-away
     meta = dict(meta)
-    meta["metadata"] = {**(meta.get("metadata") or {}), "napari_cuts": provenance(w, what)}
+    meta["metadata"] = {**(meta.get("metadata") or {}), "napari_cuts": provenance(st, what)}
     try:
         written = write_labels(str(path), np.asarray(data), meta)
     except CutsError as exc:
-        w._notify("error", str(exc))
+        x.notify("error", str(exc))
         return []
-    w._notify("info", f"Saved {what} to {', '.join(map(str, written))}")
+    x.notify("info", f"Saved {what} to {', '.join(map(str, written))}")
     return list(written)
 
 
-def export_objects(w, path) -> list[str]:
-    """Every object of widget ``w`` in one file: ``.nii.gz`` / ``.nii`` / ``.png`` hold one
+def export_objects(x: Exporter, path) -> list[str]:
+    """Every object in one file: ``.nii.gz`` / ``.nii`` / ``.png`` hold one
     label map that keeps the object ids (8- or 16-bit grey, the later object on top where
     objects overlap), with ``<name>.json`` beside it naming each id; ``.dcm`` (DICOM
     source) is a DICOM SEG with one segment per object, overlapping where they overlap.
@@ -57,15 +81,16 @@ def export_objects(w, path) -> list[str]:
     from ..io._base import stem
     from ..io.writers import atomic_write, png_bytes
 
-    model = w.objects.model
+    st = x.state
+    model = st.objects
     objs = [o for o in (model.objects if model is not None else []) if o.mask is not None]
     if not objs:
-        w._notify("error", "Nothing to export: click a structure into an object first.")
+        x.notify("error", "Nothing to export: click a structure into an object first.")
         return []
     labels = model.labels()
-    meta = w._geometry()
+    meta = layer_geometry(st.source.layer)
     like, affine = _geometry(labels, meta)
-    prov = provenance(w, "objects")
+    prov = provenance(st, "objects")
     prov["objects"] = [{"id": o.id, "name": o.name, "colour": list(o.colour),
                         "level": o.level, "prompts": o.prompts.to_json(),
                         "pixels": o.pixels()} for o in objs]
@@ -92,29 +117,30 @@ def export_objects(w, path) -> list[str]:
             out = io.write_labels(p, labels, like=like, affine=affine, provenance=prov,
                                   colour=False, names={o.id: o.name for o in objs})
     except CutsError as exc:
-        w._notify("error", str(exc))
+        x.notify("error", str(exc))
         return []
-    w._notify("info", f"Saved {len(objs)} object(s) to {out}")
+    x.notify("info", f"Saved {len(objs)} object(s) to {out}")
     return [str(out)]
 
 
-def provenance(w, what: str) -> dict:
-    """What made this output: version, seed, level, encoder (for the sidecar JSON)."""
+def provenance(st, what: str) -> dict:
+    """What made this output (``st``: the widget's state): version, seed, level, encoder
+    (for the sidecar JSON)."""
     from .. import __version__
 
-    enc = getattr(w.encoder, "metadata", None) or {}
-    return {"napari_cuts_version": __version__, "what": what, "seed": int(w.settings.seed),
-            "level": "persistent" if w.persistent_check.isChecked() else int(w.level),
+    enc = getattr(st.encoder, "metadata", None) or {}
+    return {"napari_cuts_version": __version__, "what": what, "seed": int(st.settings.seed),
+            "level": "persistent" if st.persistent else int(st.level),
             "encoder": {k: enc.get(k) for k in ("in_channels", "seed", "version", "params",
                                                   "context_slices")
                         if k in enc},
-            "source": (w.source.layer.metadata or {}).get("source")
-            if w.source is not None else None}
+            "source": (st.source.layer.metadata or {}).get("source")
+            if st.source is not None else None}
 
 
-def export_dialog(w, what: str) -> None:
+def export_dialog(x: Exporter, what: str) -> None:
     path, _ = QFileDialog.getSaveFileName(
-        w, f"Export {what}", f"cuts_{what}.nii.gz",
+        x.parent, f"Export {what}", f"cuts_{what}.nii.gz",
         "NIfTI (*.nii.gz *.nii);;PNG (*.png)" + (";;DICOM SEG (*.dcm)" if what == "objects" else ""))
     if path:
-        export(w, path, what)
+        export(x, path, what)

@@ -113,18 +113,24 @@ def layer_sources(layers) -> list[dict]:
 
 
 class Inputs:
-    """The "Also use" list of widget ``w`` (a checkable QListWidget, ``w.also_list``)."""
+    """The "Also use" list (``also_list``, a checkable QListWidget, and its label
+    ``also_label``): which other image layers join the chosen one.
 
-    def __init__(self, w) -> None:
-        self.w = w
+    ``image_layer()`` gives the chosen "Image" layer (or None), ``image_layers()`` the
+    open image layers."""
+
+    def __init__(self, also_list, also_label, *, image_layer, image_layers) -> None:
+        self.also_list = also_list
+        self.also_label = also_label
+        self.image_layer = image_layer
+        self.image_layers = image_layers
         self._primary: Optional[str] = None
         self._offered: set = set()         # candidates already shown for this image
 
     def candidates(self) -> list:
         """Image layers that can join the chosen one: grey, not the chosen one."""
-        w = self.w
-        primary = w.image_layer
-        return [lay for lay in w._image_layers()
+        primary = self.image_layer()
+        return [lay for lay in self.image_layers()
                 if lay is not primary and not getattr(lay, "rgb", False)]
 
     def refresh(self) -> None:
@@ -132,9 +138,8 @@ class Inputs:
         from qtpy.QtCore import Qt
         from qtpy.QtWidgets import QListWidgetItem
 
-        w = self.w
-        lst = w.also_list
-        primary = w.image_layer
+        lst = self.also_list
+        primary = self.image_layer()
         pname = None if primary is None else primary.name
         ticked = set(self.ticked_names())
         if pname != self._primary:
@@ -161,7 +166,7 @@ class Inputs:
         lst.blockSignals(False)
         visible = bool(cands)
         lst.setVisible(visible)
-        w.also_label.setVisible(visible)
+        self.also_label.setVisible(visible)
 
     def _siblings(self, primary) -> list[str]:
         """The other sequences of the 4D file ``primary`` is one sequence of."""
@@ -175,7 +180,7 @@ class Inputs:
     def ticked_names(self) -> list[str]:
         from qtpy.QtCore import Qt
 
-        lst = self.w.also_list
+        lst = self.also_list
         return [lst.item(i).text() for i in range(lst.count())
                 if lst.item(i).checkState() == Qt.CheckState.Checked]
 
@@ -184,7 +189,7 @@ class Inputs:
         from qtpy.QtCore import Qt
 
         want = set(names)
-        lst = self.w.also_list
+        lst = self.also_list
         missing = want - {lst.item(i).text() for i in range(lst.count())}
         if missing:
             raise InputError(f"no grey image layer named {', '.join(sorted(missing))} to use "
@@ -196,8 +201,7 @@ class Inputs:
 
     def chosen(self) -> list:
         """The chosen image layer first, then the ticked ones (in layer-list order)."""
-        w = self.w
-        primary = w.image_layer
+        primary = self.image_layer()
         if primary is None:
             return []
         names = set(self.ticked_names())

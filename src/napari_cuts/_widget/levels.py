@@ -1,9 +1,11 @@
-"""The levels layer and its display for the CUTS dock widget, a mixin of
-:class:`~napari_cuts._widget.panel.CutsWidget`.
+"""The levels layer and its display for the CUTS dock widget (composed as
+``widget.levels``).
 
-The "CUTS levels" layer and the mouse hooks on the source layers, the granularity
-slider, the cluster map a click reads (a level or the persistent structures), the
-refresh of the shown level and the level information line.
+The "CUTS levels" layer, the granularity slider, the cluster map a click reads (a level
+or the persistent structures), the refresh of the shown level and the level information
+line. The level, the persistent view and "hide background" live in the shared state
+(:class:`~napari_cuts._widget.state.WidgetState`): the part listens to them and shows
+each change; the slider writes ``state.level``.
 """
 
 from __future__ import annotations
@@ -14,63 +16,95 @@ import numpy as np
 
 from ..errors import InputError
 from .model import LevelsDisplay
-from .settings import LEVELS_NAME
+from .settings import LEVELS_NAME, layer_geometry
 
 
-class LevelsView:
-    """The panel's levels layer, slider and persistent view; mixed into
-    :class:`~napari_cuts._widget.panel.CutsWidget`, whose state they use."""
+class Levels:
+    """The levels layer, the slider and the level line for the results in ``state``.
+
+    Owns the controls it is given (``slider``, ``level_label``). Services: the
+    ``viewer``, ``view3d`` (the cut-away and the 3D style), ``hook(layer)`` (route a
+    layer's clicks to the objects), ``bind_keys(layers)`` (the objects' keys),
+    ``current_slice()`` (the slice under the viewer's dims) and ``shown()`` (called after
+    each level is shown: the panel recolours the PHATE view and its buttons)."""
+
+    def __init__(self, state, viewer, *, slider, level_label, view3d, hook, bind_keys,
+                 current_slice, shown=lambda: None) -> None:
+        self.state = state
+        self.viewer = viewer
+        self.slider = slider
+        self.level_label = level_label
+        self.view3d = view3d
+        self.hook = hook
+        self.bind_keys = bind_keys
+        self.current_slice = current_slice
+        self.shown = shown
+        self.display: Optional[LevelsDisplay] = None   # one hierarchy: the display model
+        self._display_persistent: Optional[LevelsDisplay] = None
+        self._persistent: dict = {}      # slice index -> persistent map (cached)
+        self._labels_cache: Optional[tuple] = None     # (key, labels of the shown level)
+        self.shown_clusters: Optional[int] = None
+        slider.valueChanged.connect(self._on_slider)
+        state.on("level", self._on_level)
+        state.on("persistent", lambda _on: self.apply())
+        state.on("hide_background", lambda _on: self.apply())
+
+    # ----------------------------------------------------------------- state
+    def reset(self, display: Optional[LevelsDisplay] = None) -> None:
+        """New results: the caches go (``display``: the volume's display model)."""
+        self.display = display
+        self._display_persistent = None
+        self._persistent = {}
+        self._labels_cache = None
 
     # ---------------------------------------------------------------- layers
-    def _geometry(self) -> dict:
-        """scale/translate/affine/metadata of the source image, for result layers."""
-        lay = self.source.layer
-        return {"scale": tuple(lay.scale), "translate": tuple(lay.translate),
-                "affine": lay.affine.affine_matrix, "metadata": dict(lay.metadata)}
+    def make_layer(self, data: np.ndarray) -> None:
+        st = self.state
+        src = st.source
+        st.levels_layer = self.viewer.add_labels(data, name=LEVELS_NAME, opacity=0.5,
+                                                 **layer_geometry(src.layer))
+        self.adopt_layer(st.levels_layer)
 
-    def _make_levels_layer(self, data: np.ndarray) -> None:
-        src = self.source
-        self.levels_layer = self.viewer.add_labels(data, name=LEVELS_NAME,
-                                                   opacity=0.5, **self._geometry())
-        if src.one_volume:
-            self.view3d.style_levels(self.levels_layer)
-        for lay in src.layers:
-            self._hook(lay)
-        self._hook(self.levels_layer)
-        self.objects.bind_keys([self.levels_layer])
-        self.viewer.layers.selection.active = self.levels_layer
+    def adopt_layer(self, layer) -> None:
+        """``layer`` is the levels layer (made here, or read from a session)."""
+        st = self.state
+        st.levels_layer = layer
+        if st.source.one_volume:
+            self.view3d.style_levels(layer)
+        for lay in st.source.layers:
+            self.hook(lay)
+        self.hook(layer)
+        self.bind_keys([layer])
+        self.viewer.layers.selection.active = layer
 
-    def _hook(self, layer) -> None:
-        if layer is not None and self._on_mouse not in layer.mouse_drag_callbacks:
-            layer.mouse_drag_callbacks.append(self._on_mouse)
-            self._hooked.append(layer)
-
-    def _unhook(self) -> None:
-        for lay in self._hooked:
-            if self._on_mouse in lay.mouse_drag_callbacks:
-                lay.mouse_drag_callbacks.remove(self._on_mouse)
-        self._hooked = []
-
-    def _n_levels(self) -> int:
-        return max(r.hierarchy.n_levels for r in self.results.values())
-
-    def _sync_slider(self) -> None:
-        n_max = self._n_levels()
+    def sync_slider(self) -> None:
+        st = self.state
+        n_max = st.n_levels()
         self.slider.blockSignals(True)
         self.slider.setRange(0, n_max - 1)
-        self.level = min(self.level, n_max - 1)
-        self.slider.setValue(n_max - 1 - self.level)
+        with st.quietly():
+            st.level = min(st.level, n_max - 1)
+        self.slider.setValue(n_max - 1 - st.level)
         self.slider.blockSignals(False)
+
+    def persistent_map(self, i: int = 0) -> np.ndarray:
+        """The persistent structures of hierarchy ``i`` (cached)."""
+        st = self.state
+        if st.one_volume:
+            i = 0
+        if i not in self._persistent:
+            self._persistent[i] = np.asarray(st.results[i].hierarchy.persistent())
+        return self._persistent[i]
 
     def cluster_labels(self, i: int = 0) -> np.ndarray:
         """The cluster map a click reads: ``(Z, Y, X)`` for a volume (``i`` ignored),
         ``(H, W)`` of image ``i`` otherwise: the current level (clipped to the image's
         levels) or the persistent structures."""
-        if self.source.one_volume:
+        st = self.state
+        if st.one_volume:
             i = 0
-        hier = self.results[i].hierarchy
-        key = (i, "persistent") if self.persistent_check.isChecked() else \
-            (i, min(self.level, hier.n_levels - 1))
+        hier = st.results[i].hierarchy
+        key = (i, "persistent") if st.persistent else (i, min(st.level, hier.n_levels - 1))
         if self._labels_cache is not None and self._labels_cache[0] == key:
             return self._labels_cache[1]
         if key[1] == "persistent":
@@ -83,46 +117,57 @@ class LevelsView:
     def slice_labels(self, i: int) -> np.ndarray:
         """The ``(H, W)`` cluster map of slice (or image) ``i``."""
         lab = self.cluster_labels(i)
-        return lab[i] if self.source.one_volume else lab
+        return lab[i] if self.state.one_volume else lab
 
-    def _fill_slice(self, i: int) -> None:
+    def fill_slice(self, i: int) -> None:
+        st = self.state
         lab = self.cluster_labels(i).astype(np.uint32) + 1
-        if self.source.volume:
-            self.levels_layer.data[i] = lab
+        if st.source.volume:
+            st.levels_layer.data[i] = lab
         else:
-            self.levels_layer.data = lab
+            st.levels_layer.data = lab
 
     def _persistent_display(self) -> LevelsDisplay:
         if self._display_persistent is None:
             self._display_persistent = LevelsDisplay.from_map(self.cluster_labels(0))
         return self._display_persistent
 
-    def _refresh_levels(self) -> None:
+    def refresh(self) -> None:
         """Rewrite the volume's levels layer in place: the shown level (or persistent),
         background hidden, the 3D cut-away when in the 3D view."""
+        st = self.state
         cut = self.view3d.cut()
-        hide = self.background_check.isChecked()
-        if self.persistent_check.isChecked():
+        hide = bool(st.hide_background)
+        if st.persistent:
             disp, lv = self._persistent_display(), 0
         else:
-            disp, lv = self.display, self.level
-        data = self.levels_layer.data
+            disp, lv = self.display, st.level
+        layer = st.levels_layer
+        data = layer.data
         if data.dtype != disp.dtype or data.shape != disp.shape:
-            self.levels_layer.data = disp.values(lv, cut=cut, hide_background=hide)
+            layer.data = disp.values(lv, cut=cut, hide_background=hide)
         else:
             disp.fill(data, lv, cut=cut, hide_background=hide)
-            self.levels_layer.refresh()
+            layer.refresh()
         self.view3d.shown(cut)
 
-    def _on_follow(self, on: bool) -> None:
-        if on:
-            self.objects.replay()
-
+    # ---------------------------------------------------------------- slider
     def _on_slider(self, value: int) -> None:
-        if not self.results:
+        if not self.state.results:
             return
-        self.level = self.slider.maximum() - int(value)
-        self._apply_level()
+        self.state.level = self.slider.maximum() - int(value)
+
+    def _on_level(self, level: int) -> None:
+        """``state.level`` changed (the slider, grow/shrink): slider and layer follow."""
+        try:
+            if self.slider.maximum() - self.slider.value() != level \
+                    and 0 <= level <= self.slider.maximum():
+                self.slider.blockSignals(True)
+                self.slider.setValue(self.slider.maximum() - int(level))
+                self.slider.blockSignals(False)
+            self.apply()
+        except RuntimeError:  # the widget is gone
+            pass
 
     def set_level(self, level: int) -> None:
         """Show hierarchy level ``level`` (0 = finest), as moving the slider does."""
@@ -130,56 +175,59 @@ class LevelsView:
         if self.slider.maximum() - self.slider.value() != level:
             raise InputError(f"level {level} is outside 0..{self.slider.maximum()}.")
 
-    def _apply_level(self) -> None:
-        if not self.results or self.levels_layer is None:
-            self._update_buttons()
+    def apply(self) -> None:
+        """Show the state's level (or the persistent structures) in the levels layer."""
+        st = self.state
+        if not st.results or st.levels_layer is None:
+            self.shown()
             return
-        if self.source.one_volume:
-            self._refresh_levels()
+        if st.source.one_volume:
+            self.refresh()
         else:
-            for i in self.results:
-                self._fill_slice(i)
-            if self.source.volume:
-                self.levels_layer.refresh()
-        if self.follow_check.isChecked():
-            self.objects.replay()
-        self._show_level_info()
-        self._recolor_phate()
-        self._update_buttons()
+            for i in st.results:
+                self.fill_slice(i)
+            if st.source.volume:
+                st.levels_layer.refresh()
+        self.show_info()
+        self.shown()
 
-    def _shown_slice(self) -> Optional[int]:
-        if not self.results:
+    def shown_slice(self) -> Optional[int]:
+        st = self.state
+        if not st.results:
             return None
-        z = self._current_slice(self.source)
-        if self.source.one_volume:
+        z = self.current_slice()
+        if st.source.one_volume:
             return z
-        return z if z in self.results else next(iter(self.results))
+        return z if z in st.results else next(iter(st.results))
 
-    def _show_level_info(self) -> None:
-        i = self._shown_slice()
+    def show_info(self) -> None:
+        st = self.state
+        i = self.shown_slice()
         if i is None:
             return
-        hier = self.results[0 if self.source.one_volume else i].hierarchy
-        if self.source.one_volume:
+        hier = st.results[0 if st.source.one_volume else i].hierarchy
+        if st.source.one_volume:
             where = " (one hierarchy for the volume)"
-        elif self.source.volume:
-            where = f" (slice {i}; {len(self.results)}/{len(self.source.slices)} done)"
+        elif st.source.volume:
+            where = f" (slice {i}; {len(st.results)}/{len(st.source.slices)} done)"
         else:
             where = ""
-        if self.persistent_check.isChecked():
+        if st.persistent:
             k = len(np.unique(self.cluster_labels(i)))
             self.level_label.setText(f"Persistent structures: {k} segments{where}")
         else:
-            lv = min(self.level, hier.n_levels - 1)
+            lv = min(st.level, hier.n_levels - 1)
             k = int(np.asarray(hier.n_clusters)[lv])
             self.level_label.setText(f"Level {lv} of {hier.n_levels - 1}: {k} clusters{where}")
         self.shown_clusters = k
 
-    def _on_step(self, *_args) -> None:
+    def on_step(self, *_args) -> None:
+        """The viewer's dims moved: the level line (a stack) or the cut (a volume)."""
+        st = self.state
         try:
-            if self.results and self.source is not None and self.source.volume:
-                if not self.source.one_volume:
-                    self._show_level_info()
+            if st.results and st.source is not None and st.source.volume:
+                if not st.source.one_volume:
+                    self.show_info()
                 else:
                     self.view3d.refresh_if_changed()
         except RuntimeError:

@@ -7,6 +7,9 @@ and "CUTS labels") and name (double-click to rename), label id, prompts (how man
 pixels). The selected row is the object that prompts go into. Buttons: New object,
 Clear prompts, Delete, Shrink ``[``, Grow ``]``, Undo, Redo, Export objects..., Save
 session...; under them the solver's messages (a prompt it cannot take).
+
+The list listens to the shared state (``state.objects`` and ``state.object_message``)
+and refills itself when they change; its buttons call the ``actions`` it was given.
 """
 
 from __future__ import annotations
@@ -24,12 +27,26 @@ def _icon(rgba) -> QIcon:
     return QIcon(pm)
 
 
-class ObjectList(QWidget):
-    """Table of objects and its buttons; ``w`` is the CUTS widget (its methods act)."""
+#: The actions the list's buttons and edits call (``actions[name]``).
+ACTIONS = ("new", "clear", "delete", "shrink", "grow", "undo", "redo", "export_objects",
+           "save_session", "rename", "select")
 
-    def __init__(self, w, parent=None) -> None:
+
+class ObjectList(QWidget):
+    """Table of the objects in ``state`` and its buttons.
+
+    ``actions``: callables named as in :data:`ACTIONS` (``rename(id, name)``,
+    ``select(id)``, the others without arguments); ``stats(id)``: an object's size
+    (``pixels``, ``mm2`` / ``ml``)."""
+
+    def __init__(self, state, actions: dict, stats, parent=None) -> None:
         super().__init__(parent)
-        self.w = w
+        missing = set(ACTIONS) - set(actions)
+        if missing:
+            raise ValueError(f"ObjectList needs the actions {sorted(missing)}")
+        self.state = state
+        self.actions = dict(actions)
+        self.stats = stats
         self._filling = False
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -44,35 +61,37 @@ class ObjectList(QWidget):
         self.table.itemSelectionChanged.connect(self._on_selection)
         lay.addWidget(self.table)
 
-        def button(text, tip, slot):
+        act = self.actions
+
+        def button(text, tip, name):
             b = QPushButton(text)
             b.setToolTip(tip)
-            b.clicked.connect(lambda *_: slot())
+            b.clicked.connect(lambda *_: act[name]())
             return b
 
         self.new_btn = button("New object", "Start the next object (the next label id); "
                               "prompts then go into it. Each object keeps its own.",
-                              w.new_object)
+                              "new")
         self.clear_btn = button("Clear prompts", "The selected object starts over: its "
-                                "points and scribbles go, and its mask.", w.clear_prompts)
-        self.delete_btn = button("Delete", "Delete the selected object.", w.delete_object)
+                                "points and scribbles go, and its mask.", "clear")
+        self.delete_btn = button("Delete", "Delete the selected object.", "delete")
         self.shrink_btn = button("Shrink [", "The slider one step down the lineage of the "
                                  "object's first positive point (the largest strictly "
                                  "smaller structure), the object solved there (key [).",
-                                 w.shrink)
+                                 "shrink")
         self.grow_btn = button("Grow ]", "The slider one step up the lineage of the object's "
                                "first positive point (the next merge), the object solved "
-                               "there (key ]).", w.grow)
+                               "there (key ]).", "grow")
         self.undo_btn = button("Undo", "Undo the last change of the prompts or objects "
-                               "(ctrl+z).", w.undo)
-        self.redo_btn = button("Redo", "Redo (ctrl+shift+z).", w.redo)
+                               "(ctrl+z).", "undo")
+        self.redo_btn = button("Redo", "Redo (ctrl+shift+z).", "redo")
         self.export_btn = button("Export objects...", "All objects as one label map keeping "
                                  "their ids (NIfTI or PNG, names in a JSON beside it), or a "
                                  "DICOM SEG with one segment per object.",
-                                 lambda: w._export_dialog("objects"))
+                                 "export_objects")
         self.session_btn = button("Save session...", "Write a folder that reopens through "
                                   "File > Open: image, levels, objects, without recomputing.",
-                                  w._save_session_dialog)
+                                  "save_session")
         for group in ((self.new_btn, self.clear_btn, self.delete_btn),
                       (self.shrink_btn, self.grow_btn, self.undo_btn, self.redo_btn),
                       (self.export_btn, self.session_btn)):
@@ -83,20 +102,37 @@ class ObjectList(QWidget):
         self.message = QLabel("")
         self.message.setWordWrap(True)
         lay.addWidget(self.message)
+        state.on("objects", self._on_objects)
+        state.on("object_message", self._on_message)
+
+    def _on_objects(self, _objects) -> None:
+        try:
+            self.show_objects()
+        except RuntimeError:  # the widget is gone
+            pass
+
+    def _on_message(self, text: str) -> None:
+        try:
+            self.message.setText(text)
+        except RuntimeError:
+            pass
 
     # ------------------------------------------------------------------ rows
-    def show_objects(self, objects) -> None:
-        """Fill the table from ``objects`` (the widget's :class:`Objects` part)."""
-        model = objects.model
+    def show_objects(self) -> None:
+        """Fill the table from ``state.objects``."""
+        from .settings import physical_scale
+
+        model = self.state.objects
+        src = self.state.source
         self._filling = True
         try:
             self.table.setRowCount(0 if model is None else len(model.objects))
             if model is None:
                 return
-            physical = self.w._has_physical_scale() if self.w.source is not None else False
-            volume = self.w.source is not None and self.w.source.volume
+            physical = physical_scale(src.layer) if src is not None else False
+            volume = src is not None and src.volume
             for r, obj in enumerate(model.objects):
-                st = objects.stats(obj.id)
+                st = self.stats(obj.id)
                 if physical:
                     size = f"{st['ml']:.2f} mL" if volume else f"{st['mm2']:.1f} mm\u00b2"
                 else:
@@ -130,7 +166,7 @@ class ObjectList(QWidget):
             return
         i = self._id_at(item.row())
         if i is not None:
-            self.w.rename_object(i, item.text())
+            self.actions["rename"](i, item.text())
 
     def _on_selection(self) -> None:
         if self._filling:
@@ -139,7 +175,7 @@ class ObjectList(QWidget):
         if len(rows) == 1:
             i = self._id_at(rows.pop())
             if i is not None:
-                self.w.select_object(i)
+                self.actions["select"](i)
 
 
 def _editable():

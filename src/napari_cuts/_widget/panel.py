@@ -1,14 +1,19 @@
 """The CUTS dock widget: train or load an encoder, segment, slide, click, export.
 
 A thin front end over :mod:`napari_cuts.pipeline`, in parts composed by
-:class:`CutsWidget` (the panel): the controls (:mod:`.ui`), the settings and source
-(:mod:`.settings`), the jobs in a napari ``thread_worker`` (:mod:`.jobs`: progress and
-cancel cross the thread boundary as the core's ``progress``/``cancel`` callbacks), the
-display model (:mod:`.model`, numpy only), objects and clicks (:mod:`.clicks`), the 3D
-view (:mod:`.view3d`), export (:mod:`.export`) and the PHATE view (:mod:`.phate`).
-Two mixins it inherits hold its own handlers: :mod:`.segmenting` (train, load and save
-the encoder; segment and adopt the results) and :mod:`.levels` (the levels layer, the
-granularity slider, the persistent view and the level information).
+:class:`CutsWidget` (the panel). What the parts share lives in one
+:class:`~.state.WidgetState` (:mod:`.state`, no Qt): source, results, encoder, level,
+the persistent/background/follow switches, the levels layer, the objects, settings and
+the running job; a part gets the state and the services it needs (viewer, ``notify``,
+the job starter ...) in its constructor and reacts to the state's notifications. The
+parts: the controls (:mod:`.ui`), the settings and source (:mod:`.settings`), the jobs
+in a napari ``thread_worker`` (:mod:`.jobs`: progress and cancel cross the thread
+boundary as the core's ``progress``/``cancel`` callbacks), the display model
+(:mod:`.model`, numpy only), the levels layer and slider (:mod:`.levels`), objects and
+clicks (:mod:`.clicks`), the 3D view (:mod:`.view3d`), export (:mod:`.export`),
+sessions (:mod:`.session`), inputs (:mod:`.inputs`), "Apply to all" (:mod:`.cohort`) and
+the PHATE view (:mod:`.phate`). One mixin it inherits holds its own orchestration:
+:mod:`.segmenting` (train, load and save the encoder; segment and adopt the results).
 
 - A 2D image gets one hierarchy; a grey 3D layer ``(Z, Y, X)`` is ONE volume: Train
   trains a 2.5D encoder on it (``pipeline.train_volume_encoder``, the layer's scale as
@@ -57,15 +62,15 @@ from typing import Optional
 import numpy as np
 from qtpy.QtWidgets import QFileDialog, QWidget
 
-from . import export as _export
-from .clicks import Objects
+from .clicks import MouseHooks, Objects
 from .cohort import Cohort
+from .export import Exporter
 from .inputs import Inputs, source_from_layers
-from .levels import LevelsView
+from .levels import Levels
 from .session import Sessions
 from .jobs import JobRunner
-from .model import LevelsDisplay
 from .segmenting import SegmentJobs
+from .state import WidgetState
 from .settings import (DEVICES, LEVELS_NAME, MASK_NAME, NO_IMAGE_HINT, UNITS,  # noqa: F401
                        Settings, Source, click_mode, default_budget, physical_scale,
                        source_from_layer)
@@ -77,66 +82,152 @@ from ..images import check_image
 log = logging.getLogger(__name__)
 
 
-class CutsWidget(SegmentJobs, LevelsView, QWidget):
-    """The dock widget (the manifest's ``napari-cuts.make_widget``)."""
+class CutsWidget(SegmentJobs, QWidget):
+    """The dock widget (the manifest's ``napari-cuts.make_widget``).
+
+    What its parts share is ``self.state`` (:class:`~.state.WidgetState`, no Qt): each
+    part gets the state and the few services it needs (the viewer, ``notify``, the job
+    starter ...) in its constructor, and the panel wires the controls to them."""
 
     def __init__(self, napari_viewer, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.encoder = None
-        self.source: Optional[Source] = None
-        self.results: dict = {}          # slice index -> pipeline.SegmentResult
-        self._persistent: dict = {}      # slice index -> persistent map (cached)
-        self.levels_layer = None
-        self.display: Optional[LevelsDisplay] = None   # one hierarchy: the display model
-        self._display_persistent: Optional[LevelsDisplay] = None
-        self._labels_cache: Optional[tuple] = None     # (key, labels of the shown level)
-        self.objects = Objects(self)
-        self.sessions = Sessions(self)
-        self.inputs = Inputs(self)
-        self.cohort = Cohort(self)
-        self.level = 0                            # hierarchy level, 0 = finest
-        self.shown_clusters: Optional[int] = None
-        self.last_message: Optional[tuple[str, str]] = None
-        self._hooked: list = []                   # layers carrying our mouse callback
+        self.state = state = WidgetState()
         self._phate = None                        # (Y, pixels, slice index)
         self.runner = JobRunner(self._on_progress)
+        self.hooks = MouseHooks(self._on_mouse)
+        status = self._status
+        self.view3d = View3D(state, napari_viewer,
+                             refresh_levels=lambda: self.levels.refresh(),
+                             mask_layer=lambda: self.objects.layer,
+                             current_slice=self._view_slice)
+        self.objects = Objects(state, napari_viewer, notify=self._notify, status=status,
+                               hook=self.hooks.hook, view3d=self.view3d,
+                               run_sync=lambda: self.runner.run_sync)
         build_controls(self)
-        self.view3d = View3D(self)
+        self.levels = Levels(state, napari_viewer, slider=self.slider,
+                             level_label=self.level_label, view3d=self.view3d,
+                             hook=self.hooks.hook, bind_keys=self.objects.bind_keys,
+                             current_slice=self._view_slice, shown=self._level_shown)
+        self.sessions = Sessions(state, napari_viewer, notify=self._notify, status=status,
+                                 objects=self.objects, use_layers=self.use_layers,
+                                 reset_results=self._reset_results,
+                                 adopt_results=self.adopt_results,
+                                 load_weights=self.load_weights)
+        self.inputs = Inputs(self.also_list, self.also_label, image_layer=lambda: self.image_layer,
+                             image_layers=self._image_layers)
+        self.cohort = Cohort(state, napari_viewer, notify=self._notify, start=self._start,
+                             resolve_encoder=self.sessions.resolve_encoder,
+                             image_layers=self._image_layers,
+                             show_text=self.apply_label.setText, parent=self)
+        self.exporter = Exporter(state, napari_viewer, notify=self._notify,
+                                 mask_layer=lambda: self.objects.layer,
+                                 cluster_labels=self.levels.cluster_labels, parent=self)
+        # the controls write the state; the state's changes reach the controls
+        self.persistent_check.toggled.connect(lambda on: setattr(state, "persistent", on))
+        self.background_check.toggled.connect(
+            lambda on: setattr(state, "hide_background", on))
+        self.follow_check.toggled.connect(lambda on: setattr(state, "follow", on))
+        state.on("persistent", lambda on: self._set_check(self.persistent_check, on))
+        state.on("objects", self._on_objects)
+        state.on("job", lambda _job: self._update_buttons())
         self._budget_auto = True                  # the box shows the default steps
+        self._phate_samples, self._phate_knn = 2000, 5
         self.settings = Settings()
         self.warm_check.toggled.connect(self._warm_start_toggled)
         self.budget_spin.valueChanged.connect(self._budget_edited)
         self.unit_combo.currentTextChanged.connect(self._budget_edited)
+        self.seed_spin.valueChanged.connect(self._sync_settings)
+        self.device_combo.currentTextChanged.connect(self._sync_settings)
         self.destroyed.connect(self.runner.state.stop)
         self.destroyed.connect(self.objects.close)
         try:
             ev = self.viewer.layers.events
             ev.inserted.connect(self._refresh_layers)
             ev.removed.connect(self._refresh_layers)
-            self.viewer.dims.events.current_step.connect(self._on_step)
+            self.viewer.dims.events.current_step.connect(self.levels.on_step)
         except Exception:  # noqa: BLE001 - a constructor never raises
             log.exception("napari-cuts: could not follow the layer list")
         self._refresh_layers()
         self.objects.bind_keys()
 
+    # ------------------------------------------------------ the shared state
+    # The panel's public names for the state's fields (the tests and scripts use them).
+    source = property(lambda self: self.state.source,
+                      lambda self, v: setattr(self.state, "source", v))
+    results = property(lambda self: self.state.results,
+                       lambda self, v: setattr(self.state, "results", v))
+    encoder = property(lambda self: self.state.encoder,
+                       lambda self, v: setattr(self.state, "encoder", v))
+    level = property(lambda self: self.state.level,
+                     lambda self, v: setattr(self.state, "level", int(v)))
+    levels_layer = property(lambda self: self.state.levels_layer)
+    last_message = property(lambda self: self.state.last_message)
+
+    @property
+    def display(self):
+        """The volume's display model (:class:`~.model.LevelsDisplay`), or None."""
+        return self.levels.display
+
+    @property
+    def shown_clusters(self) -> Optional[int]:
+        return self.levels.shown_clusters
+
+    def _status(self, text: str) -> None:
+        """The progress line under Segment."""
+        self.progress_label.setText(text)
+
+    def _view_slice(self) -> int:
+        return self._current_slice(self.state.source)
+
+    @staticmethod
+    def _set_check(box, on: bool) -> None:
+        if box.isChecked() != bool(on):
+            box.blockSignals(True)
+            box.setChecked(bool(on))
+            box.blockSignals(False)
+
+    def _on_objects(self, _objects) -> None:
+        """The objects changed: the area line, the PHATE highlight, the buttons."""
+        try:
+            if self.state.objects is not None:
+                self.area_label.setText(self.objects.area_text())
+            self._recolor_phate()
+            self._update_buttons()
+        except RuntimeError:  # the widget is gone
+            pass
+
+    def _level_shown(self) -> None:
+        self._recolor_phate()
+        self._update_buttons()
+
     # ------------------------------------------------------------- settings
     @property
     def settings(self) -> Settings:
         """The settings shown in the controls (``budget`` None while the box shows the
-        default steps for the chosen image)."""
+        default steps for the chosen image); ``state.settings`` follows them."""
+        return self._read_settings()
+
+    def _read_settings(self) -> Settings:
         return Settings(budget=None if self._budget_auto else self.budget_spin.value(),
                         unit=self.unit_combo.currentText(),
                         seed=self.seed_spin.value(), device=self.device_combo.currentText(),
                         phate_samples=self._phate_samples, phate_knn=self._phate_knn,
                         warm_start=self.warm_check.isChecked())
 
+    def _sync_settings(self, *_args) -> None:
+        self.state.settings = self._read_settings()
+
     @settings.setter
     def settings(self, s: Settings) -> None:
         if s.unit not in UNITS or s.device not in DEVICES:
             raise InputError(f"unit must be one of {UNITS} and device one of {DEVICES}.")
+        self.seed_spin.blockSignals(True)
         self.seed_spin.setValue(int(s.seed))
+        self.seed_spin.blockSignals(False)
+        self.device_combo.blockSignals(True)
         self.device_combo.setCurrentText(s.device)
+        self.device_combo.blockSignals(False)
         self._phate_samples, self._phate_knn = int(s.phate_samples), int(s.phate_knn)
         self.warm_check.blockSignals(True)
         self.warm_check.setChecked(bool(s.warm_start))
@@ -144,6 +235,7 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
         self._set_budget_box(s.budget, s.unit)
         self._budget_auto = s.budget is None
         self.show_default_budget()
+        self._sync_settings()
 
     def _set_budget_box(self, value, unit: str) -> None:
         """Show ``value`` ``unit`` in the budget box without counting it as the user's."""
@@ -161,6 +253,7 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
         self._budget_auto = False
         unit = self.unit_combo.currentText()
         self.budget_spin.setDecimals(0 if unit in ("steps", "epochs") else 1)
+        self._sync_settings()
 
     def show_default_budget(self) -> Optional[int]:
         """While the budget is the default, show the steps training will take on the
@@ -180,11 +273,12 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
         """A default budget follows the start point (fewer steps from the generic
         weights); a budget the user chose stays."""
         self.show_default_budget()
+        self._sync_settings()
 
     @property
     def mask(self) -> Optional[np.ndarray]:
         """The mask, bool (H, W) or (Z, Y, X); None before the first click."""
-        return self.objects.mask
+        return self.state.mask
 
     @property
     def clicks(self) -> list:
@@ -244,13 +338,22 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
         """The "CUTS labels" layer (every object), or None."""
         return self.objects.labels_layer
 
+    # -------------------------------------------------------------- levels
     def persistent_map(self, i: int = 0) -> np.ndarray:
         """The persistent structures of hierarchy ``i`` (cached)."""
-        if self.source is not None and self.source.one_volume:
-            i = 0
-        if i not in self._persistent:
-            self._persistent[i] = np.asarray(self.results[i].hierarchy.persistent())
-        return self._persistent[i]
+        return self.levels.persistent_map(i)
+
+    def cluster_labels(self, i: int = 0) -> np.ndarray:
+        """The cluster map a click reads (see :meth:`.levels.Levels.cluster_labels`)."""
+        return self.levels.cluster_labels(i)
+
+    def slice_labels(self, i: int) -> np.ndarray:
+        """The ``(H, W)`` cluster map of slice (or image) ``i``."""
+        return self.levels.slice_labels(i)
+
+    def set_level(self, level: int) -> None:
+        """Show hierarchy level ``level`` (0 = finest), as moving the slider does."""
+        self.levels.set_level(level)
 
     # ------------------------------------------------------------- sessions
     def save_session(self, folder) -> Optional[Path]:
@@ -266,23 +369,17 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
     def adopt_results(self, res, display, level: int, levels_layer, persistent: bool) -> None:
         """Show a hierarchy read from disk (a session) in ``levels_layer``, as if it had
         just been segmented: slider, clicks and objects work at once."""
-        self.results = {0: res}
-        self.display = display
-        self.level = int(level)
+        st = self.state
+        self.levels.reset(display)
+        with st.quietly():                 # shown below, once
+            st.level = int(level)
+            st.persistent = bool(persistent)
+        st.results = {0: res}
         self.objects.reset(self._result_shape(), per_slice=False)
-        self.levels_layer = levels_layer
-        if self.source.one_volume:
-            self.view3d.style_levels(levels_layer)
-        for lay in self.source.layers:
-            self._hook(lay)
-        self._hook(levels_layer)
-        self.objects.bind_keys([levels_layer])
-        self.viewer.layers.selection.active = levels_layer
-        self._sync_slider()
-        self.persistent_check.blockSignals(True)
-        self.persistent_check.setChecked(bool(persistent))
-        self.persistent_check.blockSignals(False)
-        self._apply_level()
+        self.levels.adopt_layer(levels_layer)
+        self.levels.sync_slider()
+        self._set_check(self.persistent_check, st.persistent)
+        self.levels.apply()
         self.view3d.sync_image()
         self.objects.show()
 
@@ -293,10 +390,10 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
     def export(self, path, what: str = "mask") -> list[str]:
         """Write the mask (``what="mask"``) or the labels (``"labels"``) to ``path``
         (.nii.gz/.nii keep the source geometry; .png). [] after a notification on failure."""
-        return _export.export(self, path, what)
+        return self.exporter.export(path, what)
 
     def _export_dialog(self, what: str) -> None:
-        _export.export_dialog(self, what)
+        self.exporter.dialog(what)
 
     def _has_physical_scale(self) -> bool:
         """True when the layer scale is a voxel size (NIfTI/DICOM source, or a scale the
@@ -314,7 +411,8 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
 
     @property
     def busy(self) -> bool:
-        return self.runner.busy
+        """A job runs (``state.job`` names it)."""
+        return self.state.busy
 
     # ---------------------------------------------------------------- layers
     def _image_layers(self) -> list:
@@ -381,10 +479,10 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
     def _update_buttons(self) -> None:
         busy = self.busy
         has_image = self.image_layer is not None
-        has_result = bool(self.results)
+        has_result = bool(self.state.results)
         self.hint.setVisible(not has_image)
-        model = self.objects.model
-        cur = self.objects.current
+        model = self.state.objects
+        cur = self.state.current
         ol = self.object_list
         ol.new_btn.setEnabled(has_result and not busy)
         ol.delete_btn.setEnabled(cur is not None and not busy)
@@ -404,10 +502,10 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
         self.warm_check.setEnabled(not busy)
         self.segment_btn.setEnabled(has_image and not busy)
         self.load_btn.setEnabled(not busy)
-        self.save_btn.setEnabled((self.encoder is not None
+        self.save_btn.setEnabled((self.state.encoder is not None
                                   or self.sessions.encoder_path is not None) and not busy)
         self.cancel_btn.setEnabled(busy)
-        self.slider.setEnabled(has_result and not self.persistent_check.isChecked())
+        self.slider.setEnabled(has_result and not self.state.persistent)
         self.persistent_check.setEnabled(has_result)
         self.export_labels_btn.setEnabled(has_result and not busy)
         self.export_mask_btn.setEnabled(self.mask is not None and not busy)
@@ -417,7 +515,7 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
     def _notify(self, level: str, message: str) -> None:
         from napari.utils import notifications
 
-        self.last_message = (level, message)
+        self.state.last_message = (level, message)
         {"error": notifications.show_error, "warning": notifications.show_warning,
          "info": notifications.show_info}[level](message)
 
@@ -439,14 +537,14 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
     # ------------------------------------------------------------------ jobs
     def _start(self, name: str, job, on_yield=None, on_return=None) -> bool:
         if self.busy:
-            self._notify("warning", f"napari-cuts is busy ({self.runner.name}); wait or Cancel.")
+            self._notify("warning", f"napari-cuts is busy ({self.state.job}); wait or Cancel.")
             return False
         self.progress_bar.setRange(0, 0)
         self.progress_label.setText(f"{name}...")
+        self.state.job = name              # the buttons follow (busy)
         self.runner.start(name, job, on_yield=on_yield or (lambda item: None),
                           on_return=on_return or (lambda result: None),
                           on_error=self._on_error, on_finish=self._on_finish)
-        self._update_buttons()
         return True
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
@@ -466,6 +564,8 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
             self._notify("error", f"napari-cuts failed: {type(exc).__name__}: {exc}")
 
     def _on_finish(self) -> None:
+        with self.state.quietly():         # the buttons are updated below
+            self.state.job = None
         try:
             self.progress_bar.setRange(0, 1)
             self.progress_bar.setValue(0)
@@ -498,7 +598,7 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
         """Compute the PHATE view of the shown slice's pixel embeddings (in the background)."""
         from .phate import phate_job
 
-        i = self._shown_slice()
+        i = self.levels.shown_slice()
         if i is None:
             self._notify("error", "Segment an image first.")
             return False
@@ -528,7 +628,7 @@ class CutsWidget(SegmentJobs, LevelsView, QWidget):
 
     def _phate_colors(self) -> np.ndarray:
         Y, pixels, i = self._phate
-        ids = self.slice_labels(i)[pixels[:, 0], pixels[:, 1]].astype(np.int64) + 1
+        ids = self.levels.slice_labels(i)[pixels[:, 0], pixels[:, 1]].astype(np.int64) + 1
         try:
             return np.asarray(self.levels_layer.colormap.map(ids))
         except Exception:  # noqa: BLE001 - older napari: colour by id

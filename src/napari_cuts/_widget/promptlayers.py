@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 
 from .objects import NEGATIVE_COLOUR, POSITIVE_COLOUR
+from .settings import layer_geometry
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,19 @@ POSITIVE, NEGATIVE = "positive", "negative"
 
 
 class PromptLayers:
-    """The two prompt layers for widget ``w`` (its objects part: ``w.objects``)."""
+    """The two prompt layers, made in ``viewer`` for the objects of ``state``.
 
-    def __init__(self, w) -> None:
-        self.w = w
+    ``hook(layer)`` routes a layer's clicks to the objects, ``bind_keys(layers)`` binds
+    undo/redo/grow/shrink on them; an edit by hand calls ``set_points(positive,
+    negative)`` or ``set_scribbles(dense)`` (the objects part's)."""
+
+    def __init__(self, state, viewer, *, hook, bind_keys, set_points, set_scribbles) -> None:
+        self.state = state
+        self.viewer = viewer
+        self.hook = hook
+        self.bind_keys = bind_keys
+        self.set_points = set_points
+        self.set_scribbles = set_scribbles
         self.points = None
         self.scribbles = None
         self._syncing = False
@@ -54,15 +64,15 @@ class PromptLayers:
         self._shown = None
 
     def _gone(self, layer) -> bool:
-        return layer is None or layer not in self.w.viewer.layers
+        return layer is None or layer not in self.viewer.layers
 
     def ensure(self) -> None:
         """Make the layers (once there are results), on top of the result layers."""
-        w = self.w
-        model = w.objects.model
-        if model is None or w.levels_layer is None or w.source is None:
+        st = self.state
+        model = st.objects
+        if model is None or st.levels_layer is None or st.source is None:
             return
-        geometry = w._geometry()
+        geometry = layer_geometry(st.source.layer)
         made = False
         if self._gone(self.scribbles):
             self.scribbles = self._make_scribbles(model.shape, geometry)
@@ -73,12 +83,11 @@ class PromptLayers:
         if made:
             self._shown = None
             self.raise_to_top()
-            w.viewer.layers.selection.active = w.levels_layer
+            self.viewer.layers.selection.active = st.levels_layer
 
     def _make_points(self, shape, geometry):
-        w = self.w
         size = max(2.0, min(shape[-2:]) / 40.0)
-        lay = w.viewer.add_points(np.zeros((0, len(shape))), ndim=len(shape), name=POINTS_NAME,
+        lay = self.viewer.add_points(np.zeros((0, len(shape))), ndim=len(shape), name=POINTS_NAME,
                                   size=size, face_color=list(POSITIVE_COLOUR),
                                   border_color="white", border_width=0.1,
                                   features={"sign": np.array([], dtype=object)},
@@ -88,13 +97,12 @@ class PromptLayers:
         except Exception:  # noqa: BLE001 - cosmetic only
             pass
         lay.events.data.connect(self._on_points)
-        w._hook(lay)
-        w.objects.bind_keys([lay])
+        self.hook(lay)
+        self.bind_keys([lay])
         return lay
 
     def _make_scribbles(self, shape, geometry):
-        w = self.w
-        lay = w.viewer.add_labels(np.zeros(shape, np.uint8), name=PROMPTS_NAME, opacity=0.7,
+        lay = self.viewer.add_labels(np.zeros(shape, np.uint8), name=PROMPTS_NAME, opacity=0.7,
                                   **geometry)
         try:
             from napari.utils.colormaps import DirectLabelColormap
@@ -106,13 +114,13 @@ class PromptLayers:
         lay.selected_label = 1
         lay.brush_size = max(1, int(min(shape[-2:]) // 40))
         lay.events.paint.connect(self._on_paint)
-        w._hook(lay)
-        w.objects.bind_keys([lay])
+        self.hook(lay)
+        self.bind_keys([lay])
         return lay
 
     def raise_to_top(self) -> None:
         """Keep the prompts above the masks and levels (points on top)."""
-        layers = self.w.viewer.layers
+        layers = self.viewer.layers
         for lay in (self.scribbles, self.points):
             if lay is not None and lay in layers:
                 i = layers.index(lay)
@@ -125,7 +133,7 @@ class PromptLayers:
         self.ensure()
         if self.points is None or self.scribbles is None:
             return
-        shape = self.w.objects.model.shape
+        shape = self.state.objects.shape
         prompts = None if obj is None else obj.prompts
         if prompts is not None and prompts is self._shown:
             return                   # shown already (a volume's scribbles are not compared)
@@ -182,7 +190,7 @@ class PromptLayers:
         data = np.asarray(lay.data)
         signs = list(lay.features["sign"]) if "sign" in lay.features else []
         pos, neg = [], []
-        shape = self.w.objects.model.shape
+        shape = self.state.objects.shape
         for k, p in enumerate(data):
             idx = tuple(int(round(float(v))) for v in p)[-len(shape):]
             if not all(0 <= i < n for i, n in zip(idx, shape)):
@@ -196,7 +204,7 @@ class PromptLayers:
             return
         try:
             pos, neg = self.point_prompts()
-            self.w.objects.set_points(pos, neg)
+            self.set_points(pos, neg)
         except RuntimeError:      # the widget is gone
             pass
         except Exception:  # noqa: BLE001 - an edit of the layer never raises into napari
@@ -216,7 +224,7 @@ class PromptLayers:
         if self._syncing or self.scribbles is None:
             return
         try:
-            self.w.objects.set_scribbles(np.asarray(self.scribbles.data))
+            self.set_scribbles(np.asarray(self.scribbles.data))
         except RuntimeError:
             pass
         except Exception:  # noqa: BLE001

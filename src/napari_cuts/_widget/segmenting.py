@@ -3,7 +3,9 @@
 
 Train, load and save an encoder; segment the chosen source (one hierarchy for a 2D
 image or a grey volume, one per image for a stack of colour images) in the panel's
-worker, and adopt each result as it arrives.
+worker, and adopt each result as it arrives. This is the panel's orchestration: it
+writes the shared state (``self.state``: source, results, encoder, level) and tells
+the parts (``self.levels``, ``self.objects``, ``self.view3d``) to show new results.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from .. import pipeline
 from ..errors import CutsError, InputError
 from ..images import check_cancel
 from .model import LevelsDisplay
-from .settings import Settings, Source, check_encoder, default_level
+from .settings import Settings, Source, check_encoder, current_slice, default_level
 
 
 class SegmentJobs:
@@ -65,7 +67,7 @@ class SegmentJobs:
         return enc
 
     def set_encoder(self, encoder, origin: str = "trained") -> None:
-        self.encoder = encoder
+        self.state.encoder = encoder
         md = getattr(encoder, "metadata", {}) or {}
         extra = ", ".join(([f"{md['steps']} steps"] if "steps" in md else [])
                           + ([f"{float(md['seconds']):.1f} s"] if "seconds" in md else []))
@@ -96,7 +98,7 @@ class SegmentJobs:
             self._notify("error", "No encoder to save: Train one first.")
             return False
         try:
-            self.encoder.save(path)
+            self.state.encoder.save(path)
         except CutsError as exc:
             self._notify("error", str(exc))
             return False
@@ -117,13 +119,7 @@ class SegmentJobs:
 
     # ---------------------------------------------------------------- segment
     def _current_slice(self, src: Source) -> int:
-        if not src.volume:
-            return 0
-        try:
-            z = src.layer.world_to_data(self.viewer.dims.point)[0]
-        except Exception:  # noqa: BLE001 - any odd transform: start at the middle
-            z = len(src.slices) // 2
-        return int(np.clip(round(float(z)), 0, len(src.slices) - 1))
+        return current_slice(self.viewer, src)
 
     def segment(self) -> bool:
         """Segment the chosen image: one hierarchy for a 2D image or a grey volume, one
@@ -206,26 +202,23 @@ class SegmentJobs:
                            on_return=self._on_segment_done)
 
     def _reset_results(self, src: Source) -> None:
-        self.source = src
-        self.results = {}
-        self._persistent = {}
-        self.display = self._display_persistent = None
-        self._labels_cache = None
+        st = self.state
+        self.levels.reset()
         self._phate = None
         self.phate_panel.clear()
-        for lay in (self.levels_layer, self.mask_layer, self.objects.labels_layer,
+        for lay in (st.levels_layer, self.mask_layer, self.objects.labels_layer,
                     *self.objects.prompt_layers.layers()):
             if lay is not None and lay in self.viewer.layers:
                 self.viewer.layers.remove(lay)
-        self.levels_layer = None
+        st.levels_layer = None
         self.objects.reset()
-        self._unhook()
+        st.clear_results(src)
+        self.hooks.unhook()
         self.level_label.setText("Segmenting...")
         self.area_label.setText("Mask: empty")
 
     def _result_shape(self) -> tuple:
-        src = self.source
-        return ((len(src.slices),) if src.volume else ()) + src.shape
+        return self.state.result_shape()
 
     def _on_segment_item(self, item) -> None:
         kind = item[0]
@@ -235,43 +228,48 @@ class SegmentJobs:
         if kind == "empty":
             return
         _, i, res = item
-        first = not self.results
-        self.results[i] = res
+        st = self.state
+        first = not st.results
+        st.add_result(i, res)
         if first:
-            self.objects.reset(self._result_shape(), per_slice=self.source.volume)
-            self._make_levels_layer(np.zeros(self._result_shape(), np.uint32))
+            self.objects.reset(self._result_shape(), per_slice=st.source.volume)
+            self.levels.make_layer(np.zeros(self._result_shape(), np.uint32))
             counts = np.asarray(res.hierarchy.n_clusters)
-            self.level = default_level(counts)
-        self._sync_slider()
-        self._fill_slice(i)
-        self.levels_layer.refresh()
+            with st.quietly():             # shown below, once
+                st.level = default_level(counts)
+        self.levels.sync_slider()
+        self.levels.fill_slice(i)
+        st.levels_layer.refresh()
         self.objects.results_ready(i, res)
-        self._show_level_info()
+        self.levels.show_info()
         self._update_buttons()
 
     def _on_volume_done(self, result) -> None:
         _, res, display, level, first = result
-        self.results = {0: res}
-        self.display = display
-        self.level = level
+        st = self.state
+        self.levels.reset(display)
+        with st.quietly():                 # shown below, once
+            st.level = level
+        st.results = {0: res}
         self.objects.reset(self._result_shape(), per_slice=False)
-        self._make_levels_layer(first)
+        self.levels.make_layer(first)
         self.objects.results_ready(0, res)
-        self._sync_slider()
-        if self.view3d.cut() is not None or self.persistent_check.isChecked():
-            self._refresh_levels()
+        self.levels.sync_slider()
+        if self.view3d.cut() is not None or st.persistent:
+            self.levels.refresh()
         self.view3d.shown(self.view3d.cut())
         self.view3d.sync_image()
-        self._show_level_info()
+        self.levels.show_info()
         for note in res.notes:
             self._notify("info", note)
         self.progress_label.setText("Segmented the volume as one object.")
         self._update_buttons()
 
     def _on_segment_done(self, n) -> None:
-        notes = sorted({note for r in self.results.values() for note in r.notes})
+        st = self.state
+        notes = sorted({note for r in st.results.values() for note in r.notes})
         for note in notes:
             self._notify("info", note)
-        done = len(self.results)
-        self.progress_label.setText(f"Segmented {done} slice(s)." if self.source.volume
+        done = len(st.results)
+        self.progress_label.setText(f"Segmented {done} slice(s)." if st.source.volume
                                     else "Segmented.")

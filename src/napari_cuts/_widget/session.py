@@ -48,10 +48,26 @@ def _jsonable_metadata(md: dict) -> dict:
 
 
 class Sessions:
-    """Save and adopt sessions for widget ``w``."""
+    """Save and adopt sessions: the results and objects of ``state``, the layers of
+    ``viewer``.
 
-    def __init__(self, w) -> None:
-        self.w = w
+    Services: ``notify(level, text)``, ``status(text)``, the ``objects`` part (its
+    labels layer, working folders, prompt file), and the panel's steps a session adoption
+    takes: ``use_layers(names)`` (choose the input), ``reset_results(source)`` (clear the
+    old results), ``adopt_results(result, display, level, levels_layer, persistent)`` and
+    ``load_weights(path)``."""
+
+    def __init__(self, state, viewer, *, notify, status, objects, use_layers, reset_results,
+                 adopt_results, load_weights) -> None:
+        self.state = state
+        self.viewer = viewer
+        self.notify = notify
+        self.status = status
+        self.objects = objects
+        self.use_layers = use_layers
+        self.reset_results = reset_results
+        self.adopt_results = adopt_results
+        self.load_weights = load_weights
         self.folder: Optional[Path] = None          # the session the results came from
         self.hierarchy_file: Optional[Path] = None  # its hierarchy.npz (copied on save)
         self.encoder_path: Optional[Path] = None    # weights not loaded yet
@@ -62,27 +78,27 @@ class Sessions:
         """Write the session to ``folder``; None after a notification on failure."""
         from .. import session as core
 
-        w = self.w
-        if not w.results or w.source is None:
-            w._notify("error", "Nothing to save: segment an image (or open a session) first.")
+        st, notify = self.state, self.notify
+        if not st.results or st.source is None:
+            notify("error", "Nothing to save: segment an image (or open a session) first.")
             return None
-        if w.source.volume and not w.source.one_volume:
-            w._notify("error", "Sessions hold one hierarchy: a stack of colour images "
+        if st.source.volume and not st.source.one_volume:
+            notify("error", "Sessions hold one hierarchy: a stack of colour images "
                                "segmented image by image cannot be saved as a session yet.")
             return None
         from .inputs import layer_sources
 
-        lay = w.source.layer
+        lay = st.source.layer
         md = dict(lay.metadata or {})
         src = md.get("source")
-        several = len(w.source.layers) > 1
-        channels = layer_sources(w.source.layers) if several else None
+        several = len(st.source.layers) > 1
+        channels = layer_sources(st.source.layers) if several else None
         no_file = [c["name"] for c in channels or [] if c["path"] is None]
-        model = w.objects.model
+        model = st.objects
         masks = {o.id: o.mask for o in model.objects if o.mask is not None} if model else {}
         labels = model.labels() if model is not None and model.objects else None
         scribbles = model.scribbles() if model is not None else {}
-        prompt_file = w.objects.prompt_file()
+        prompt_file = self.objects.prompt_file()
         geometry = {"scale": [float(v) for v in lay.scale],
                     "translate": [float(v) for v in lay.translate],
                     "affine": np.asarray(lay.affine.affine_matrix, float).tolist(),
@@ -90,29 +106,28 @@ class Sessions:
         data = lay.data[0] if getattr(lay, "multiscale", False) else lay.data
         try:
             out = core.write_session(
-                folder, hierarchy=w.results[0].hierarchy,
+                folder, hierarchy=st.results[0].hierarchy,
                 objects=model.to_json() if model is not None else [], labels=labels,
-                masks=masks, encoder=w.encoder if w.encoder is not None else self.encoder_path,
+                masks=masks, encoder=st.encoder if st.encoder is not None else self.encoder_path,
                 source_path=src if src and Path(str(src)).exists() else None,
                 source_shape=tuple(data.shape), geometry=geometry,
-                level=None if w.persistent_check.isChecked() else int(w.level),
-                persistent=w.persistent_check.isChecked(),
+                level=st.click_level, persistent=bool(st.persistent),
                 current=None if model is None else model.current_id,
-                hierarchy_file=self.hierarchy_file, kind=w.source.kind,
+                hierarchy_file=self.hierarchy_file, kind=st.source.kind,
                 source_paths=[c["path"] for c in channels or [] if c["path"]],
                 channels=channels, scribbles=scribbles, prompt_file=prompt_file)
         except CutsError as exc:
-            w._notify("error", str(exc))
+            notify("error", str(exc))
             return None
         if no_file and src and Path(str(src)).exists():
-            w._notify("warning", f"Session saved to {out}, but layer(s) "
+            notify("warning", f"Session saved to {out}, but layer(s) "
                                  f"{', '.join(repr(n) for n in no_file)} were not read from a "
                                  "file: open them before the session folder.")
         elif not (src and Path(str(src)).exists()):
-            w._notify("warning", f"Session saved to {out}, but layer '{lay.name}' was not read "
+            notify("warning", f"Session saved to {out}, but layer '{lay.name}' was not read "
                                  "from a file: open the image first, then the session folder.")
         else:
-            w._notify("info", f"Session saved to {out}")
+            notify("info", f"Session saved to {out}")
         self.folder = Path(out)
         self.hierarchy_file = Path(out) / core.HIERARCHY
         return Path(out)
@@ -120,17 +135,16 @@ class Sessions:
     # ----------------------------------------------------------------- adopt
     def scan(self) -> bool:
         """Adopt a session's levels layer (and its labels layer) found in the viewer."""
-        w = self.w
         done = False
-        for lay in list(w.viewer.layers):
+        for lay in list(self.viewer.layers):
             md = getattr(lay, "metadata", None) or {}
             if LEVELS_KEY in md and not any(lay is a for a in self._adopted) \
-                    and lay is not w.levels_layer:
+                    and lay is not self.state.levels_layer:
                 done = self.adopt(lay) or done
             elif OBJECTS_KEY in md and not any(lay is a for a in self._adopted) \
                     and self.folder is not None \
                     and Path(md[OBJECTS_KEY].get("folder", "")) == self.folder \
-                    and w.objects.model is not None:
+                    and self.state.objects is not None:
                 self._adopt_labels(lay)
                 done = True
         return done
@@ -140,7 +154,7 @@ class Sessions:
 
         want = tuple(hier.shape)
         cands = []
-        for lay in self.w.viewer.layers:
+        for lay in self.viewer.layers:
             if not isinstance(lay, Image):
                 continue
             data = lay.data[0] if getattr(lay, "multiscale", False) else lay.data
@@ -159,34 +173,34 @@ class Sessions:
         from .inputs import source_from_layers
         from .settings import default_level
 
-        w = self.w
+        notify = self.notify
         info = dict(levels_layer.metadata.get(LEVELS_KEY) or {})
         self._adopted.append(levels_layer)
         try:
             hier = core.load_hierarchy(info["hierarchy"])
         except (CutsError, KeyError) as exc:
-            w._notify("error", f"napari-cuts: cannot use layer '{levels_layer.name}': {exc}")
+            notify("error", f"napari-cuts: cannot use layer '{levels_layer.name}': {exc}")
             return False
         image = self._image_for(hier, info)
         if image is None:
-            w._notify("error", f"napari-cuts: the session {info.get('folder')} needs its image "
+            notify("error", f"napari-cuts: the session {info.get('folder')} needs its image "
                                f"({info.get('source') or 'the image it was made on'}, "
                                f"{' x '.join(map(str, hier.shape))}): open the image first "
                                "(File > Open), then the session folder.")
             return False
         try:
             layers = [image] + self._other_channels(image, info)
-            w.use_layers([lay.name for lay in layers])
+            self.use_layers([lay.name for lay in layers])
             src = source_from_layers(layers)
         except CutsError as exc:
-            w._notify("error", f"napari-cuts: cannot use the session "
+            notify("error", f"napari-cuts: cannot use the session "
                                f"{info.get('folder') or ''}: {exc}")
             return False
         if len(hier.shape) == 3 and not src.one_volume:
-            w._notify("error", f"the session's hierarchy is 3D but layer '{image.name}' is not "
+            notify("error", f"the session's hierarchy is 3D but layer '{image.name}' is not "
                                "a grey volume.")
             return False
-        w._reset_results(src)
+        self.reset_results(src)
         self.folder = Path(info["folder"]) if info.get("folder") else None
         self.hierarchy_file = Path(info["hierarchy"])
         self.encoder_path = Path(info["encoder"]) if info.get("encoder") else None
@@ -196,15 +210,15 @@ class Sessions:
             level = default_level(np.asarray(hier.n_clusters))
         level = int(np.clip(int(level), 0, hier.n_levels - 1))
         display = LevelsDisplay.from_hierarchy(hier) if src.one_volume else None
-        w.adopt_results(res, display, level, levels_layer, bool(info.get("persistent")))
-        w.objects.use_folder(Path(info["hierarchy"]).parent, hier)
-        for lay in list(w.viewer.layers):
+        self.adopt_results(res, display, level, levels_layer, bool(info.get("persistent")))
+        self.objects.use_folder(Path(info["hierarchy"]).parent, hier)
+        for lay in list(self.viewer.layers):
             md = getattr(lay, "metadata", None) or {}
             if OBJECTS_KEY in md and Path(md[OBJECTS_KEY].get("folder", "")) == self.folder:
                 self._adopt_labels(lay)
                 break
-        w.progress_label.setText(f"Session {self.folder.name if self.folder else ''}: "
-                                 "levels and objects loaded, nothing recomputed.")
+        self.status(f"Session {self.folder.name if self.folder else ''}: "
+                    "levels and objects loaded, nothing recomputed.")
         return True
 
     def _other_channels(self, image, info: dict) -> list:
@@ -247,7 +261,7 @@ class Sessions:
         none is open."""
         from napari.layers import Image
 
-        w = self.w
+        viewer = self.viewer
         path, idx, every = ch.get("path"), ch.get("sequence_index"), bool(ch.get("all"))
 
         def same(lay) -> bool:
@@ -262,7 +276,7 @@ class Sessions:
                 return False
             return every or idx is None or md.get("sequence_index") == idx
 
-        found = [lay for lay in w.viewer.layers if isinstance(lay, Image) and same(lay)]
+        found = [lay for lay in viewer.layers if isinstance(lay, Image) and same(lay)]
         if not found and path and Path(str(path)).exists():
             from .. import io
             from .._reader import image_layers
@@ -273,7 +287,7 @@ class Sessions:
                     if kind != "image" or not (every or idx is None
                                                or md.get("sequence_index") == idx):
                         continue
-                    found.append(w.viewer.add_image(data, **kw))
+                    found.append(viewer.add_image(data, **kw))
         found.sort(key=lambda lay: (lay.metadata or {}).get("sequence_index") or 0)
         if not found:
             from ..errors import InputError
@@ -286,10 +300,9 @@ class Sessions:
     def _adopt_labels(self, layer) -> None:
         from .. import session as core
 
-        w = self.w
         self._adopted.append(layer)
         rec = dict(layer.metadata.get(OBJECTS_KEY) or {})
-        model = w.objects.model
+        model = self.state.objects
         masks, scribbles = None, {}
         if self.folder is not None:
             try:
@@ -298,16 +311,16 @@ class Sessions:
                 if (self.folder / core.MASKS).is_file():
                     masks = sess.masks(model.shape)
             except CutsError as exc:
-                w._notify("warning", f"{exc} The objects are solved again from their prompts.")
+                self.notify("warning", f"{exc} The objects are solved again from their prompts.")
         model.load(rec.get("objects") or [], masks, scribbles, rec.get("current"))
-        w.objects.adopt_labels_layer(layer)
-        w.objects.loaded()
+        self.objects.adopt_labels_layer(layer)
+        self.objects.loaded()
 
     def resolve_encoder(self):
         """Load the session's encoder weights now (None if there are none)."""
-        w = self.w
-        if w.encoder is None and self.encoder_path is not None:
+        st = self.state
+        if st.encoder is None and self.encoder_path is not None:
             path, self.encoder_path = self.encoder_path, None
-            if w.load_weights(path):
-                return w.encoder
-        return w.encoder
+            if self.load_weights(path):
+                return st.encoder
+        return st.encoder

@@ -139,6 +139,23 @@ def source_from_layer(layer) -> Source:
                      "take a 3D subset of it first.")
 
 
+def layer_geometry(layer) -> dict:
+    """scale/translate/affine/metadata of the source image ``layer``, for result layers."""
+    return {"scale": tuple(layer.scale), "translate": tuple(layer.translate),
+            "affine": layer.affine.affine_matrix, "metadata": dict(layer.metadata)}
+
+
+def current_slice(viewer, src: "Source") -> int:
+    """The slice of ``src`` under the viewer's dims (0 for a 2D image)."""
+    if not src.volume:
+        return 0
+    try:
+        z = src.layer.world_to_data(viewer.dims.point)[0]
+    except Exception:  # noqa: BLE001 - any odd transform: start at the middle
+        z = len(src.slices) // 2
+    return int(np.clip(round(float(z)), 0, len(src.slices) - 1))
+
+
 def physical_scale(layer) -> bool:
     """True when ``layer``'s scale is a voxel size in mm (a NIfTI/DICOM source, or a scale
     the user set), not the pixel grid of a photograph."""

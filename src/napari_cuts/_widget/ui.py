@@ -11,8 +11,11 @@ from .settings import DEVICES, NO_IMAGE_HINT, UNITS
 
 
 def build_controls(w) -> None:
-    """Create the controls as attributes of the widget ``w`` and connect them to its
-    methods (``w.train``, ``w.segment``, ``w.cancel``, ...)."""
+    """Create the controls as attributes of the panel ``w`` and connect its buttons to
+    its methods (``w.train``, ``w.segment``, ``w.cancel``, ...). This is the panel's own
+    layout: the parts get the controls they own from the panel (the slider and the level
+    line go to ``w.levels``, the "Also use" list to ``w.inputs``), and the check boxes
+    write the shared state (the panel connects them)."""
     from superqt import QCollapsible
 
     from .objectlist import ObjectList
@@ -107,24 +110,20 @@ def build_controls(w) -> None:
     srow.addWidget(QLabel("coarse"))
     w.slider = QSlider(Qt.Orientation.Horizontal)
     w.slider.setRange(0, 0)
-    w.slider.valueChanged.connect(w._on_slider)
     srow.addWidget(w.slider)
     srow.addWidget(QLabel("fine"))
     rl.addLayout(srow)
     w.level_label = QLabel("No segmentation yet.")
     rl.addWidget(w.level_label)
     w.persistent_check = QCheckBox("Persistent structures (one map, no slider)")
-    w.persistent_check.toggled.connect(lambda *_: w._apply_level())
     w.background_check = QCheckBox("Hide background (volumes: outside the body)")
     w.background_check.setChecked(True)
     w.background_check.setToolTip("The cluster covering most of the volume's outer faces is "
                                   "shown transparent, so the 3D view shows the body.")
-    w.background_check.toggled.connect(lambda *_: w._apply_level())
     w.follow_check = QCheckBox("Mask follows slider")
     w.follow_check.setToolTip("Moving the slider solves the selected object's prompts "
                               "again at the new level; unticked, the level is taken at "
                               "the next prompt.")
-    w.follow_check.toggled.connect(w._on_follow)
     rl.addWidget(w.persistent_check)
     rl.addWidget(w.background_check)
     rl.addWidget(w.follow_check)
@@ -161,7 +160,13 @@ def build_controls(w) -> None:
 
     objs = QGroupBox("Objects")
     ol = QVBoxLayout(objs)
-    w.object_list = ObjectList(w)
+    w.object_list = ObjectList(
+        w.state, stats=lambda i: w.objects.stats(i),
+        actions={"new": w.new_object, "clear": w.clear_prompts, "delete": w.delete_object,
+                 "shrink": w.shrink, "grow": w.grow, "undo": w.undo, "redo": w.redo,
+                 "export_objects": lambda: w._export_dialog("objects"),
+                 "save_session": w._save_session_dialog, "rename": w.rename_object,
+                 "select": w.select_object})
     ol.addWidget(w.object_list)
     root.addWidget(objs)
 
@@ -187,4 +192,4 @@ def build_controls(w) -> None:
     w.export_labels_btn.clicked.connect(lambda: w._export_dialog("labels"))
     w.phate_btn.clicked.connect(lambda: w.compute_phate())
     w.apply_all_btn.clicked.connect(lambda: w.apply_to_all())
-    w.apply_folder_btn.clicked.connect(lambda: w.cohort._folder_dialog())
+    w.apply_folder_btn.clicked.connect(lambda: w.cohort.folder_dialog())

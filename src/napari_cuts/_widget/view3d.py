@@ -29,14 +29,23 @@ log = logging.getLogger(__name__)
 
 
 class View3D:
-    """Follows the viewer's 2D/3D mode and camera for widget ``w``."""
+    """Follows the viewer's 2D/3D mode and camera for the results in ``state``.
 
-    def __init__(self, w) -> None:
-        self.w = w
+    ``refresh_levels()`` rewrites the levels layer (the levels part's), ``mask_layer()``
+    gives "CUTS mask" (or None), ``current_slice()`` the slice the 2D view shows. A
+    change of the objects (``state.objects``) may move the cut."""
+
+    def __init__(self, state, viewer, *, refresh_levels, mask_layer, current_slice) -> None:
+        self.state = state
+        self.viewer = viewer
+        self.refresh_levels = refresh_levels
+        self.mask_layer = mask_layer
+        self.current_slice = current_slice
         self._cut: Optional[tuple[int, int]] = None
         self._hidden_image = None          # the image layers hidden for the 3D view (list)
+        state.on("objects", self._on_objects)
         try:
-            w.viewer.dims.events.ndisplay.connect(self._on_ndisplay)
+            viewer.dims.events.ndisplay.connect(self._on_ndisplay)
             self.camera.events.angles.connect(self._on_camera)
         except Exception:  # noqa: BLE001 - a viewer stand-in without these events
             log.debug("napari-cuts: no ndisplay/camera events", exc_info=True)
@@ -44,16 +53,14 @@ class View3D:
     @property
     def camera(self):
         """The viewer's camera (``viewer.scene.camera`` from napari 0.9)."""
-        scene = getattr(self.w.viewer, "scene", None)
-        return getattr(scene, "camera", None) or self.w.viewer.camera
+        scene = getattr(self.viewer, "scene", None)
+        return getattr(scene, "camera", None) or self.viewer.camera
 
     @property
     def active(self) -> bool:
         """True when a volume's results are shown in the 3D view."""
-        w = self.w
         try:
-            return (w.source is not None and w.source.one_volume
-                    and int(w.viewer.dims.ndisplay) == 3)
+            return self.state.one_volume and int(self.viewer.dims.ndisplay) == 3
         except RuntimeError:
             return False
 
@@ -61,10 +68,10 @@ class View3D:
         """``(z, side)`` of the cut-away for the levels layer, or None (2D view)."""
         if not self.active:
             return None
-        w = self.w
-        z = w.objects.model.centre_slice() if w.objects.model is not None else None
+        objects = self.state.objects
+        z = objects.centre_slice() if objects is not None else None
         if z is None:
-            z = w._current_slice(w.source)
+            z = self.current_slice()
         return int(z), cut_side(self.camera.view_direction)
 
     def style_levels(self, layer) -> None:
@@ -84,9 +91,9 @@ class View3D:
         return self.cut() != self._cut
 
     def refresh_if_changed(self) -> None:
-        w = self.w
-        if w.levels_layer is not None and w.results and self._changed():
-            w._refresh_levels()
+        st = self.state
+        if st.levels_layer is not None and st.results and self._changed():
+            self.refresh_levels()
 
     def shown(self, cut) -> None:
         """The levels layer now shows ``cut``."""
@@ -95,30 +102,35 @@ class View3D:
     def mask_changed(self) -> None:
         self.refresh_if_changed()
 
+    def _on_objects(self, _objects) -> None:
+        try:
+            self.mask_changed()          # the mask may have moved to other slices
+        except RuntimeError:  # the widget is gone
+            pass
+
     def sync_image(self) -> None:
         """Hide the grey image in 3D (shown again in 2D); the mask opaque in 3D."""
-        w = self.w
-        mask = w.mask_layer
-        if mask is not None and mask in w.viewer.layers:
+        st, layers = self.state, self.viewer.layers
+        mask = self.mask_layer()
+        if mask is not None and mask in layers:
             mask.opacity = 1.0 if self.active else 0.7
-        if self.active and w.results:
+        if self.active and st.results:
             hidden = list(self._hidden_image or [])
-            for lay in w.source.layers:
-                if lay.visible and lay in w.viewer.layers:
+            for lay in st.source.layers:
+                if lay.visible and lay in layers:
                     lay.visible = False
                     hidden.append(lay)
             self._hidden_image = hidden or None
         elif self._hidden_image is not None:
-            layers, self._hidden_image = self._hidden_image, None
-            for lay in layers:
-                if lay in w.viewer.layers:
+            hidden, self._hidden_image = self._hidden_image, None
+            for lay in hidden:
+                if lay in layers:
                     lay.visible = True
 
     def _on_ndisplay(self, *_args) -> None:
         try:
             self.sync_image()
             self.refresh_if_changed()
-            self.w.objects.style_levels()     # outlines in the 2D view only
         except RuntimeError:  # the widget is gone
             pass
 
