@@ -19,7 +19,18 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-import torch
+# How long an idle OpenMP worker spins before it sleeps, read by libgomp when torch
+# loads it (so before the first ``import torch``). libgomp's default (300 000 spins)
+# keeps torch's workers busy between operations; where the cores are shared (another
+# job, the napari viewer), spinning workers take the time the working ones need: a
+# training step on 2 busy cores took 2.4 s instead of 0.75 s (docs/decisions/0013).
+# 1000 spins (tens of microseconds) still bridges the gap between consecutive
+# operations. Scheduling only: the results do not change. A user's own
+# OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
+import torch  # noqa: E402
 from torch import nn
 
 from .errors import InputError
@@ -113,7 +124,7 @@ class _Net(nn.Module):
             layers += [
                 nn.Conv2d(prev, ch, KERNEL, padding="same", dilation=int(dil)),
                 nn.BatchNorm2d(ch),
-                nn.LeakyReLU(),
+                nn.LeakyReLU(inplace=True),
             ]
             prev = ch
         self.layers = nn.Sequential(*layers)

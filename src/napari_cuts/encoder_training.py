@@ -93,14 +93,16 @@ def _nt_xent(za: torch.Tensor, zp: torch.Tensor, temperature: float) -> torch.Te
     za, zp: (M, D). Cosine similarity / temperature; the other rows' positives are
     the negatives.
     """
-    import torch
     import torch.nn.functional as F
 
     za = F.normalize(za, dim=1)
     zp = F.normalize(zp, dim=1)
-    logits = za @ zp.t() / temperature
-    target = torch.arange(za.shape[0], device=za.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    logits = (za / temperature) @ zp.t()     # the temperature on (M, D), not on (M, M)
+    # row i: anchor i picks positive i; column j: positive j picks anchor j. Both
+    # log-softmaxes of the one matrix, along each axis (no transposed copy of it)
+    rows = F.log_softmax(logits, dim=1).diagonal().mean()
+    cols = F.log_softmax(logits, dim=0).diagonal().mean()
+    return -0.5 * (rows + cols)
 
 
 class _Sampler:
@@ -153,6 +155,57 @@ def _gather_patches(x: torch.Tensor, bi: torch.Tensor, y: torch.Tensor, xx: torc
     """Patches around points: x (B, C, S, S), bi/y/xx (...) -> (..., C, P*P)."""
     pat = x[bi[..., None], :, y[..., None] + dy, xx[..., None] + dx]  # (..., P*P, C)
     return pat.transpose(-1, -2)
+
+
+class _AdamW:
+    """AdamW, the update of ``torch.optim.AdamW`` (betas (0.9, 0.999), eps 1e-8,
+    decoupled weight decay; its single-tensor path, the one torch takes on the CPU) op
+    for op, so the weights are bit-identical to it.
+
+    Why not ``torch.optim.AdamW`` itself: its constructor imports ``torch._dynamo``
+    (``torch._disable_dynamo`` on ``add_param_group``), about 1.5 s on a busy 2-core
+    machine before the first step (docs/decisions/0013), and its ``step`` adds
+    per-call hooks that training does not use. ``lr`` is read from the attribute at
+    every step (the schedule sets it)."""
+
+    def __init__(self, params, lr: float, weight_decay: float,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.params = list(params)
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.beta1, self.beta2 = (float(b) for b in betas)
+        self.eps = float(eps)
+        self.state: dict[int, list] = {}     # id(param) -> [steps, exp_avg, exp_avg_sq]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        import torch
+
+        lr, wd, beta1, beta2, eps = self.lr, self.weight_decay, self.beta1, self.beta2, self.eps
+        with torch.no_grad():
+            for p in self.params:
+                grad = p.grad
+                if grad is None:
+                    continue
+                st = self.state.get(id(p))
+                if st is None:
+                    st = self.state[id(p)] = [0, torch.zeros_like(p, memory_format=torch.preserve_format),
+                                              torch.zeros_like(p, memory_format=torch.preserve_format)]
+                st[0] += 1
+                exp_avg, exp_avg_sq = st[1], st[2]
+                if wd != 0:
+                    p.mul_(1 - lr * wd)
+                exp_avg.lerp_(grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                step = float(st[0])
+                bias_correction1 = 1 - beta1 ** step
+                bias_correction2 = 1 - beta2 ** step
+                step_size = lr / bias_correction1
+                denom = (exp_avg_sq.sqrt() / bias_correction2 ** 0.5).add_(eps)
+                p.addcdiv_(exp_avg, denom, value=-step_size)
 
 
 # ------------------------------------------------------------------------- training
@@ -293,8 +346,12 @@ def train_encoder(images, *, steps: Optional[int] = None, epochs: Optional[float
             origin["head"] = False   # another patch size: a fresh head
         net.to(dev)
         head.to(dev)
+    # channels-last activations: oneDNN's convolutions run without reordering the
+    # input, and each pixel's embedding is one contiguous row (docs/decisions/0013)
+    cl = torch.channels_last
+    net.to(memory_format=cl)
     params = list(net.parameters()) + list(head.parameters())
-    optim = torch.optim.AdamW(params, lr=opts["lr"], weight_decay=opts["weight_decay"])
+    optim = _AdamW(params, lr=opts["lr"], weight_decay=opts["weight_decay"])
     net.train()
     head.train()
 
@@ -331,10 +388,9 @@ def train_encoder(images, *, steps: Optional[int] = None, epochs: Optional[float
         # warm-up then cosine decay, driven by the fraction of the budget used
         lr_scale = min(1.0, (frac + 1e-9) / warm) if warm > 0 else 1.0
         lr_scale *= 0.5 * (1.0 + math.cos(math.pi * frac))
-        for g in optim.param_groups:
-            g["lr"] = opts["lr"] * max(lr_scale, 1e-3)
+        optim.lr = opts["lr"] * max(lr_scale, 1e-3)
 
-        x = torch.from_numpy(sampler.crops()).to(dev)
+        x = torch.from_numpy(sampler.crops()).to(dev).contiguous(memory_format=cl)
         ay, ax, py, px = (torch.from_numpy(v).to(dev) for v in sampler.points())
         bsz, na = ay.shape
         bi = torch.arange(bsz, device=dev)[:, None].expand(bsz, na)
@@ -348,9 +404,11 @@ def train_encoder(images, *, steps: Optional[int] = None, epochs: Optional[float
             pos_y = torch.gather(py, 2, first[..., None])[..., 0]
             pos_x = torch.gather(px, 2, first[..., None])[..., 0]
 
-        z = net(x)                                                         # (B, D, S, S)
-        za = z[bi, :, ay, ax]                                              # (B, A, D)
-        zp = z[bi, :, pos_y, pos_x]
+        z = net(x).permute(0, 2, 3, 1)          # (B, S, S, D), contiguous (channels last)
+        # anchors and positives in one gather: one scatter (and one zero-filled
+        # gradient of z's size) in the backward pass instead of two
+        zap = z[torch.cat((bi, bi), 1), torch.cat((ay, pos_y), 1), torch.cat((ax, pos_x), 1)]
+        za, zp = zap[:, :na], zap[:, na:]                                 # (B, A, D) each
         rec = head(za.reshape(-1, za.shape[-1]))
         rec_loss = F.mse_loss(rec, pa.reshape(rec.shape))
         sel = has.reshape(-1)
@@ -362,7 +420,7 @@ def train_encoder(images, *, steps: Optional[int] = None, epochs: Optional[float
             con_loss = torch.zeros((), device=dev)
         loss = lam * con_loss + (1.0 - lam) * rec_loss
 
-        optim.zero_grad(set_to_none=True)
+        optim.zero_grad()
         loss.backward()
         optim.step()
         step += 1
@@ -386,6 +444,7 @@ def train_encoder(images, *, steps: Optional[int] = None, epochs: Optional[float
                    f"step {step}/{total}: loss {lv:.4g} (contrastive {cv:.4g}, "
                    f"reconstruction {rv:.4g})")
 
+    net.to(memory_format=torch.contiguous_format)
     net.eval()
     head.eval()
     elapsed = time.perf_counter() - t0
