@@ -61,7 +61,14 @@ def test_a_negative_click_takes_out_the_rim_and_keeps_the_disc(disc):
     both = segment_from_prompts(folder, [(24, 24)], level=1)
     np.testing.assert_array_equal(both, finest > 0)          # disc + rim at level 1
     mask = segment_from_prompts(folder, [(24, 24)], [(24, 39)], level=1)
-    np.testing.assert_array_equal(mask, finest == 1)         # the negative removes the rim
+    disc_ = finest == 1
+    assert not mask[finest == 2].any() and not mask[finest == 0].any()   # the rim is out
+    # the disc stays, but for the single pixels sticking out of its digital outline (one
+    # disc neighbour of four), which the boundary smoothing takes off
+    from scipy import ndimage
+    neighbours = ndimage.convolve(disc_.astype(int), [[0, 1, 0], [1, 0, 1], [0, 1, 0]], mode="constant")
+    lost = disc_ & ~mask
+    assert lost.sum() <= 4 and (neighbours[lost] <= 1).all()
 
 
 def test_positive_negative_positive_converges(disc):
@@ -205,3 +212,35 @@ def test_the_constant_surround_joins_no_object_unless_prompted(tmp_path):
     assert mask[finest == 2].mean() > 0.9 and not mask[r > 16].any()
     mask = segment_from_prompts(folder, [(20, 30), (20, 38)], level=1)   # the surround prompted
     assert mask[20, 38]
+
+
+def test_boundary_smoothing_keeps_what_the_walker_is_sure_of():
+    """The mask is smoothed at one finest voxel: a one-voxel spike where the walker is
+    unsure leaves, a one-voxel-wide line where it is sure stays, and a mask that holds
+    another still holds it after smoothing (the order of the seeds is kept)."""
+    from napari_cuts.prompt_solver import regularised
+
+    yy, xx = np.mgrid[:40, :40]
+    x = np.where(np.hypot(yy - 20, xx - 14) <= 8, 0.8, 0.1)
+    x[20, 22:24] = 0.6                          # a spike off the disc's edge, unsure
+    x[5, 5:35] = 0.95                           # a line one voxel wide, sure
+    m = regularised(x, (1.0, 1.0), 1.0) > 0.5
+    assert not m[20, 23] and m[5, 5:35].all()
+    disc = np.hypot(yy - 20, xx - 14) <= 8
+    assert m[disc].mean() > 0.97 and not m[~disc & (yy > 7)].any()
+    bigger = np.maximum(x, np.where(np.hypot(yy - 20, xx - 16) <= 8, 0.7, 0.0))
+    assert not (m & ~(regularised(bigger, (1.0, 1.0), 1.0) > 0.5)).any()
+
+
+def test_a_thin_line_between_two_clicks_stays_whole(tmp_path):
+    """A bright line one pixel wide: two positive clicks at its ends give the whole line."""
+    img = np.full((32, 48), 0.1)
+    img[16, 4:44] = 1.0
+    finest = (img > 0.5).astype(int)
+    luts = [np.array([0, 1]), np.array([0, 0])]
+    folder, hier = _folder(tmp_path, finest, luts, img, (1.0, 1.0))
+    mask = segment_from_prompts(folder, [(16, 5), (16, 42)])
+    assert mask[16, 4:44].all()
+    yy, xx = np.mgrid[:32, :48]
+    near_click = (np.hypot(yy - 16, xx - 5) <= 2.5) | (np.hypot(yy - 16, xx - 42) <= 2.5)
+    assert not (mask & ~(finest.astype(bool) | near_click)).any()   # no background but the seeds' balls
