@@ -93,16 +93,14 @@ def _nt_xent(za: torch.Tensor, zp: torch.Tensor, temperature: float) -> torch.Te
     za, zp: (M, D). Cosine similarity / temperature; the other rows' positives are
     the negatives.
     """
+    import torch
     import torch.nn.functional as F
 
     za = F.normalize(za, dim=1)
     zp = F.normalize(zp, dim=1)
-    logits = (za / temperature) @ zp.t()     # the temperature on (M, D), not on (M, M)
-    # row i: anchor i picks positive i; column j: positive j picks anchor j. Both
-    # log-softmaxes of the one matrix, along each axis (no transposed copy of it)
-    rows = F.log_softmax(logits, dim=1).diagonal().mean()
-    cols = F.log_softmax(logits, dim=0).diagonal().mean()
-    return -0.5 * (rows + cols)
+    logits = za @ zp.t() / temperature
+    target = torch.arange(za.shape[0], device=za.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
 class _Sampler:
@@ -346,10 +344,6 @@ def train_encoder(images, *, steps: Optional[int] = None, epochs: Optional[float
             origin["head"] = False   # another patch size: a fresh head
         net.to(dev)
         head.to(dev)
-    # channels-last activations: oneDNN's convolutions run without reordering the
-    # input, and each pixel's embedding is one contiguous row (docs/decisions/0013)
-    cl = torch.channels_last
-    net.to(memory_format=cl)
     params = list(net.parameters()) + list(head.parameters())
     optim = _AdamW(params, lr=opts["lr"], weight_decay=opts["weight_decay"])
     net.train()
@@ -390,7 +384,7 @@ def train_encoder(images, *, steps: Optional[int] = None, epochs: Optional[float
         lr_scale *= 0.5 * (1.0 + math.cos(math.pi * frac))
         optim.lr = opts["lr"] * max(lr_scale, 1e-3)
 
-        x = torch.from_numpy(sampler.crops()).to(dev).contiguous(memory_format=cl)
+        x = torch.from_numpy(sampler.crops()).to(dev)
         ay, ax, py, px = (torch.from_numpy(v).to(dev) for v in sampler.points())
         bsz, na = ay.shape
         bi = torch.arange(bsz, device=dev)[:, None].expand(bsz, na)
@@ -404,11 +398,9 @@ def train_encoder(images, *, steps: Optional[int] = None, epochs: Optional[float
             pos_y = torch.gather(py, 2, first[..., None])[..., 0]
             pos_x = torch.gather(px, 2, first[..., None])[..., 0]
 
-        z = net(x).permute(0, 2, 3, 1)          # (B, S, S, D), contiguous (channels last)
-        # anchors and positives in one gather: one scatter (and one zero-filled
-        # gradient of z's size) in the backward pass instead of two
-        zap = z[torch.cat((bi, bi), 1), torch.cat((ay, pos_y), 1), torch.cat((ax, pos_x), 1)]
-        za, zp = zap[:, :na], zap[:, na:]                                 # (B, A, D) each
+        z = net(x)                                                         # (B, D, S, S)
+        za = z[bi, :, ay, ax]                                              # (B, A, D)
+        zp = z[bi, :, pos_y, pos_x]
         rec = head(za.reshape(-1, za.shape[-1]))
         rec_loss = F.mse_loss(rec, pa.reshape(rec.shape))
         sel = has.reshape(-1)
@@ -444,7 +436,6 @@ def train_encoder(images, *, steps: Optional[int] = None, epochs: Optional[float
                    f"step {step}/{total}: loss {lv:.4g} (contrastive {cv:.4g}, "
                    f"reconstruction {rv:.4g})")
 
-    net.to(memory_format=torch.contiguous_format)
     net.eval()
     head.eval()
     elapsed = time.perf_counter() - t0
