@@ -14,7 +14,8 @@ The package's modules:
   file per sequence);
 - :mod:`.methods`: the method names, the baselines and the CUTS variants, the tool's
   one click and its refinement;
-- :mod:`.runner`: the 2D and 3D runs;
+- :mod:`.runner`: the runs: one driver, and a case source per layout (2D images,
+  volumes) for what differs;
 - :mod:`.report`: the statistics, ``results.md``, the CSV and the figures;
 - :mod:`.clicks`: the simulated user (``--clicks``) and the methods it is put to;
   :mod:`.click_report` its numbers, table and figure.

@@ -1,16 +1,23 @@
-"""``napari-cuts evaluate``: the runs. :func:`run_evaluation` scores a folder of 2D
-images (or, for a folder of volumes, hands it to :func:`run_evaluation_3d`, which
-scores each volume as a whole). Both train one encoder per seed on the whole set,
-score every method's mask (:mod:`.methods`) into one :class:`Scores`, and write the
-same files (:func:`_write_outputs`): ``results.json``, ``results.md``, a CSV of every
-mask's scores, ``dice.png`` and ``examples.png``.
+"""``napari-cuts evaluate``: the runs. One driver (:func:`_evaluate`) does what every
+run does: check the seeds and the budget, score the baselines once, train one encoder
+per seed (and per run: see :class:`Volumes`) on the whole set, segment and score every
+case, report progress, honour cancellation, and write the same files
+(:func:`_write_outputs`): ``results.json``, ``results.md``, a CSV of every mask's scores,
+``dice.png`` and ``examples.png``.
+
+What differs between a folder of 2D images and a folder of volumes is supplied by a
+*case source* (:class:`Images`, :class:`Volumes`; the interface is :class:`Cases`): how
+the cases are loaded, which methods exist, how an encoder is trained, how a case is
+segmented and scored, and what the results add. :func:`run_evaluation` picks the source
+(a folder of volumes is scored in 3D unless ``volumes="slices"``);
+:func:`run_evaluation_3d` is the volumes entry.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -37,28 +44,340 @@ PER_CASE_FIELDS = ("method", "seed", "case", *METRIC_KEYS, "empty_pred", "gt_vox
                    "pred_voxels", "level", "n_clusters", "setting")
 
 
+def _example_indices(n: int) -> list[int]:
+    return sorted({int(round(x)) for x in np.linspace(0, n - 1, min(N_EXAMPLES, n))})
+
+
+# --------------------------------------------------------------------------- case sources
+
+class Cases:
+    """A layout's part of a run: what the driver (:func:`_evaluate`) asks of it, and the
+    defaults both layouts share. Built from the run's arguments (checking the method
+    names); :meth:`load` then reads the cases and sets ``n``, ``layout``, ``notes``,
+    ``chosen`` (the methods scored), ``order`` (the table order of the rows),
+    ``has_baselines`` and ``runs``: ``(run key, channel or None, {row prefix: rows
+    wanted})`` of every encoder a seed trains (none when no CUTS row is wanted).
+
+    Per case ``i``: ``baseline_rows(i, seeds)`` yields ``(method, seeds it counts for,
+    mask, info or None)``; ``train(run, seed, budget, progress, cancel)`` returns the
+    run's encoder, trained on every case; ``segment(run, encoder, i, seed, cancel,
+    timings, hier_dir)`` yields ``{method: (mask, info)}`` groups, each scored as it
+    comes; ``score(i, mask)`` / ``item(i, mask)``: a mask's metrics and the CSV columns
+    naming the case; ``keep(i, method, mask, metrics)``: the first seed's masks, for
+    examples.png. ``about_data()``, ``about_training(steps)``, ``levels()`` and
+    ``about_levels()`` fill their places in results.json; ``markdown(result)`` and
+    ``draw_examples(path)`` write results.md and examples.png; ``csv_name``,
+    ``fields`` and ``dice_figure`` the CSV and dice.png."""
+
+    unit = "case"            # the word in progress messages
+    baseline_key = ""        # the timings key and progress prefix of the baselines
+    dice_figure: dict = {}   # extra keyword arguments of report.figure_dice
+
+    def before_training(self, init) -> None:
+        """Checks and preparation once, before the first encoder is trained."""
+
+    def label(self, seed: int, run) -> str:
+        return f"seed {seed}"
+
+    def case_text(self, i: int) -> str:
+        return f"{self.unit} {i + 1}/{self.n}"
+
+    def about_data(self) -> dict:
+        return {}
+
+    def about_levels(self) -> dict:
+        return {}
+
+
+class Images(Cases):
+    """A folder of 2D images (:func:`.datasets.load_dataset`: retina layout, or the
+    per-slice samples of NIfTI volumes); methods :data:`.methods.METHODS`; one encoder
+    per seed (:func:`napari_cuts.pipeline.get_encoder`); each image scored in 2D
+    (:func:`napari_cuts.metrics.all_metrics`)."""
+
+    unit = "image"
+    baseline_key = "baselines"
+    csv_name = "per_image.csv"
+    fields = PER_IMAGE_FIELDS
+
+    def __init__(self, data_dir, *, methods, ablation: bool, limit):
+        chosen, _ = choose_methods(methods, METHODS, ablation)
+        bad = [m for m in chosen if m not in METHODS]  # no per-sequence rows in 2D
+        if bad or not chosen:
+            raise InputError(f"unknown method(s) {bad or chosen}; choose from "
+                             f"{', '.join(METHODS)}.")
+        self.data_dir, self.limit, self.chosen, self.order = data_dir, limit, chosen, METHODS
+
+    def load(self) -> None:
+        ds = load_dataset(self.data_dir, limit=self.limit)
+        self.samples = ds.samples
+        self.n, self.layout, self.notes = len(ds.samples), ds.layout, ds.notes
+        self.base_wanted = [m for m in self.chosen if m in BASELINES]
+        self.has_baselines = bool(self.base_wanted)
+        cuts_wanted = {m for m in self.chosen if m in CUTS_METHODS}
+        self.runs = [("all", None, cuts_wanted)] if cuts_wanted else []
+        self.examples: dict = {i: {} for i in _example_indices(self.n)}
+        self.level_info: dict = {"n_levels": [], "best_level_clusters": [],
+                                 "persistent_clusters": []}
+        self.warm_start = None
+
+    def baseline_rows(self, i, seeds):
+        # deterministic baselines once (they count for every seed), random per seed
+        for m, seed_list, mask in baseline_masks(self.samples[i], seeds, self.base_wanted):
+            yield m, seed_list, mask, None
+
+    def before_training(self, init) -> None:
+        self.points = [innermost_point(s.mask) for s in self.samples]
+        if init is True:
+            from ..encoder import packaged_weights
+
+            img = self.samples[0].image
+            if packaged_weights(1 if img.ndim == 2 else img.shape[-1]) is None:
+                raise InputError("the package ships no warm-start weights for these images.")
+
+    def training_text(self) -> str:
+        return "training the encoder"
+
+    def train(self, run, seed, budget, progress, cancel):
+        from ..pipeline import get_encoder
+
+        enc, _ = get_encoder([s.image for s in self.samples], seed=seed, progress=progress,
+                             cancel=cancel, **budget)
+        self.warm_start = enc.metadata.get("warm_start")
+        return enc
+
+    def segment(self, run, enc, i, seed, cancel, timings, hier_dir):
+        masks, info = cuts_masks(enc, self.samples[i], self.points[i], seed, run[2], cancel,
+                                 timings, hier_dir)
+        for k, v in info.items():
+            if k in self.level_info:
+                self.level_info[k].append(v)
+        yield masks
+
+    def score(self, i, mask):
+        return all_metrics(mask, self.samples[i].mask)
+
+    def item(self, i, mask):
+        return {"image": self.samples[i].name}
+
+    def keep(self, i, method, mask, metrics):
+        if i in self.examples:
+            self.examples[i][method] = (mask, metrics["dice"])
+
+    def about_training(self, steps):
+        trained = bool(self.runs)
+        return {"warm_start": self.warm_start if trained else None,
+                "steps": steps if trained else None}
+
+    def levels(self):
+        return {k: (float(np.mean(v)) if v else None) for k, v in self.level_info.items()}
+
+    def about_levels(self):
+        return {"paper": R.PAPER_RETINA if self.layout == "retina" else None}
+
+    def markdown(self, result):
+        return R.markdown(result, self.layout)
+
+    def draw_examples(self, path):
+        R.figure_examples(self.samples, self.examples, path)
+
+
+def _volume_runs(chosen, seq_keys, n_ch: int) -> list:
+    """``(run key, channel or None, {row prefix: rows wanted})`` of every encoder a seed
+    trains: all channels (the :data:`VARIANTS` rows), then one per sequence that has rows
+    wanted (``seq_<key>``: that channel alone)."""
+    runs = []
+    wanted_by = {prefix: {m for m in chosen if m.startswith(prefix + "_")}
+                 for prefix in VARIANTS}
+    if any(wanted_by.values()):
+        runs.append(("all", None, wanted_by))
+    for c, key in enumerate(seq_keys or []):
+        mine = {m for m in chosen if m in (f"seq_{key}_{k}" for k in SEQUENCE_ROW_KINDS)}
+        if mine and n_ch > 1:
+            runs.append((f"seq_{key}", c, {f"seq_{key}": mine}))
+    return runs
+
+
+def _run_info(prev: dict, enc, seed: int, seq_names, channel, wanted_run: dict) -> dict:
+    """What one run's encoder was trained on (``results.json["runs"][key]``), with this
+    seed's steps and seconds added to the earlier seeds'."""
+    k = int(enc.metadata.get("context_slices", 0) or 0)
+    return {
+        "sequences": (list(seq_names) if channel is None else [seq_names[channel]])
+        if seq_names else None,
+        "channel": channel,
+        "encoder_in_channels": int(enc.in_channels),
+        "context_slices": k,
+        # the encoder reads 2k+1 neighbouring slices of every channel
+        "channels": int(enc.in_channels) // (2 * k + 1),
+        "rows": sorted(m for w in wanted_run.values() for m in w),
+        # what the budget bought, seed by seed (the same budget is not the same number
+        # of steps when the machine is busy)
+        "steps": {**prev.get("steps", {}), str(seed): enc.metadata.get("steps")},
+        "train_seconds_used": {**prev.get("train_seconds_used", {}),
+                               str(seed): enc.metadata.get("seconds_used")},
+    }
+
+
+class Volumes(Cases):
+    """A folder of volumes (:func:`.volumes.load_volumes`); methods
+    :data:`.methods.METHODS_3D` and, with several sequences, the per-sequence rows; per
+    seed one encoder on all channels and one per sequence with rows wanted
+    (:func:`napari_cuts.pipeline.train_volume_encoder`); each volume scored as a whole
+    (:func:`napari_cuts.metrics.score_3d`, Hausdorff in mm)."""
+
+    unit = "volume"
+    baseline_key = "slic3d"
+    csv_name = "per_case.csv"
+    fields = PER_CASE_FIELDS
+    dice_figure = {"ylabel": "3D Dice (per volume, mean over seeds)",
+                   "title": "3D Dice per volume"}
+
+    def __init__(self, data_dir, *, methods, ablation: bool, limit, labels, split, cases):
+        chosen, bad = choose_methods(methods, METHODS_3D, ablation)
+        if bad or not chosen:
+            raise InputError(f"unknown method(s) {bad or chosen} for volumes; choose from "
+                             f"{', '.join(METHODS_3D)}, or seq_<sequence>_best / "
+                             "seq_<sequence>_click on volumes of several sequences.")
+        self.data_dir, self.limit, self.labels, self.split, self.cases = (
+            data_dir, limit, labels, split, cases)
+        self.methods, self.ablation, self.chosen = methods, ablation, chosen
+
+    def load(self) -> None:
+        vs = load_volumes(self.data_dir, labels=self.labels, split=self.split,
+                          cases=self.cases, limit=self.limit)
+        self.vs, vols = vs, vs.volumes
+        self.vols, self.n, self.layout, self.notes = vols, len(vols), vs.layout, vs.notes
+        n_ch = 1 if vols[0].image.ndim == 3 else vols[0].image.shape[-1]
+        self.seq_names = seq_names = list(vs.sequences) if vs.sequences else None
+        self.seq_keys = seq_keys = sequence_keys(seq_names) if seq_names else None
+        seq_rows = sequence_methods(seq_keys) if (seq_keys and n_ch > 1) else []
+        chosen = self.chosen
+        if self.methods is None and self.ablation:
+            chosen = chosen + seq_rows
+        unknown = [m for m in chosen if m not in METHODS_3D and m not in seq_rows]
+        if unknown:
+            have = (f"its sequences give {', '.join(seq_rows)}" if seq_rows else
+                    "its volumes have one channel, so there are no per-sequence rows")
+            raise InputError(f"method(s) {', '.join(unknown)} do not fit {self.data_dir}: "
+                             f"{have}.")
+        self.order = [*METHODS_3D, *seq_rows]
+        self.chosen = [m for m in self.order if m in chosen]
+        self.has_baselines = "slic3d" in self.chosen
+        self.runs = _volume_runs(self.chosen, seq_keys, n_ch)
+        self.runs_info: dict = {}
+        self.n_levels: list = []
+        self.points = [innermost_point(v.mask) for v in vols]
+        self.examples: dict = {}
+        for i in _example_indices(self.n):
+            z = self.points[i][0]
+            img = vols[i].image if vols[i].image.ndim == 3 else vols[i].image[..., 0]
+            self.examples[vols[i].name] = {"z": z, "image": img[z], "gt": vols[i].mask[z],
+                                           "masks": {}}
+
+    def baseline_rows(self, i, seeds):
+        yield ("slic3d", seeds, *slic3d_mask(self.vols[i], self.points[i]))
+
+    def label(self, seed, run):
+        channel = run[1]  # a sequence alone (the runs of _volume_runs), or None: all
+        return f"seed {seed}" + ("" if channel is None else
+                                 f", sequence {self.seq_names[channel]} alone")
+
+    def training_text(self) -> str:
+        return f"training one encoder on {self.n} volumes"
+
+    def case_text(self, i):
+        return f"volume {i + 1}/{self.n} ({self.vols[i].name})"
+
+    def _image(self, i: int, channel):
+        v = self.vols[i]
+        return v.image if channel is None else v.image[..., channel]
+
+    def train(self, run, seed, budget, progress, cancel):
+        from ..pipeline import train_volume_encoder
+
+        run_key, channel, wanted_run = run
+        enc = train_volume_encoder(
+            [self._image(i, channel) for i in range(self.n)],
+            spacing=[v.spacing for v in self.vols], seed=seed, progress=progress,
+            cancel=cancel, **budget)
+        self.runs_info[run_key] = _run_info(self.runs_info.get(run_key, {}), enc, seed,
+                                            self.seq_names, channel, wanted_run)
+        return enc
+
+    def segment(self, run, enc, i, seed, cancel, timings, hier_dir):
+        _, channel, wanted_run = run
+        v = self.vols[i]
+        for prefix, wanted in wanted_run.items():
+            if not wanted:
+                continue
+            masks, res = variant_masks(
+                enc, self._image(i, channel), v.mask, self.points[i], name=v.name, seed=seed,
+                prefix=prefix, wanted=wanted, cancel=cancel, timings=timings,
+                save_dir=hier_dir, spacing=v.spacing)
+            if prefix == "cuts":
+                self.n_levels.append(int(res.hierarchy.n_levels))
+            yield masks
+
+    def score(self, i, mask):
+        v = self.vols[i]
+        return score_3d(mask, v.mask, v.spacing)
+
+    def item(self, i, mask):
+        v = self.vols[i]
+        return {"case": v.name, "gt_voxels": int(v.mask.sum()),
+                "pred_voxels": int(np.count_nonzero(mask))}
+
+    def keep(self, i, method, mask, metrics):
+        ex = self.examples.get(self.vols[i].name)
+        if ex is not None:
+            ex["masks"][method] = (np.asarray(mask)[ex["z"]], metrics["dice"])
+
+    def about_data(self):
+        vs, seq_names = self.vs, self.seq_names
+        return {
+            "scoring": "3d",
+            "units": {"hausdorff": "mm", "hd95": "mm"},
+            "label_values": vs.label_values,
+            "split": self.split,
+            "cases": [v.name for v in self.vols],
+            "sequences": ({"names": seq_names, "keys": self.seq_keys,
+                           "source": vs.sequence_source} if seq_names else None),
+            "runs": self.runs_info}
+
+    def about_training(self, steps):
+        return {"steps": steps}
+
+    def levels(self):
+        return {"n_levels": float(np.mean(self.n_levels)) if self.n_levels else None}
+
+    def markdown(self, result):
+        return R.markdown_3d(result)
+
+    def draw_examples(self, path):
+        R.figure_examples_3d(self.examples, path, order=self.order)
+
+
+# --------------------------------------------------------------------------- the driver
+
 class Scores:
     """Every scored mask of a run: the metric dicts by method and seed (``per``), the
-    CSV rows, the example panels kept and the one-click rules seen.
+    CSV rows, and the one-click rules seen; the first seed's masks go to the source's
+    :meth:`Cases.keep` (the examples figure)."""
 
-    ``score(i, mask)``: the metrics of a mask of item ``i``; ``item(i, mask)``: the
-    CSV columns naming it; ``keep(i, method, mask, metrics)``: called for the first
-    seed's masks, to keep what the examples figure shows."""
-
-    def __init__(self, chosen: Sequence[str], seeds: Sequence[int], *,
-                 score: Callable, item: Callable, keep: Callable):
+    def __init__(self, source: Cases, seeds: Sequence[int]):
         self.seeds = list(seeds)
-        self.per: dict = {m: {s: [] for s in self.seeds} for m in chosen}
+        self.per: dict = {m: {s: [] for s in self.seeds} for m in source.chosen}
         self.rows: list = []
         self.click_rules: set = set()
-        self._score, self._item, self._keep = score, item, keep
+        self.source = source
 
     def record(self, method: str, seed_list, i: int, mask, info: Optional[dict] = None):
-        r = self._score(i, mask)
+        r = self.source.score(i, mask)
         info = info or {}
         if method.endswith("_click") and "setting" in info:
             self.click_rules.add(info["setting"])
-        item = self._item(i, mask)
+        item = self.source.item(i, mask)
         for s in seed_list:
             self.per[method][s].append(r)
             self.rows.append({"method": method, "seed": s, **item,
@@ -67,7 +386,7 @@ class Scores:
                               "n_clusters": info.get("n_clusters", ""),
                               "setting": info.get("setting", "")})
         if seed_list[0] == self.seeds[0]:
-            self._keep(i, method, mask, r)
+            self.source.keep(i, method, mask, r)
 
     def summary(self, order: Sequence[str]) -> dict:
         return {m: R.summarise(self.per[m]) for m in order if m in self.per}
@@ -75,8 +394,6 @@ class Scores:
     def click_rule(self) -> Optional[str]:
         return ", ".join(sorted(self.click_rules)) or None
 
-
-# --------------------------------------------------------------------------- shared steps
 
 def _check_seeds_seconds(seeds, seconds) -> list[int]:
     """The seeds as ints (at least one, distinct); a clear error for a bad budget."""
@@ -110,52 +427,113 @@ def _output_dir(out_dir, save_hierarchies: bool) -> tuple[Path, Optional[Path]]:
     return out, hier_dir
 
 
-def _example_indices(n: int) -> list[int]:
-    return sorted({int(round(x)) for x in np.linspace(0, n - 1, min(N_EXAMPLES, n))})
+def _add_time(timings: dict, key: str, t0: float) -> None:
+    timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
 
 
-def _result(scores: Scores, order, *, t_start: float, n: int, seeds, data_dir, layout: str,
-            about_data: dict, trained: bool, train_seconds, epochs, about_training: dict,
-            device: str, timings: dict, levels: dict, about_levels: dict, notes: list) -> dict:
-    """The ``results.json`` content: the keys both runs share, each run's own
+def _result(source: Cases, scores: Scores, *, t_start: float, seeds, data_dir,
+            seconds, epochs, steps, device: str, timings: dict) -> dict:
+    """The ``results.json`` content: the keys both layouts share, each layout's own
     (``about_*``) in their places."""
+    trained = bool(source.runs)
     return R.clean({
-        "methods": scores.summary(order),
+        "methods": scores.summary(source.order),
         "seconds": round(time.perf_counter() - t_start, 2),
-        "n_images": n,
+        "n_images": source.n,
         "seeds": seeds,
         "data": str(Path(data_dir)),
-        "layout": layout,
-        **about_data,
+        "layout": source.layout,
+        **source.about_data(),
         "click_rule": scores.click_rule(),
-        "train_seconds": train_seconds if trained else None,
+        "train_seconds": seconds if trained else None,
         "epochs": epochs if trained else None,
-        **about_training,
+        **source.about_training(steps),
         "device": device,
         "timings": {k: round(v, 2) for k, v in timings.items()},
-        "levels": levels,
-        **about_levels,
-        "notes": notes,
+        "levels": source.levels(),
+        **source.about_levels(),
+        "notes": source.notes,
         "napari_cuts_version": __version__,
     })
 
 
-def _write_outputs(out: Path, result: dict, scores: Scores, *, csv_name: str, fields,
-                   order, layout: str, markdown: str, draw_examples: Callable,
-                   **dice_figure) -> None:
+def _write_outputs(out: Path, source: Cases, result: dict, scores: Scores) -> None:
     """The CSV, ``dice.png``, ``examples.png``, ``results.md`` and, last,
     ``results.json`` (each written atomically)."""
     from ..fileutil import write_json
 
-    R.write_csv(out / csv_name, fields, scores.rows)
-    R.figure_dice(R.per_item_dice(scores.per, scores.seeds, order), out / "dice.png", layout,
-                  order=order, **dice_figure)
-    draw_examples(out / "examples.png")
-    R.write_text(out / "results.md", markdown)
+    order = source.order
+    R.write_csv(out / source.csv_name, source.fields, scores.rows)
+    R.figure_dice(R.per_item_dice(scores.per, scores.seeds, order), out / "dice.png",
+                  source.layout, order=order, **source.dice_figure)
+    source.draw_examples(out / "examples.png")
+    R.write_text(out / "results.md", source.markdown(result))
     write_json(out / "results.json", result)
 
 
-# --------------------------------------------------------------------------- 2D
+def _evaluate(source: Cases, data_dir, out_dir, *, seeds, steps, seconds, epochs, init,
+              device: str, progress: Progress, cancel: Cancel,
+              save_hierarchies: bool) -> dict:
+    """One evaluation of ``source``'s cases (see :func:`run_evaluation`)."""
+    t_start = time.perf_counter()
+    seeds = _check_seeds_seconds(seeds, seconds)
+    source.load()
+    out, hier_dir = _output_dir(out_dir, save_hierarchies)
+    n, unit = source.n, source.unit
+    total = (n if source.has_baselines else 0) + len(seeds) * len(source.runs) * 2 * n + 1
+    done = 0
+    timings: dict = {}
+    scores = Scores(source, seeds)
+
+    # Baselines: once, before any training.
+    if source.has_baselines:
+        t0 = time.perf_counter()
+        for i in range(n):
+            check_cancel(cancel)
+            report(progress, done, total, f"{source.baseline_key}: {unit} {i + 1}/{n}")
+            for m, seed_list, mask, info in source.baseline_rows(i, seeds):
+                scores.record(m, seed_list, i, mask, info)
+            done += 1
+        timings[source.baseline_key] = time.perf_counter() - t0
+
+    # CUTS: per seed, each run's encoder on all cases (n progress units), then every case.
+    if source.runs:
+        source.before_training(init)
+        budget = dict(steps=steps, epochs=epochs, seconds=seconds, device=device,
+                      warm_start=init)
+        for seed in seeds:
+            for run in source.runs:
+                check_cancel(cancel)
+                base = done
+                label = source.label(seed, run)
+                report(progress, done, total, f"{label}: {source.training_text()}")
+                t0 = time.perf_counter()
+                enc = source.train(run, seed, budget,
+                                   _training_progress(progress, base, n, total, seed), cancel)
+                _add_time(timings, "train" if run[0] == "all" else f"train_{run[0]}", t0)
+                done = base + n
+                for i in range(n):
+                    check_cancel(cancel)
+                    report(progress, done, total, f"{label}: {source.case_text(i)}")
+                    for masks in source.segment(run, enc, i, seed, cancel, timings, hier_dir):
+                        t0 = time.perf_counter()
+                        for m in source.order:
+                            if m in masks:
+                                scores.record(m, [seed], i, *masks[m])
+                        _add_time(timings, "scoring", t0)
+                    done += 1
+
+    report(progress, done, total, "writing results")
+    check_cancel(cancel)
+    result = _result(source, scores, t_start=t_start, seeds=seeds, data_dir=data_dir,
+                     seconds=seconds, epochs=epochs, steps=steps, device=device,
+                     timings=timings)
+    _write_outputs(out, source, result, scores)
+    report(progress, total, total, "done")
+    return result
+
+
+# --------------------------------------------------------------------------- entry points
 
 def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
                    steps: Optional[int] = None, seconds: Optional[float] = None,
@@ -203,137 +581,10 @@ def run_evaluation(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
         raise InputError("--label, --split and --cases apply to folders of volumes "
                          "(Decathlon imagesTr/labelsTr, or NIfTI volumes with *_seg.nii.gz "
                          "masks) scored in 3D; this folder holds 2D images.")
-    t_start = time.perf_counter()
-    chosen, _ = choose_methods(methods, METHODS, ablation)
-    bad = [m for m in chosen if m not in METHODS]  # no per-sequence rows in 2D
-    if bad or not chosen:
-        raise InputError(f"unknown method(s) {bad or chosen}; choose from {', '.join(METHODS)}.")
-    seeds = _check_seeds_seconds(seeds, seconds)
-    out, hier_dir = _output_dir(out_dir, save_hierarchies)
-
-    ds = load_dataset(data_dir, limit=limit)
-    samples = ds.samples
-    n = len(samples)
-    cuts_wanted = {m for m in chosen if m in CUTS_METHODS}
-    base_wanted = [m for m in chosen if m in BASELINES]
-    n_seed_units = 2 * n if cuts_wanted else 0  # training counts as n units, then n images
-    total = (n if base_wanted else 0) + len(seeds) * n_seed_units + 1
-    done = 0
-    examples: dict = {i: {} for i in _example_indices(n)}
-    timings: dict = {}
-    level_info: dict = {"n_levels": [], "best_level_clusters": [], "persistent_clusters": []}
-
-    def keep(i, method, mask, r):
-        if i in examples:
-            examples[i][method] = (mask, r["dice"])
-
-    scores = Scores(chosen, seeds, score=lambda i, mask: all_metrics(mask, samples[i].mask),
-                    item=lambda i, mask: {"image": samples[i].name}, keep=keep)
-
-    # Baselines: deterministic ones once (they count for every seed), random per seed.
-    if base_wanted:
-        t0 = time.perf_counter()
-        for i, smp in enumerate(samples):
-            check_cancel(cancel)
-            report(progress, done, total, f"baselines: image {i + 1}/{n}")
-            for m, seed_list, mask in baseline_masks(smp, seeds, base_wanted):
-                scores.record(m, seed_list, i, mask)
-            done += 1
-        timings["baselines"] = time.perf_counter() - t0
-
-    # CUTS: one encoder per seed on all images, then every image.
-    warm_start = None
-    if cuts_wanted:
-        from ..pipeline import get_encoder
-
-        images = [s.image for s in samples]
-        points = [innermost_point(s.mask) for s in samples]
-        if init is True:
-            from ..encoder import packaged_weights
-
-            if packaged_weights(1 if images[0].ndim == 2 else images[0].shape[-1]) is None:
-                raise InputError("the package ships no warm-start weights for these images.")
-        for seed in seeds:
-            check_cancel(cancel)
-            base = done
-            report(progress, done, total, f"seed {seed}: training the encoder")
-            t0 = time.perf_counter()
-            enc, _ = get_encoder(images, steps=steps, epochs=epochs, seconds=seconds, seed=seed,
-                                 device=device, warm_start=init,
-                                 progress=_training_progress(progress, base, n, total, seed),
-                                 cancel=cancel)
-            warm_start = enc.metadata.get("warm_start")
-            timings["train"] = timings.get("train", 0.0) + time.perf_counter() - t0
-            done = base + n
-            for i, smp in enumerate(samples):
-                check_cancel(cancel)
-                report(progress, done, total, f"seed {seed}: image {i + 1}/{n}")
-                masks, info = cuts_masks(enc, smp, points[i], seed, cuts_wanted, cancel,
-                                         timings, hier_dir)
-                for k, v in info.items():
-                    if k in level_info:
-                        level_info[k].append(v)
-                for m in METHODS:
-                    if m in masks:
-                        scores.record(m, [seed], i, *masks[m])
-                done += 1
-
-    report(progress, done, total, "writing results")
-    check_cancel(cancel)
-    result = _result(
-        scores, METHODS, t_start=t_start, n=n, seeds=seeds, data_dir=data_dir,
-        layout=ds.layout, about_data={}, trained=bool(cuts_wanted),
-        train_seconds=seconds, epochs=epochs,
-        about_training={"warm_start": warm_start if cuts_wanted else None,
-                        "steps": steps if cuts_wanted else None},
-        device=device, timings=timings,
-        levels={k: (float(np.mean(v)) if v else None) for k, v in level_info.items()},
-        about_levels={"paper": R.PAPER_RETINA if ds.layout == "retina" else None},
-        notes=ds.notes)
-    _write_outputs(out, result, scores, csv_name="per_image.csv", fields=PER_IMAGE_FIELDS,
-                   order=METHODS, layout=ds.layout, markdown=R.markdown(result, ds.layout),
-                   draw_examples=lambda path: R.figure_examples(samples, examples, path))
-    report(progress, total, total, "done")
-    return result
-
-
-# --------------------------------------------------------------------------- 3D
-
-def _volume_runs(chosen, seq_keys, n_ch: int) -> list:
-    """``(run key, channel or None, {row prefix: rows wanted})`` of every encoder a seed
-    trains: all channels (the :data:`VARIANTS` rows), then one per sequence that has rows
-    wanted (``seq_<key>``: that channel alone)."""
-    runs = []
-    wanted_by = {prefix: {m for m in chosen if m.startswith(prefix + "_")}
-                 for prefix in VARIANTS}
-    if any(wanted_by.values()):
-        runs.append(("all", None, wanted_by))
-    for c, key in enumerate(seq_keys or []):
-        mine = {m for m in chosen if m in (f"seq_{key}_{k}" for k in SEQUENCE_ROW_KINDS)}
-        if mine and n_ch > 1:
-            runs.append((f"seq_{key}", c, {f"seq_{key}": mine}))
-    return runs
-
-
-def _run_info(prev: dict, enc, seed: int, seq_names, channel, wanted_run: dict) -> dict:
-    """What one run's encoder was trained on (``results.json["runs"][key]``), with this
-    seed's steps and seconds added to the earlier seeds'."""
-    k = int(enc.metadata.get("context_slices", 0) or 0)
-    return {
-        "sequences": (list(seq_names) if channel is None else [seq_names[channel]])
-        if seq_names else None,
-        "channel": channel,
-        "encoder_in_channels": int(enc.in_channels),
-        "context_slices": k,
-        # the encoder reads 2k+1 neighbouring slices of every channel
-        "channels": int(enc.in_channels) // (2 * k + 1),
-        "rows": sorted(m for w in wanted_run.values() for m in w),
-        # what the budget bought, seed by seed (the same budget is not the same number
-        # of steps when the machine is busy)
-        "steps": {**prev.get("steps", {}), str(seed): enc.metadata.get("steps")},
-        "train_seconds_used": {**prev.get("train_seconds_used", {}),
-                               str(seed): enc.metadata.get("seconds_used")},
-    }
+    source = Images(data_dir, methods=methods, ablation=ablation, limit=limit)
+    return _evaluate(source, data_dir, out_dir, seeds=seeds, steps=steps, seconds=seconds,
+                     epochs=epochs, init=init, device=device, progress=progress,
+                     cancel=cancel, save_hierarchies=save_hierarchies)
 
 
 def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
@@ -372,127 +623,8 @@ def run_evaluation_3d(data_dir, out_dir, *, seeds: Sequence[int] = (1, 2, 3),
     encoder), ``results.md``, ``per_case.csv``, ``dice.png`` and ``examples.png``;
     returns the JSON content.
     """
-    t_start = time.perf_counter()
-    chosen, bad = choose_methods(methods, METHODS_3D, ablation)
-    if bad or not chosen:
-        raise InputError(f"unknown method(s) {bad or chosen} for volumes; choose from "
-                         f"{', '.join(METHODS_3D)}, or seq_<sequence>_best / "
-                         "seq_<sequence>_click on volumes of several sequences.")
-    seeds = _check_seeds_seconds(seeds, seconds)
-
-    vs = load_volumes(data_dir, labels=labels, split=split, cases=cases, limit=limit)
-    vols = vs.volumes
-    n = len(vols)
-    n_ch = 1 if vols[0].image.ndim == 3 else vols[0].image.shape[-1]
-    seq_names = list(vs.sequences) if vs.sequences else None
-    seq_keys = sequence_keys(seq_names) if seq_names else None
-    seq_rows = sequence_methods(seq_keys) if (seq_keys and n_ch > 1) else []
-    if methods is None and ablation:
-        chosen += seq_rows
-    unknown = [m for m in chosen if m not in METHODS_3D and m not in seq_rows]
-    if unknown:
-        have = (f"its sequences give {', '.join(seq_rows)}" if seq_rows else
-                "its volumes have one channel, so there are no per-sequence rows")
-        raise InputError(f"method(s) {', '.join(unknown)} do not fit {data_dir}: {have}.")
-    order = [*METHODS_3D, *seq_rows]
-    chosen = [m for m in order if m in chosen]
-
-    out, hier_dir = _output_dir(out_dir, save_hierarchies)
-    runs = _volume_runs(chosen, seq_keys, n_ch)
-    total = (n if "slic3d" in chosen else 0) + len(seeds) * len(runs) * 2 * n + 1
-    done = 0
-    timings: dict = {}
-    n_levels: list = []
-    runs_info: dict = {}
-    points = [innermost_point(v.mask) for v in vols]
-    examples: dict = {}
-    for i in _example_indices(n):
-        z = points[i][0]
-        img = vols[i].image if vols[i].image.ndim == 3 else vols[i].image[..., 0]
-        examples[vols[i].name] = {"z": z, "image": img[z], "gt": vols[i].mask[z], "masks": {}}
-
-    def keep(i, method, mask, r):
-        ex = examples.get(vols[i].name)
-        if ex is not None:
-            ex["masks"][method] = (np.asarray(mask)[ex["z"]], r["dice"])
-
-    scores = Scores(
-        chosen, seeds, score=lambda i, mask: score_3d(mask, vols[i].mask, vols[i].spacing),
-        item=lambda i, mask: {"case": vols[i].name, "gt_voxels": int(vols[i].mask.sum()),
-                              "pred_voxels": int(np.count_nonzero(mask))},
-        keep=keep)
-
-    if "slic3d" in chosen:
-        t0 = time.perf_counter()
-        for i, v in enumerate(vols):
-            check_cancel(cancel)
-            report(progress, done, total, f"slic3d: volume {i + 1}/{n}")
-            scores.record("slic3d", seeds, i, *slic3d_mask(v, points[i]))
-            done += 1
-        timings["slic3d"] = time.perf_counter() - t0
-
-    if runs:
-        from ..pipeline import train_volume_encoder
-
-        for seed in seeds:
-            for run_key, channel, wanted_run in runs:
-                check_cancel(cancel)
-                base = done
-                what = "all sequences" if channel is None or seq_names is None else \
-                    f"sequence {seq_names[channel]} alone"
-                label = f"seed {seed}" + ("" if run_key == "all" else f", {what}")
-                report(progress, done, total, f"{label}: training one encoder on {n} volumes")
-                images = [v.image if channel is None else v.image[..., channel] for v in vols]
-                t0 = time.perf_counter()
-                enc = train_volume_encoder(
-                    images, spacing=[v.spacing for v in vols], steps=steps, epochs=epochs,
-                    seconds=seconds, seed=seed, device=device, warm_start=init,
-                    progress=_training_progress(progress, base, n, total, seed), cancel=cancel)
-                tkey = "train" if run_key == "all" else f"train_{run_key}"
-                timings[tkey] = timings.get(tkey, 0.0) + time.perf_counter() - t0
-                runs_info[run_key] = _run_info(runs_info.get(run_key, {}), enc, seed,
-                                               seq_names, channel, wanted_run)
-                done = base + n
-                for i, v in enumerate(vols):
-                    check_cancel(cancel)
-                    report(progress, done, total, f"{label}: volume {i + 1}/{n} ({v.name})")
-                    for prefix, wanted in wanted_run.items():
-                        if not wanted:
-                            continue
-                        masks, res = variant_masks(
-                            enc, images[i], v.mask, points[i], name=v.name, seed=seed,
-                            prefix=prefix, wanted=wanted, cancel=cancel, timings=timings,
-                            save_dir=hier_dir, spacing=v.spacing)
-                        if prefix == "cuts":
-                            n_levels.append(int(res.hierarchy.n_levels))
-                        t0 = time.perf_counter()
-                        for m in order:
-                            if m in masks:
-                                scores.record(m, [seed], i, *masks[m])
-                        timings["scoring"] = timings.get("scoring", 0.0) + time.perf_counter() - t0
-                    done += 1
-
-    report(progress, done, total, "writing results")
-    check_cancel(cancel)
-    result = _result(
-        scores, order, t_start=t_start, n=n, seeds=seeds, data_dir=data_dir, layout=vs.layout,
-        about_data={
-            "scoring": "3d",
-            "units": {"hausdorff": "mm", "hd95": "mm"},
-            "label_values": vs.label_values,
-            "split": split,
-            "cases": [v.name for v in vols],
-            "sequences": ({"names": seq_names, "keys": seq_keys, "source": vs.sequence_source}
-                          if seq_names else None),
-            "runs": runs_info},
-        trained=bool(runs), train_seconds=seconds, epochs=epochs,
-        about_training={"steps": steps},
-        device=device, timings=timings,
-        levels={"n_levels": float(np.mean(n_levels)) if n_levels else None},
-        about_levels={}, notes=vs.notes)
-    _write_outputs(out, result, scores, csv_name="per_case.csv", fields=PER_CASE_FIELDS,
-                   order=order, layout=vs.layout, markdown=R.markdown_3d(result),
-                   draw_examples=lambda path: R.figure_examples_3d(examples, path, order=order),
-                   ylabel="3D Dice (per volume, mean over seeds)", title="3D Dice per volume")
-    report(progress, total, total, "done")
-    return result
+    source = Volumes(data_dir, methods=methods, ablation=ablation, limit=limit,
+                     labels=labels, split=split, cases=cases)
+    return _evaluate(source, data_dir, out_dir, seeds=seeds, steps=steps, seconds=seconds,
+                     epochs=epochs, init=init, device=device, progress=progress,
+                     cancel=cancel, save_hierarchies=save_hierarchies)
