@@ -62,14 +62,15 @@ class Cases:
     mask, info or None)``; ``train(run, seed, budget, progress, cancel)`` returns the
     run's encoder, trained on every case; ``segment(run, encoder, i, seed, cancel,
     timings, hier_dir)`` yields ``{method: (mask, info)}`` groups, each scored as it
-    comes; ``score(i, mask)`` / ``item(i, mask)``: a mask's metrics and the CSV columns
-    naming the case; ``keep(i, method, mask, metrics)``: the first seed's masks, for
-    examples.png. ``about_data()``, ``about_training(steps)``, ``levels()`` and
-    ``about_levels()`` fill their places in results.json; ``markdown(result)`` and
-    ``draw_examples(path)`` write results.md and examples.png; ``csv_name``,
-    ``fields`` and ``dice_figure`` the CSV and dice.png."""
+    comes; ``score(i, mask)``: a mask's metrics and the CSV columns naming the case;
+    ``keep(i, method, mask, metrics)``: the first seed's masks, for examples.png.
+    ``about_data()``, ``about_training(steps)``, ``levels()`` and ``about_levels()``
+    fill their places in results.json; ``markdown(result)`` and ``draw_examples(path)``
+    write results.md and examples.png; ``csv_name``, ``fields`` and ``dice_figure`` the
+    CSV and dice.png."""
 
     unit = "case"            # the word in progress messages
+    training_text = ""       # the progress message before each training
     baseline_key = ""        # the timings key and progress prefix of the baselines
     dice_figure: dict = {}   # extra keyword arguments of report.figure_dice
 
@@ -97,6 +98,7 @@ class Images(Cases):
 
     unit = "image"
     baseline_key = "baselines"
+    training_text = "training the encoder"
     csv_name = "per_image.csv"
     fields = PER_IMAGE_FIELDS
 
@@ -135,9 +137,6 @@ class Images(Cases):
             if packaged_weights(1 if img.ndim == 2 else img.shape[-1]) is None:
                 raise InputError("the package ships no warm-start weights for these images.")
 
-    def training_text(self) -> str:
-        return "training the encoder"
-
     def train(self, run, seed, budget, progress, cancel):
         from ..pipeline import get_encoder
 
@@ -155,10 +154,7 @@ class Images(Cases):
         yield masks
 
     def score(self, i, mask):
-        return all_metrics(mask, self.samples[i].mask)
-
-    def item(self, i, mask):
-        return {"image": self.samples[i].name}
+        return all_metrics(mask, self.samples[i].mask), {"image": self.samples[i].name}
 
     def keep(self, i, method, mask, metrics):
         if i in self.examples:
@@ -248,6 +244,7 @@ class Volumes(Cases):
                           cases=self.cases, limit=self.limit)
         self.vs, vols = vs, vs.volumes
         self.vols, self.n, self.layout, self.notes = vols, len(vols), vs.layout, vs.notes
+        self.training_text = f"training one encoder on {self.n} volumes"
         n_ch = 1 if vols[0].image.ndim == 3 else vols[0].image.shape[-1]
         self.seq_names = seq_names = list(vs.sequences) if vs.sequences else None
         self.seq_keys = seq_keys = sequence_keys(seq_names) if seq_names else None
@@ -282,9 +279,6 @@ class Volumes(Cases):
         channel = run[1]  # a sequence alone (the runs of _volume_runs), or None: all
         return f"seed {seed}" + ("" if channel is None else
                                  f", sequence {self.seq_names[channel]} alone")
-
-    def training_text(self) -> str:
-        return f"training one encoder on {self.n} volumes"
 
     def case_text(self, i):
         return f"volume {i + 1}/{self.n} ({self.vols[i].name})"
@@ -321,12 +315,9 @@ class Volumes(Cases):
 
     def score(self, i, mask):
         v = self.vols[i]
-        return score_3d(mask, v.mask, v.spacing)
-
-    def item(self, i, mask):
-        v = self.vols[i]
-        return {"case": v.name, "gt_voxels": int(v.mask.sum()),
-                "pred_voxels": int(np.count_nonzero(mask))}
+        return score_3d(mask, v.mask, v.spacing), {
+            "case": v.name, "gt_voxels": int(v.mask.sum()),
+            "pred_voxels": int(np.count_nonzero(mask))}
 
     def keep(self, i, method, mask, metrics):
         ex = self.examples.get(self.vols[i].name)
@@ -373,11 +364,10 @@ class Scores:
         self.source = source
 
     def record(self, method: str, seed_list, i: int, mask, info: Optional[dict] = None):
-        r = self.source.score(i, mask)
+        r, item = self.source.score(i, mask)
         info = info or {}
         if method.endswith("_click") and "setting" in info:
             self.click_rules.add(info["setting"])
-        item = self.source.item(i, mask)
         for s in seed_list:
             self.per[method][s].append(r)
             self.rows.append({"method": method, "seed": s, **item,
@@ -506,7 +496,7 @@ def _evaluate(source: Cases, data_dir, out_dir, *, seeds, steps, seconds, epochs
                 check_cancel(cancel)
                 base = done
                 label = source.label(seed, run)
-                report(progress, done, total, f"{label}: {source.training_text()}")
+                report(progress, done, total, f"{label}: {source.training_text}")
                 t0 = time.perf_counter()
                 enc = source.train(run, seed, budget,
                                    _training_progress(progress, base, n, total, seed), cancel)
