@@ -98,3 +98,18 @@ def test_two_default_runs_give_identical_hierarchies_and_steps_replays(tmp_path)
     c = np.load(tmp_path / "c" / "hierarchy.npz")
     assert json.loads((tmp_path / "c" / "run.json").read_text())["steps"] == budget_steps
     assert np.array_equal(a["labels"], c["labels"])
+
+
+def test_fine_tuning_a_2d_image_draws_two_crops_a_step():
+    """Fine-tuning the packaged RGB weights draws WARM_CROPS_PER_STEP crops a step
+    (half the fundus's time at the same click Dice, decision 0013); from scratch the
+    default stays."""
+    from napari_cuts.encoder_network import DEFAULTS
+    from napari_cuts.pipeline import WARM_CROPS_PER_STEP, get_encoder
+
+    img = np.random.default_rng(0).random((48, 48, 3)).astype(np.float32)
+    warm, _ = get_encoder([img], steps=2, device="cpu")
+    cold, _ = get_encoder([img], steps=2, device="cpu", warm_start=False)
+    assert warm.metadata["warm_start"] is not None and cold.metadata["warm_start"] is None
+    assert warm.metadata["params"]["batch_size"] == WARM_CROPS_PER_STEP == 2
+    assert cold.metadata["params"]["batch_size"] == DEFAULTS["batch_size"] == 8
