@@ -130,7 +130,8 @@ def get_encoder(images, *, weights=None, steps=None, epochs=None, seconds=None, 
       :class:`~napari_cuts.errors.WeightsError`).
 
     Fine-tuning the packaged weights for a step budget draws
-    :data:`WARM_CROPS_PER_STEP` crops a step instead of the default 8.
+    :data:`WARM_CROPS_PER_STEP` crops a step instead of the default
+    ``encoder_network.DEFAULTS["batch_size"]``.
 
     ``encoder.metadata["warm_start"]`` records the start point (file, sha256) or None;
     ``metadata["steps"]`` the steps trained, which ``steps=`` replays.

@@ -8,10 +8,10 @@ random walker image segmentation using prior models"), on the image's voxels:
 
 * **The prior is a marker cut of the hierarchy** (:func:`hierarchy_prior`). The
   *anchor* is the positive click whose own structure is the most persistent
-  (:meth:`~napari_cuts.hierarchy.Hierarchy.click_choice`; ties: the larger own structure, then the first point in
-  sorted order). It brings its connected structure at its scale (the slider's level
-  when one is given, else its own click level), shrunk along its lineage to the
-  coarsest structure that holds no negative prompt. Every other positive click brings
+  (:meth:`~napari_cuts.hierarchy.Hierarchy.click_choice`; ties: the larger own
+  structure, then the first point in sorted order). It brings its connected structure
+  at its scale (the slider's level when one is given, else its own click level), shrunk
+  along its lineage to the coarsest structure that holds no negative prompt. Every other positive click brings
   the coarsest structure of its lineage, up to the same scale, that holds no negative
   prompt and no piece touching the image border (and, without a given level, is no
   larger than the anchor's).
